@@ -1,0 +1,63 @@
+"""Restart pacing: exponential backoff with jitter, and the restart-intensity window."""
+
+from __future__ import annotations
+
+import collections
+import random
+
+import attrs
+
+
+@attrs.frozen(kw_only=True)
+class Backoff:
+    """Delay before the n-th consecutive restart.
+
+    The first restart waits ``initial_delay`` (0 by default: a crash is repaired at once), later
+    ones ``min_delay * factor**(n-1)`` up to ``max_delay``, each scaled by a random factor in
+    ``[1 - jitter, 1 + jitter]``. Once a child has stayed up ``reset_after`` seconds, the count
+    starts again.
+    """
+
+    initial_delay: float = 0.0
+    min_delay: float = 0.1
+    max_delay: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.1
+    reset_after: float = 10.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Delay for restart number ``attempt`` (0-based) since the child was last stable."""
+        if attempt <= 0:
+            base = self.initial_delay
+        else:
+            base = min(self.max_delay, self.min_delay * self.factor ** (attempt - 1))
+        if base <= 0 or self.jitter <= 0:
+            return base
+        return min(self.max_delay, base * rng.uniform(1 - self.jitter, 1 + self.jitter))
+
+
+@attrs.frozen(kw_only=True)
+class Intensity:
+    """At most ``max_restarts`` restarts within ``window`` seconds."""
+
+    max_restarts: int = 3
+    window: float = 5.0
+
+
+class RestartWindow:
+    """Counts restarts in a sliding window of trio time."""
+
+    def __init__(self, intensity: Intensity) -> None:
+        self.intensity = intensity
+        self._times: collections.deque[float] = collections.deque()
+
+    def record(self, now: float) -> bool:
+        """Record a restart at ``now``; False when that exceeds the intensity."""
+        horizon = now - self.intensity.window
+        while self._times and self._times[0] <= horizon:
+            self._times.popleft()
+        self._times.append(now)
+        return len(self._times) <= self.intensity.max_restarts
+
+    def clear(self) -> None:
+        self._times.clear()
