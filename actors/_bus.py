@@ -62,6 +62,7 @@ class Subscription:
         self._lot = trio.lowlevel.ParkingLot()
         self._replayed = 0
         self._lagged = False
+        self._lagged_event = trio.Event()
         self._closed = False
         self.last_seq = 0
         #: True when the resume point asked for was older than what the bus still holds.
@@ -80,6 +81,7 @@ class Subscription:
             return True
         if len(self._pending) - self._replayed >= self._buffer:
             self._lagged = True
+            self._lagged_event.set()
             self._lot.unpark_all()
             return False
         self._pending.append(envelope)
@@ -89,6 +91,13 @@ class Subscription:
     @property
     def lagged(self) -> bool:
         return self._lagged
+
+    async def wait_lagged(self) -> None:
+        """Return once this subscriber has been cut off for falling behind.
+
+        Lets a consumer that is itself blocked (on a slow socket) be told to give up.
+        """
+        await self._lagged_event.wait()
 
     def pending(self) -> int:
         return len(self._pending)

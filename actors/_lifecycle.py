@@ -28,12 +28,16 @@ class ChildExited(Event):
     details: Mapping[str, Any] = attrs.field(factory=dict)
 
 
+def _microseconds(seconds: float) -> float:
+    return round(seconds, 6)
+
+
 @attrs.frozen(kw_only=True)
 class RestartScheduled(Event):
     kind: ClassVar[str] = "restart_scheduled"
     child: str
     reason: str
-    delay: float
+    delay: float = attrs.field(converter=_microseconds)
     restarts: int
 
 

@@ -86,7 +86,7 @@ class ChildContext:
         name: str,
         path: str,
         attempt: int,
-        publish: Callable[[Event], None],
+        publish: Callable[[Event], object],
     ) -> None:
         self.name = name
         self.path = path

@@ -1,0 +1,4 @@
+"""The management API: health for the platform's agent, status and events for everyone else."""
+
+from ._app import create_app as create_app
+from ._server import serve_api as serve_api

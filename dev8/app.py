@@ -1,0 +1,254 @@
+"""Composition: build the supervision tree from the config and run dev8 as a container's init.
+
+    dev8 (root, one_for_one)
+    ├── services (one_for_one)  one process actor per configured service
+    └── api                     hypercorn + the Quart-Trio app
+
+Around the tree, outside it, the init duties: the orphan reaper, the signal handling, and the
+shutdown sequence (stop the tree in reverse order, sweep what is left, exit with a code).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+import random
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+import trio
+
+from actors import (
+    Backoff,
+    ChildContext,
+    ChildSpec,
+    Escalation,
+    EventBus,
+    Intensity,
+    Restart,
+    Supervisor,
+)
+
+from .api import create_app, serve_api
+from .config import BackoffConfig, Config, IntensityConfig, ServiceConfig, TcpBind, UnixBind
+from .control import Control
+from .init import OwnPids, become_subreaper, final_sweep, is_pid1, run_reaper
+from .logs import log_event
+from .process import OutputRing, ProcessSettings, run_process
+
+
+class ExitCode(enum.IntEnum):
+    """What ``dev8 run`` exits with."""
+
+    OK = 0
+    INTERNAL_ERROR = 1
+    BAD_CONFIG = 2
+    CRITICAL_SERVICE_FAILED = 3
+    RESTART_INTENSITY_EXCEEDED = 4
+
+
+def _backoff(config: BackoffConfig) -> Backoff:
+    return Backoff(
+        initial_delay=config.initial_delay,
+        min_delay=config.min_delay,
+        max_delay=config.max_delay,
+        factor=config.factor,
+        jitter=config.jitter,
+        reset_after=config.reset_after,
+    )
+
+
+def _intensity(config: IntensityConfig) -> Intensity:
+    return Intensity(max_restarts=config.max_restarts, window=config.window)
+
+
+def service_user(config: Config, service: ServiceConfig) -> str | None:
+    """The configured user, else the workspace user when dev8 is root, else dev8's own user."""
+    if service.user is not None:
+        return service.user
+    return config.workspace.user if os.geteuid() == 0 else None
+
+
+def service_spec(
+    name: str, config: Config, service: ServiceConfig, *, own: OwnPids, output: OutputRing
+) -> ChildSpec:
+    settings = ProcessSettings(
+        command=service.command,
+        env=dict(service.env),
+        cwd=service.cwd,
+        user=service_user(config, service),
+        stop_signal=service.stop_signal,
+        stop_timeout=service.stop_timeout,
+    )
+
+    async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
+        await run_process(ctx, settings, own=own, output=output, task_status=task_status)
+
+    return ChildSpec(
+        name=name,
+        start=start,
+        restart=Restart(service.restart.value),
+        shutdown_timeout=service.stop_timeout + 5.0,
+        start_timeout=service.start_timeout,
+        backoff=_backoff(service.backoff),
+        intensity=_intensity(service.intensity),
+        significant=service.critical,
+    )
+
+
+def api_is_private(config: Config) -> bool:
+    """Loopback or a Unix socket: changes may be made without a token."""
+    bind = config.api.bind
+    if isinstance(bind, UnixBind):
+        return True
+    assert isinstance(bind, TcpBind)
+    if bind.host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind.host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(config: Config) -> str | None:
+    if config.api.token_file is None:
+        return None
+    with open(config.api.token_file, encoding="utf-8") as handle:
+        token = handle.read().strip()
+    return token or None
+
+
+class Dev8:
+    """One run of dev8: the tree, the bus and the init duties around them."""
+
+    def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.bus = EventBus(history=2000)
+        self.bus.add_listener(log_event)
+        self.own = OwnPids()
+        self.outputs: Mapping[str, OutputRing] = {
+            name: OutputRing() for name, service in config.services.items() if service.enabled
+        }
+        self.rng = rng or random.Random()  # noqa: S311 - backoff jitter
+        specs = [
+            service_spec(name, config, service, own=self.own, output=self.outputs[name])
+            for name, service in config.services.items()
+            if service.enabled
+        ]
+        self.services = Supervisor(
+            "services",
+            specs,
+            bus=self.bus,
+            intensity=_intensity(config.supervisor.intensity),
+            rng=self.rng,
+        )
+        self.root = Supervisor(
+            "dev8",
+            [
+                self.services.child_spec(significant=True),
+                ChildSpec(
+                    name="api", start=self._start_api, shutdown_timeout=3.0, start_timeout=10.0
+                ),
+            ],
+            bus=self.bus,
+            intensity=Intensity(max_restarts=10, window=60.0),
+            rng=self.rng,
+        )
+        self.log = structlog.get_logger("dev8")
+        self.shutdown_requested = trio.Event()
+        self.force = trio.Event()
+        self.exit_code = ExitCode.OK
+        self._app: Any = None
+
+    async def _start_api(self, ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
+        await serve_api(ctx, self._app, str(self.config.api.bind), task_status=task_status)
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> int:
+        pid1 = is_pid1()
+        subreaper = False if pid1 else become_subreaper()
+        self.log.info("dev8_starting", pid=os.getpid(), pid1=pid1, subreaper=subreaper)
+        control = Control(
+            bus=self.bus,
+            root=self.root,
+            services=self.services,
+            environment_id=self.config.environment_id,
+            user_id=self.config.user_id,
+        )
+        self.control = control
+        self._app = create_app(
+            control, token=read_token(self.config), open_changes=api_is_private(self.config)
+        )
+        root_ctx = ChildContext(name="dev8", path="dev8", attempt=0, publish=self.bus.publish)
+        tree_done = trio.Event()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_reaper, self.own)
+            nursery.start_soon(self._watch_signals)
+            tree_scope = trio.CancelScope()
+
+            async def run_tree(*, task_status: trio.TaskStatus[None]) -> None:
+                try:
+                    with tree_scope:
+                        await self.root.run(root_ctx, task_status=task_status)
+                except Escalation as escalation:
+                    self.exit_code = (
+                        ExitCode.CRITICAL_SERVICE_FAILED
+                        if escalation.final
+                        else ExitCode.RESTART_INTENSITY_EXCEEDED
+                    )
+                    self.log.error("dev8_tree_failed", reason=str(escalation))
+                finally:
+                    tree_done.set()
+                    self.shutdown_requested.set()
+
+            await nursery.start(run_tree)
+            self.log.info("dev8_ready", api=str(self.config.api.bind), services=list(self.outputs))
+            task_status.started()
+            await self.shutdown_requested.wait()
+            await self._shutdown(tree_scope, tree_done, root_ctx)
+            nursery.cancel_scope.cancel()
+        self.log.info("dev8_exit", exit_code=int(self.exit_code))
+        return int(self.exit_code)
+
+    async def _shutdown(
+        self, tree_scope: trio.CancelScope, tree_done: trio.Event, root_ctx: ChildContext
+    ) -> None:
+        """Stop the tree in reverse order within the deadline, then sweep what is left."""
+        deadline = self.config.shutdown.timeout
+        self.log.info("dev8_shutdown", deadline=deadline)
+        with trio.move_on_after(deadline) as graceful:
+            tree_scope.cancel()
+            async with trio.open_nursery() as waiters:
+
+                async def forced() -> None:
+                    await self.force.wait()
+                    graceful.cancel()
+
+                waiters.start_soon(forced)
+                await tree_done.wait()
+                waiters.cancel_scope.cancel()
+        forced_now = not tree_done.is_set()
+        if forced_now:
+            self.log.warning("dev8_shutdown_forced", deadline_passed=graceful.cancelled_caught)
+            root_ctx._kill()
+        grace = 0.0 if forced_now else self.config.shutdown.kill_grace
+        swept = await final_sweep(grace=grace, own=self.own)
+        if swept:
+            self.log.info("dev8_swept", processes=swept)
+        with trio.move_on_after(5.0):
+            await tree_done.wait()
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    self.log.info("signal_ignored", signal=name, why="reload is not supported yet")
+                elif not self.shutdown_requested.is_set():
+                    self.log.info("signal_received", signal=name, action="shutdown")
+                    self.shutdown_requested.set()
+                else:
+                    self.log.warning("signal_received", signal=name, action="kill")
+                    self.force.set()

@@ -1,0 +1,241 @@
+"""The managed-process actor: one incarnation of the actor is one life of the process.
+
+Spawn in a new session (so the process group can be signalled as a whole), as the configured
+user, with output captured line by line; exit code 0 is a normal end, anything else raises
+``ProcessExited`` so the supervisor sees an abnormal exit. Stopping is a ladder: the stop signal to
+the group, ``stop_timeout`` to comply, then SIGKILL to the group.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import pwd
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from actors import ChildContext
+
+from .init import OwnPids
+
+_MAX_LINE = 16 * 1024
+_DRAIN_AFTER_EXIT = 0.5
+
+
+class ProcessExited(Exception):
+    """The process ended on its own with a failure. ``details`` feeds the exit events."""
+
+    def __init__(self, returncode: int) -> None:
+        if returncode < 0:
+            name = _signal_name(-returncode)
+            message = f"killed by {name}"
+            self.details: dict[str, Any] = {"signal": name, "exit_code": None}
+        else:
+            message = f"exited with code {returncode}"
+            self.details = {"exit_code": returncode, "signal": None}
+        super().__init__(message)
+        self.returncode = returncode
+
+
+class SpawnError(Exception):
+    """The process could not be started (no such command, no such user, ...)."""
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+@attrs.frozen(kw_only=True)
+class ProcessSettings:
+    """Everything needed to run one service's process."""
+
+    command: Sequence[str]
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    cwd: str | None = None
+    user: str | None = None
+    stop_signal: signal.Signals = signal.SIGTERM
+    stop_timeout: float = 10.0
+
+
+class OutputRing:
+    """The last lines a service printed, for ``/services/{name}/logs``."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self._lines: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
+
+    def append(self, stream: str, line: str) -> None:
+        self._lines.append({"stream": stream, "line": line})
+
+    def tail(self, count: int) -> list[dict[str, Any]]:
+        if count <= 0:
+            return []
+        return list(self._lines)[-count:]
+
+
+@attrs.frozen
+class _Identity:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    name: str
+    home: str
+    shell: str
+
+
+def _identity(user: str | None) -> _Identity | None:
+    """Who to run as; None means 'as dev8 itself'. Never falls back to root silently."""
+    if user is None:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise SpawnError(f"user {user!r} does not exist") from None
+    if os.geteuid() != 0:
+        if entry.pw_uid == os.geteuid():
+            return None
+        raise SpawnError(f"cannot run as {user!r}: dev8 is not running as root")
+    groups = tuple(os.getgrouplist(user, entry.pw_gid))
+    return _Identity(
+        entry.pw_uid, entry.pw_gid, groups, entry.pw_name, entry.pw_dir, entry.pw_shell
+    )
+
+
+def _environment(settings: ProcessSettings, identity: _Identity | None) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("DEV8_") and not key.startswith("AZURE_")
+    }
+    if identity is not None:
+        env.update(
+            HOME=identity.home, USER=identity.name, LOGNAME=identity.name, SHELL=identity.shell
+        )
+    env.update(settings.env)
+    return env
+
+
+async def run_process(
+    ctx: ChildContext,
+    settings: ProcessSettings,
+    *,
+    own: OwnPids,
+    output: OutputRing | None = None,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the process once; report started with its pid; return on exit 0, raise otherwise."""
+    log = structlog.get_logger("dev8.process").bind(service=ctx.name)
+    identity = _identity(settings.user)
+    options: dict[str, Any] = {}
+    if identity is not None:
+        options = {"user": identity.uid, "group": identity.gid, "extra_groups": identity.groups}
+    try:
+        with own.spawning():
+            process = await trio.lowlevel.open_process(
+                list(settings.command),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                env=_environment(settings, identity),
+                cwd=settings.cwd,
+                **options,
+            )
+            own.add(process.pid)
+    except OSError as error:
+        raise SpawnError(f"cannot start {settings.command[0]!r}: {error.strerror}") from None
+    try:
+        ctx.info.update(pid=process.pid, user=identity.name if identity else None)
+        returncode = await _supervise(
+            ctx, process, settings, log=log, output=output, task_status=task_status
+        )
+    finally:
+        own.discard(process.pid)
+        with contextlib.suppress(OSError):
+            _close_pipes(process)
+    ctx.info["exit_code"] = returncode
+    if returncode != 0:
+        raise ProcessExited(returncode)
+
+
+async def _supervise(
+    ctx: ChildContext,
+    process: trio.Process,
+    settings: ProcessSettings,
+    *,
+    log: Any,
+    output: OutputRing | None,
+    task_status: trio.TaskStatus[Any],
+) -> int:
+    try:
+        async with trio.open_nursery() as nursery:
+            for stream, name in ((process.stdout, "stdout"), (process.stderr, "stderr")):
+                if stream is not None:
+                    nursery.start_soon(_pump, stream, name, log, output)
+            task_status.started({"pid": process.pid})
+            returncode = await process.wait()
+            # Output still in the pipes is drained; a grandchild holding them open is not waited.
+            nursery.cancel_scope.deadline = trio.current_time() + _DRAIN_AFTER_EXIT
+    finally:
+        if process.returncode is None:  # being stopped (cancelled), or failing ourselves
+            with ctx.cleanup_scope():
+                await _stop(process, settings, log)
+    # What is left of the process group (orphaned helpers) goes with its leader.
+    _signal_group(process.pid, signal.SIGTERM)
+    return returncode
+
+
+async def _stop(process: trio.Process, settings: ProcessSettings, log: Any) -> None:
+    """The stop ladder: stop signal to the group, wait, SIGKILL to the group."""
+    if process.returncode is None:
+        _signal_group(process.pid, settings.stop_signal)
+        with trio.move_on_after(settings.stop_timeout):
+            await process.wait()
+        if process.returncode is None:
+            log.warning("stop_timeout_kill", pid=process.pid, stop_timeout=settings.stop_timeout)
+    _signal_group(process.pid, signal.SIGKILL)
+    await process.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _close_pipes(process: trio.Process) -> None:
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()  # type: ignore[attr-defined]
+
+
+async def _pump(
+    stream: trio.abc.ReceiveStream, name: str, log: Any, output: OutputRing | None
+) -> None:
+    """Forward output line by line; a line longer than the cap is split, never buffered forever."""
+    pending = b""
+    async for chunk in stream:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        while len(pending) > _MAX_LINE:
+            lines.append(pending[:_MAX_LINE])
+            pending = pending[_MAX_LINE:]
+        for raw in lines:
+            _emit(raw, name, log, output)
+    if pending:
+        _emit(pending, name, log, output)
+
+
+def _emit(raw: bytes, name: str, log: Any, output: OutputRing | None) -> None:
+    line = raw.decode("utf-8", errors="replace").rstrip("\r")
+    log.info(line, stream=name)
+    if output is not None:
+        output.append(name, line)
