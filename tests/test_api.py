@@ -1,0 +1,186 @@
+"""The management API over a real socket: hypercorn on loopback, httpx and a websocket client."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+import trio_websocket
+
+from actors import ChildContext, ChildSpec, EventBus, Intensity, Supervisor
+from dev8.api import create_app, serve_api
+from dev8.control import Control
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@attrs.define
+class Api:
+    url: str
+    ws_url: str
+    bus: EventBus
+    services: Supervisor
+    crash: dict[str, trio.Event]
+
+
+async def worker(
+    ctx: ChildContext, *, task_status: trio.TaskStatus[Any], crash: dict[str, trio.Event]
+) -> None:
+    event = crash[ctx.name] = trio.Event()
+    task_status.started()
+    await event.wait()
+    raise RuntimeError("asked to crash")
+
+
+async def start_api(
+    nursery: trio.Nursery, *, token: str | None = None, open_changes: bool = True
+) -> Api:
+    bus = EventBus()
+    crash: dict[str, trio.Event] = {}
+
+    async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
+        await worker(ctx, task_status=task_status, crash=crash)
+
+    services = Supervisor(
+        "services",
+        [
+            ChildSpec(name="web", start=start),
+            ChildSpec(name="flaky", start=start, intensity=Intensity(max_restarts=0, window=60)),
+        ],
+        bus=bus,
+    )
+    root = Supervisor("dev8", [services.child_spec()], bus=bus)
+    await nursery.start(root.run)
+    control = Control(bus=bus, root=root, services=services, environment_id="e1", user_id="u1")
+    app = create_app(control, token=token, open_changes=open_changes)
+    port = free_port()
+    ctx = ChildContext(name="api", path="dev8/api", attempt=0, publish=bus.publish)
+    await nursery.start(serve_api, ctx, app, f"127.0.0.1:{port}")
+    return Api(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", bus, services, crash)
+
+
+@pytest.fixture
+async def api(nursery: trio.Nursery) -> AsyncIterator[Api]:
+    yield await start_api(nursery)
+    nursery.cancel_scope.cancel()
+
+
+async def test_health_is_the_seed_shape_and_turns_503_when_a_service_is_fatal(api: Api) -> None:
+    async with httpx.AsyncClient(base_url=api.url) as client:
+        response = await client.get("/health")
+        assert response.status_code == 200
+        body = response.json()
+        assert body["healthy"] is True
+        assert body["services"] == {"web": "running", "flaky": "running"}
+        assert set(body) == {"healthy", "lastCheck", "services", "uptime"}
+        assert body["uptime"].endswith("s")
+
+        api.crash["flaky"].set()
+        await trio.testing.wait_all_tasks_blocked()
+        response = await client.get("/health")
+        assert response.status_code == 503
+        assert response.json()["services"]["flaky"] == "fatal"
+
+
+async def test_status_shows_the_tree(api: Api) -> None:
+    async with httpx.AsyncClient(base_url=api.url) as client:
+        body = (await client.get("/status")).json()
+    tree = body["tree"]
+    assert tree["name"] == "dev8"
+    (services,) = tree["children"]
+    assert services["kind"] == "supervisor"
+    assert [c["name"] for c in services["children"]] == ["web", "flaky"]
+    assert body["environment_id"] == "e1"
+
+
+async def test_restart_of_an_unknown_service_is_404_with_the_known_names(api: Api) -> None:
+    async with httpx.AsyncClient(base_url=api.url) as client:
+        response = await client.post("/restart/nope")
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "unknown_service"
+    assert error["known"] == ["flaky", "web"]
+
+
+async def test_restart_counts_and_streams_events(api: Api) -> None:
+    async with trio_websocket.open_websocket_url(f"{api.ws_url}/events?service=web") as ws:
+        async with httpx.AsyncClient(base_url=api.url) as client:
+            response = await client.post("/restart/web")
+        assert response.status_code == 200
+        assert response.json()["restarts"] == 1
+        kinds = []
+        with trio.fail_after(5):
+            while "child_started" not in kinds:
+                message = json.loads(await ws.get_message())
+                assert message["data"]["child"] == "web"
+                kinds.append(message["kind"])
+    assert kinds == [
+        "child_stopping",
+        "child_exited",
+        "child_stopped",
+        "restart_scheduled",
+        "child_started",
+    ]
+
+
+async def test_events_resume_from_a_sequence_number_without_gap_or_duplicate(api: Api) -> None:
+    first = api.bus.last_seq
+    api.crash["web"].set()
+    await trio.testing.wait_all_tasks_blocked()
+    async with trio_websocket.open_websocket_url(f"{api.ws_url}/events?since={first}") as ws:
+        seqs = []
+        with trio.fail_after(5):
+            while len(seqs) < api.bus.last_seq - first:
+                seqs.append(json.loads(await ws.get_message())["seq"])
+    assert seqs == list(range(first + 1, api.bus.last_seq + 1))
+
+
+async def test_unknown_route_and_wrong_method_are_json_errors(api: Api) -> None:
+    async with httpx.AsyncClient(base_url=api.url) as client:
+        missing = await client.get("/nope")
+        wrong = await client.get("/restart/web")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_a_token_guards_changes_and_events_but_not_health(nursery: trio.Nursery) -> None:
+    api = await start_api(nursery, token="s3cret-token")
+    async with httpx.AsyncClient(base_url=api.url) as client:
+        assert (await client.get("/health")).status_code == 200
+        assert (await client.post("/restart/web")).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert (await client.post("/restart/web", headers=wrong)).status_code == 401
+        right = {"Authorization": "Bearer s3cret-token"}
+        assert (await client.post("/restart/web", headers=right)).status_code == 200
+        upgrade = {
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        }
+        rejected = await client.get("/events", headers=upgrade)
+        assert rejected.status_code in (401, 403)
+        accepted = await client.get("/events", headers={**upgrade, **right})
+        assert accepted.status_code == 101
+    nursery.cancel_scope.cancel()
+
+
+async def test_changes_are_refused_without_a_token_beyond_loopback(nursery: trio.Nursery) -> None:
+    api = await start_api(nursery, open_changes=False)
+    async with httpx.AsyncClient(base_url=api.url) as client:
+        response = await client.post("/restart/web")
+    assert response.status_code == 403
+    nursery.cancel_scope.cancel()
