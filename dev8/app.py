@@ -65,13 +65,6 @@ def _intensity(config: IntensityConfig) -> Intensity:
     return Intensity(max_restarts=config.max_restarts, window=config.window)
 
 
-def service_user(config: Config, service: ServiceConfig) -> str | None:
-    """The configured user, else the workspace user when dev8 is root, else dev8's own user."""
-    if service.user is not None:
-        return service.user
-    return config.workspace.user if os.geteuid() == 0 else None
-
-
 def service_spec(
     name: str, config: Config, service: ServiceConfig, *, own: OwnPids, output: OutputRing
 ) -> ChildSpec:
@@ -79,7 +72,7 @@ def service_spec(
         command=service.command,
         env=dict(service.env),
         cwd=service.cwd,
-        user=service_user(config, service),
+        user=config.service_user(name, as_root=os.geteuid() == 0),
         stop_signal=service.stop_signal,
         stop_timeout=service.stop_timeout,
     )

@@ -1,0 +1,822 @@
+"""dev8's configuration: one YAML file, overridable by `DEV8_*` variables, validated at load.
+
+This is the only module that reads the configuration file. Shapes and types are checked by a
+strict cattrs converter (no silent coercion: `"yes"` is not a boolean, `8000` is not a string);
+value ranges by attrs validators, so a `Config` built in code is checked the same way. Every
+failure becomes one `ConfigError` naming the file (or the variable) and the key path.
+
+See docs/configuration.md for the reference.
+"""
+
+import difflib
+import enum
+import ipaddress
+import math
+import os
+import re
+import reprlib
+import signal
+import types
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal, NewType, TypeAlias, Union, get_args, get_origin
+
+import attrs
+import cattrs
+import yaml
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+)
+from cattrs.gen import make_dict_structure_fn, make_mapping_structure_fn
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "RESERVED_ENV_VARS",
+    "ApiConfig",
+    "BackoffConfig",
+    "Bind",
+    "Config",
+    "ConfigError",
+    "IntensityConfig",
+    "LogConfig",
+    "LogLevel",
+    "RestartType",
+    "ServiceConfig",
+    "ShutdownConfig",
+    "SupervisorConfig",
+    "TcpBind",
+    "UnixBind",
+    "WorkspaceConfig",
+    "config_to_dict",
+    "load_config",
+    "parse_bind",
+    "parse_config",
+]
+
+DEFAULT_CONFIG_PATH = "/etc/dev8/supervisor.yaml"
+ENV_PREFIX = "DEV8_"
+# Variables that share the prefix but are not key overrides (the CLI reads the file path from it).
+RESERVED_ENV_VARS = frozenset({"DEV8_CONFIG"})
+SECRET_KEY_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
+REDACTED = "***"
+
+_KeyPath: TypeAlias = tuple[str | int, ...]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ConfigError(Exception):
+    """A configuration that dev8 refuses to run with; `str()` is the one line to show."""
+
+    def __init__(
+        self, source: str, path: str, message: str, *, others: Sequence["ConfigError"] = ()
+    ) -> None:
+        super().__init__(source, path, message)
+        self.source = source
+        self.path = path
+        self.message = message
+        # Further problems found in the same pass, for a CLI that wants to list them all.
+        self.others = tuple(others)
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"config error in {self.source}: {where}{self.message}"
+
+
+_NO_VALUE: Any = object()  # an error that has no offending value to show
+
+
+class _Invalid(ValueError):
+    """Raised by our hooks and validators; the offending value is kept apart so that values
+    under secret-looking keys are never echoed."""
+
+    def __init__(self, expected: str, value: Any = _NO_VALUE, *, at: _KeyPath = ()) -> None:
+        # str() (seen when a Config built in code is invalid) names the key, never the value.
+        super().__init__(f"{_format_path(at)}: {expected}" if at else expected)
+        self.expected = expected
+        self.value = value
+        self.at = at  # sub-path below the attribute or mapping entry being structured
+
+
+class _InvalidKey(_Invalid):
+    """A mapping key of the wrong type (YAML `on:` is the boolean True, not "on")."""
+
+
+_short_repr = reprlib.Repr()
+_short_repr.maxstring = 60
+_short_repr.maxother = 60
+_short_repr.maxlevel = 2
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _short_repr.repr(value)
+
+
+_KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (type(None), "null"),
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a number"),
+    (str, "a string"),
+    (Mapping, "a mapping"),
+    ((list, tuple), "a list"),
+)
+
+
+def _kind(value: Any) -> str:
+    """What a value is, without showing it."""
+    for types_, kind in _KINDS:
+        if isinstance(value, types_):
+            return kind
+    return f"a {type(value).__name__}"
+
+
+def _looks_secret(key: object) -> bool:
+    upper = str(key).upper()
+    return any(word in upper for word in SECRET_KEY_WORDS)
+
+
+# --------------------------------------------------------------------------- validators
+
+
+def _number(
+    *, ge: float | None = None, gt: float | None = None, lt: float | None = None
+) -> Callable[[Any, "attrs.Attribute[Any]", float], None]:
+    """A range check whose message says what was expected."""
+    bounds = []
+    if ge is not None:
+        bounds.append(f">= {ge:g}")
+    if gt is not None:
+        bounds.append(f"> {gt:g}")
+    if lt is not None:
+        bounds.append(f"< {lt:g}")
+
+    def check(_inst: Any, attribute: "attrs.Attribute[Any]", value: float) -> None:
+        ok = (
+            math.isfinite(value)
+            and (ge is None or value >= ge)
+            and (gt is None or value > gt)
+            and (lt is None or value < lt)
+        )
+        if not ok:
+            what = "an integer" if isinstance(value, int) else "a number"
+            raise _Invalid(f"expected {what} {' and '.join(bounds)}", value, at=(attribute.name,))
+
+    return check
+
+
+_SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_BAD_NAME_CHARS = re.compile(r"[\s\x00-\x1f\x7f:/]")
+
+
+def _check_name(_inst: Any, attribute: "attrs.Attribute[Any]", value: str | None) -> None:
+    """User names and ids: non-empty, no whitespace, control characters, ':' or '/'."""
+    if value is not None and (not value or len(value) > 256 or _BAD_NAME_CHARS.search(value)):
+        raise _Invalid(
+            "expected a non-empty name without spaces, ':' or '/'", value, at=(attribute.name,)
+        )
+
+
+def _check_path(_inst: Any, attribute: "attrs.Attribute[Any]", value: str | None) -> None:
+    if value is not None and (not value or "\0" in value):
+        raise _Invalid("expected a non-empty path", value, at=(attribute.name,))
+
+
+def _check_command(_inst: Any, attribute: "attrs.Attribute[Any]", value: tuple[str, ...]) -> None:
+    if not value or not value[0]:
+        raise _Invalid("expected a non-empty list of strings", list(value), at=(attribute.name,))
+    for index, arg in enumerate(value):
+        if "\0" in arg:
+            raise _Invalid("expected no NUL characters", at=(attribute.name, index))
+
+
+def _check_env(_inst: Any, attribute: "attrs.Attribute[Any]", value: Mapping[str, str]) -> None:
+    for key, item in value.items():
+        if not key or "=" in key or "\0" in key:
+            raise _Invalid(
+                "expected a variable name without '=' or NUL", key, at=(attribute.name, key)
+            )
+        if "\0" in item:
+            raise _Invalid("expected no NUL characters", at=(attribute.name, key))
+
+
+def _check_services(
+    _inst: Any, attribute: "attrs.Attribute[Any]", value: Mapping[str, Any]
+) -> None:
+    for name in value:
+        if not _SERVICE_NAME.fullmatch(name):
+            raise _Invalid(
+                "invalid service name: expected 1 to 63 of a-z, 0-9, '-', '_', "
+                "starting with a letter or digit",
+                at=(attribute.name, name),
+            )
+
+
+def _redacted_env_repr(env: Mapping[str, str]) -> str:
+    return repr({k: REDACTED if _looks_secret(k) else v for k, v in env.items()})
+
+
+# Field metadata: a path that load_config resolves against the config file's directory.
+_IS_PATH = "dev8.path"
+
+
+def _path_field(default: str | None) -> Any:
+    return attrs.field(default=default, validator=_check_path, metadata={_IS_PATH: True})
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class RestartType(enum.Enum):
+    """OTP restart types: when a service that ended is started again."""
+
+    PERMANENT = "permanent"  # always
+    TRANSIENT = "transient"  # only after an abnormal exit
+    TEMPORARY = "temporary"  # never
+
+
+LogLevel: TypeAlias = Literal["debug", "info", "warning", "error"]
+
+
+@attrs.frozen
+class TcpBind:
+    """`HOST:PORT`; `str()` gives the form hypercorn's `bind` accepts."""
+
+    host: str
+    port: int = attrs.field(validator=_number(ge=1, lt=65536))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@attrs.frozen
+class UnixBind:
+    """`unix:/PATH`; `str()` gives the form hypercorn's `bind` accepts."""
+
+    path: str
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
+
+
+Bind: TypeAlias = TcpBind | UnixBind
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_PORT = re.compile(r"[0-9]{1,5}")
+_SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes, NUL included
+_BIND_FORMS = "expected HOST:PORT, [IPV6]:PORT or unix:/ABSOLUTE/PATH"
+
+
+def _valid_hostname(host: str) -> bool:
+    labels = host.split(".")
+    return (
+        len(host) <= 253
+        and all(_HOST_LABEL.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()  # "999.1.1.1" is a bad address, not a host name
+    )
+
+
+def parse_bind(text: str) -> Bind:
+    """Parse `HOST:PORT`, `[IPV6]:PORT` or `unix:/PATH`; raises ValueError saying what is wrong."""
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path.startswith("/") or "\0" in path:
+            raise _Invalid(f"{_BIND_FORMS} (the socket path must be absolute)", text)
+        if len(os.fsencode(path)) > _SUN_PATH_MAX:
+            raise _Invalid(f"a socket path of at most {_SUN_PATH_MAX} bytes", text)
+        return UnixBind(path)
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not _PORT.fullmatch(port_text):
+        raise _Invalid(_BIND_FORMS, text)
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise _Invalid("expected a port from 1 to 65535", text)
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise _Invalid(f"{_BIND_FORMS} (bad IPv6 address)", text) from None
+        return TcpBind(host[1:-1], port)
+    if ":" in host:
+        raise _Invalid(f"{_BIND_FORMS} (put an IPv6 address in brackets: [::1]:9000)", text)
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        if not _valid_hostname(host):
+            raise _Invalid(f"{_BIND_FORMS} (bad host)", text) from None
+    return TcpBind(host, port)
+
+
+@attrs.frozen
+class IntensityConfig:
+    """At most `max_restarts` restarts in any `window` seconds; beyond that, give up."""
+
+    max_restarts: int = attrs.field(default=10, validator=_number(ge=0))
+    window: float = attrs.field(default=60.0, validator=_number(gt=0))
+
+
+def _check_max_delay(
+    inst: "BackoffConfig", attribute: "attrs.Attribute[Any]", value: float
+) -> None:
+    if value < inst.min_delay or value < inst.initial_delay:
+        raise _Invalid(
+            "expected a number >= min_delay and >= initial_delay", value, at=(attribute.name,)
+        )
+
+
+@attrs.frozen
+class BackoffConfig:
+    """Delay before a restart: `initial_delay` first, then from `min_delay` growing by `factor`
+    up to `max_delay`, +/- `jitter` (a fraction); reset after `reset_after` seconds running."""
+
+    initial_delay: float = attrs.field(default=0.0, validator=_number(ge=0))
+    min_delay: float = attrs.field(default=0.1, validator=_number(ge=0))
+    max_delay: float = attrs.field(default=30.0, validator=[_number(ge=0), _check_max_delay])
+    factor: float = attrs.field(default=2.0, validator=_number(ge=1))
+    jitter: float = attrs.field(default=0.1, validator=_number(ge=0, lt=1))
+    reset_after: float = attrs.field(default=10.0, validator=_number(ge=0))
+
+
+@attrs.frozen
+class ServiceConfig:
+    """One supervised program."""
+
+    command: tuple[str, ...] = attrs.field(validator=_check_command)
+    env: Mapping[str, str] = attrs.field(
+        factory=dict, validator=_check_env, repr=_redacted_env_repr
+    )
+    cwd: str | None = _path_field(None)
+    # None: workspace.user when dev8 runs as root, else dev8's own user (see Config.service_user).
+    user: str | None = attrs.field(default=None, validator=_check_name)
+    restart: RestartType = RestartType.PERMANENT
+    critical: bool = False  # ending for good shuts dev8 down with exit code 3
+    enabled: bool = True
+    stop_signal: signal.Signals = signal.SIGTERM
+    stop_timeout: float = attrs.field(default=10.0, validator=_number(ge=0))
+    start_timeout: float = attrs.field(default=60.0, validator=_number(gt=0))
+    backoff: BackoffConfig = attrs.field(factory=BackoffConfig)
+    intensity: IntensityConfig = attrs.field(factory=IntensityConfig)
+
+
+@attrs.frozen
+class WorkspaceConfig:
+    dir: str = _path_field("/workspace")
+    user: str = attrs.field(default="dev8", validator=_check_name)
+
+
+@attrs.frozen
+class ApiConfig:
+    bind: Bind = TcpBind("127.0.0.1", 9000)
+    token_file: str | None = _path_field(None)
+
+
+@attrs.frozen
+class LogConfig:
+    level: LogLevel = "info"
+
+
+@attrs.frozen
+class ShutdownConfig:
+    timeout: float = attrs.field(default=30.0, validator=_number(gt=0))
+    kill_grace: float = attrs.field(default=2.0, validator=_number(ge=0))
+
+
+@attrs.frozen
+class SupervisorConfig:
+    intensity: IntensityConfig = attrs.field(factory=lambda: IntensityConfig(50, 60.0))
+
+
+@attrs.frozen
+class Config:
+    """The whole configuration. A new section is one attrs class and one field here."""
+
+    environment_id: str = attrs.field(default="local", validator=_check_name)
+    user_id: str = attrs.field(default="local", validator=_check_name)
+    workspace: WorkspaceConfig = attrs.field(factory=WorkspaceConfig)
+    api: ApiConfig = attrs.field(factory=ApiConfig)
+    log: LogConfig = attrs.field(factory=LogConfig)
+    shutdown: ShutdownConfig = attrs.field(factory=ShutdownConfig)
+    supervisor: SupervisorConfig = attrs.field(factory=SupervisorConfig)
+    services: Mapping[str, ServiceConfig] = attrs.field(factory=dict, validator=_check_services)
+
+    def service_user(self, name: str, *, as_root: bool) -> str | None:
+        """The user a service runs as; None means dev8's own user (no switch)."""
+        configured = self.services[name].user
+        if configured is not None:
+            return configured
+        return self.workspace.user if as_root else None
+
+
+# --------------------------------------------------------------------------- the converter
+
+_Key = NewType("_Key", str)
+
+
+def _structure_str(value: Any, _type: Any) -> str:
+    if isinstance(value, str):
+        return value
+    hint = " (quote it)" if isinstance(value, bool | int | float) else ""
+    raise _Invalid(f"expected a string{hint}", value)
+
+
+def _structure_key(value: Any, _type: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise _InvalidKey("expected a string key (quote it)", value)
+
+
+def _structure_bool(value: Any, _type: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _Invalid("expected true or false", value)
+
+
+def _structure_int(value: Any, _type: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _Invalid("expected an integer", value)
+
+
+def _structure_float(value: Any, _type: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            result = float(value)
+        except OverflowError:
+            raise _Invalid("expected a number of a sensible size", value) from None
+        if math.isfinite(result):
+            return result
+        raise _Invalid("expected a finite number", value)
+    raise _Invalid("expected a number", value)
+
+
+def _structure_signal(value: Any, _type: Any) -> signal.Signals:
+    if isinstance(value, str):
+        name = value.upper()
+        name = name if name.startswith("SIG") else f"SIG{name}"
+        member = signal.Signals.__members__.get(name)
+        if member is not None:
+            return member
+    raise _Invalid("expected a signal name such as TERM, INT, HUP, QUIT or KILL", value)
+
+
+def _structure_bind(value: Any, _type: Any) -> Bind:
+    if not isinstance(value, str):
+        raise _Invalid(_BIND_FORMS, value)
+    return parse_bind(value)
+
+
+def _structure_str_tuple(value: Any, _type: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise _Invalid("expected a non-empty list of strings", value)
+    items = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            hint = " (quote it)" if isinstance(item, bool | int | float) else ""
+            raise _Invalid(f"expected a string{hint}", item, at=(index,))
+        items.append(item)
+    return tuple(items)
+
+
+def _is_enum(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, enum.Enum) and tp is not signal.Signals
+
+
+def _choices_hook(choices: Sequence[Any], build: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
+    listed = ", ".join(repr(c) for c in choices)
+
+    def hook(value: Any, _type: Any) -> Any:
+        if isinstance(value, str) and value in choices:
+            return build(value)
+        raise _Invalid(f"expected one of {listed}", value)
+
+    return hook
+
+
+def _enum_factory(tp: type[enum.Enum]) -> Callable[[Any, Any], Any]:
+    return _choices_hook([m.value for m in tp], tp)
+
+
+def _is_literal(tp: Any) -> bool:
+    return get_origin(tp) is Literal
+
+
+def _literal_factory(tp: Any) -> Callable[[Any, Any], Any]:
+    return _choices_hook(get_args(tp), lambda v: v)
+
+
+def _is_mapping_type(tp: Any) -> bool:
+    return get_origin(tp) in (dict, Mapping)
+
+
+def _as_mapping(value: Any) -> Mapping[Any, Any]:
+    """An empty section (`api:` with everything commented out) means all defaults."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _Invalid("expected a mapping", value)
+    return value
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+
+    def attrs_factory(cl: type[Any]) -> Callable[[Any, Any], Any]:
+        inner = make_dict_structure_fn(
+            cl, conv, _cattrs_forbid_extra_keys=True, _cattrs_detailed_validation=True
+        )
+        return lambda value, tp: inner(_as_mapping(value), tp)
+
+    def mapping_factory(tp: Any) -> Callable[[Any, Any], Any]:
+        key_type = get_args(tp)[0] if get_args(tp) else Any
+        inner = make_mapping_structure_fn(
+            tp, conv, key_type=_Key if key_type is str else key_type, detailed_validation=True
+        )
+        return lambda value, tp: inner(_as_mapping(value), tp)
+
+    conv.register_structure_hook(str, _structure_str)
+    conv.register_structure_hook(_Key, _structure_key)
+    conv.register_structure_hook(bool, _structure_bool)
+    conv.register_structure_hook(int, _structure_int)
+    conv.register_structure_hook(float, _structure_float)
+    conv.register_structure_hook(signal.Signals, _structure_signal)
+    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _structure_str_tuple)
+    conv.register_structure_hook_factory(_is_enum, _enum_factory)
+    conv.register_structure_hook_factory(_is_literal, _literal_factory)
+    conv.register_structure_hook_factory(_is_mapping_type, mapping_factory)
+    conv.register_structure_hook_factory(attrs.has, attrs_factory)
+    conv.register_structure_hook(Bind, _structure_bind)
+
+    conv.register_unstructure_hook(signal.Signals, lambda s: s.name)
+    conv.register_unstructure_hook(Bind, str)
+    conv.register_unstructure_hook_func(lambda t: t == tuple[str, ...], list)
+    return conv
+
+
+_converter = _make_converter()
+
+
+# --------------------------------------------------------------------------- cattrs errors -> one
+
+
+def _unknown_key_message(key: object, cl: type[Any]) -> str:
+    names = [f.name for f in attrs.fields(cl)]
+    close = difflib.get_close_matches(str(key).lower(), names, n=1)
+    # DEV8_API_BIND: one underscore where the nesting needs two.
+    close = close or [n for n in names if str(key).lower().startswith(f"{n}_")][:1]
+    return f"{_UNKNOWN} (did you mean {close[0]!r}?)" if close else _UNKNOWN
+
+
+_MISSING = "required key missing"
+_UNKNOWN = "unknown key"
+
+
+def _flatten(exc: BaseException, path: _KeyPath) -> Iterator[tuple[_KeyPath, str]]:
+    """Walk cattrs' exception groups (and their notes) into (key path, message) pairs."""
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        with_notes, without = exc.group_exceptions()
+        for sub, note in with_notes:
+            # Notes name attributes or mapping keys (our only list hook reports its own index).
+            step = note.name if hasattr(note, "name") else str(note.index)
+            yield from _flatten(sub, (*path, step))
+        for sub in without:
+            yield from _flatten(sub, path)
+    elif isinstance(exc, ForbiddenExtraKeysError):
+        for key in sorted(exc.extra_fields, key=str):
+            yield (*path, str(key)), _unknown_key_message(key, exc.cl)
+    elif isinstance(exc, _Invalid):
+        where = (*path, *exc.at)
+        shown = not any(_looks_secret(step) for step in where)
+        if shown and len(where) >= 2 and where[-2] == "env":
+            shown = False  # environment values are often secrets
+        got = _describe(exc.value) if shown else _kind(exc.value)
+        prefix = "invalid key: " if isinstance(exc, _InvalidKey) else ""
+        if exc.value is _NO_VALUE:
+            yield where, f"{prefix}{exc.expected}"
+        else:
+            yield where, f"{prefix}{exc.expected}, got {got}"
+    elif isinstance(exc, KeyError):
+        yield path, _MISSING
+    else:  # a cattrs or attrs check we did not anticipate; say where, never the value
+        yield path, f"invalid value ({type(exc).__name__})"
+
+
+def _format_path(path: _KeyPath) -> str:
+    out = ""
+    for step in path:
+        if isinstance(step, int) and not isinstance(step, bool):
+            out += f"[{step}]"
+        else:
+            out += f".{step}" if out else str(step)
+    return out
+
+
+# --------------------------------------------------------------------------- env overrides
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _is_text_type(tp: Any) -> bool:
+    """Keys whose YAML value is a string: an override gives them the text verbatim."""
+    tp = _unwrap_optional(tp)
+    return (
+        tp is str
+        or tp == Bind
+        or _is_literal(tp)
+        or (isinstance(tp, type) and issubclass(tp, enum.Enum))
+    )
+
+
+def _norm(key: str) -> str:
+    return key.lower().replace("-", "_")
+
+
+def _child(tp: Any, node: Mapping[Any, Any], segment: str) -> tuple[str, Any]:
+    """The key a variable's segment addresses in `node` (of type `tp`), and the child's type."""
+    tp = _unwrap_optional(tp)
+    if attrs.has(tp):
+        name = segment.lower()
+        fields = {f.name: f.type for f in attrs.fields(tp)}
+        return name, fields.get(name)
+    if _is_mapping_type(tp):
+        value_type = get_args(tp)[1]
+        if segment in node:
+            return segment, value_type
+        if not attrs.has(value_type):
+            return segment, value_type  # env names are case-sensitive: keep them as written
+        for key in node:
+            if isinstance(key, str) and _norm(key) == _norm(segment):
+                return key, value_type
+        return segment.lower(), value_type
+    return segment.lower(), None  # unknown key: structuring will report it
+
+
+def _override_value(var: str, raw: str, tp: Any, path: str) -> Any:
+    if tp is not None and _is_text_type(tp):
+        if raw in ("", "null", "~") and _unwrap_optional(tp) is not tp:
+            return None
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except (yaml.YAMLError, ValueError, RecursionError):
+        raise ConfigError(var, path, "the value is not a valid YAML flow value") from None
+
+
+def _apply_overrides(
+    data: dict[Any, Any], environ: Mapping[str, str], origins: dict[_KeyPath, str]
+) -> None:
+    """Apply `DEV8_A__B__C=value` variables to the raw data, noting which variable set what."""
+    requests = []
+    for var, raw in environ.items():
+        if not var.startswith(ENV_PREFIX) or var in RESERVED_ENV_VARS:
+            continue
+        segments = var[len(ENV_PREFIX) :].split("__")
+        if not all(segments):
+            raise ConfigError(var, "", "malformed name: expected DEV8_KEY or DEV8_SECTION__KEY")
+        requests.append((len(segments), var, segments, raw))
+    set_by: dict[_KeyPath, str] = {}
+    for _, var, segments, raw in sorted(requests):
+        node: dict[Any, Any] = data
+        tp: Any = Config
+        path: _KeyPath = ()
+        for depth, segment in enumerate(segments):
+            key, child_tp = _child(tp, node, segment)
+            path = (*path, key)
+            dotted = _format_path(path)
+            if depth == len(segments) - 1:
+                if path in set_by:
+                    raise ConfigError(var, dotted, f"also set by {set_by[path]}")
+                node[key] = _override_value(var, raw, child_tp, dotted)
+                set_by[path] = origins[path] = var
+                break
+            if child_tp is not None and not (
+                attrs.has(_unwrap_optional(child_tp)) or _is_mapping_type(child_tp)
+            ):
+                raise ConfigError(var, dotted, "cannot set a key inside this value")
+            if node.get(key) is None:
+                node[key] = {}
+                origins.setdefault(path, var)
+            elif isinstance(node[key], dict):
+                node[key] = dict(node[key])  # YAML aliases share nodes: copy before writing
+            else:
+                raise ConfigError(var, dotted, f"cannot set a key inside {_kind(node[key])}")
+            node, tp = node[key], child_tp
+
+
+def _source_of(path: _KeyPath, origins: Mapping[_KeyPath, str], default: str) -> str:
+    best: _KeyPath | None = None
+    for origin in origins:
+        if path[: len(origin)] == origin and (best is None or len(origin) > len(best)):
+            best = origin
+    return origins[best] if best is not None else default
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = exc.problem or exc.context or "syntax error"
+        raise ConfigError(source, "", f"invalid YAML{where}: {problem}") from None
+    except yaml.YAMLError as exc:  # e.g. ReaderError: a control character in the text
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(source, "", f"invalid YAML: {first_line}") from None
+    except RecursionError:
+        raise ConfigError(source, "", "invalid YAML: nested too deeply") from None
+    except (ValueError, OverflowError) as exc:  # e.g. the timestamp 2024-02-30
+        raise ConfigError(source, "", f"invalid YAML value: {exc}") from None
+
+
+def _resolve_paths(obj: Any, base_dir: str) -> Any:
+    """Make relative path fields relative to the config file's directory."""
+    if isinstance(obj, Mapping):
+        return {k: _resolve_paths(v, base_dir) for k, v in obj.items()}
+    if not attrs.has(type(obj)):
+        return obj
+    changes = {}
+    for field in attrs.fields(type(obj)):
+        value = getattr(obj, field.name)
+        if field.metadata.get(_IS_PATH) and isinstance(value, str):
+            changes[field.name] = os.path.normpath(os.path.join(base_dir, value))
+        elif attrs.has(type(value)) or isinstance(value, Mapping):
+            changes[field.name] = _resolve_paths(value, base_dir)
+    return attrs.evolve(obj, **changes)
+
+
+def _parse(
+    text: str, source: str, environ: Mapping[str, str] | None, base_dir: str | None
+) -> Config:
+    environ = os.environ if environ is None else environ
+    data = _parse_yaml(text, source)
+    if data is None:
+        raise ConfigError(source, "", "the file is empty; expected a mapping of settings")
+    if not isinstance(data, dict):
+        raise ConfigError(source, "", f"expected a mapping at the top level, got {_kind(data)}")
+    origins: dict[_KeyPath, str] = {}
+    for key, var in (("environment_id", "ENVIRONMENT_ID"), ("user_id", "USER_ID")):
+        if key not in data and environ.get(var):
+            data[key] = environ[var]
+            origins[(key,)] = var
+    _apply_overrides(data, environ, origins)
+    try:
+        config = _converter.structure(data, Config)
+    except Exception as exc:  # every structuring failure becomes one ConfigError
+        # A misspelt key also makes the real one "missing": report the misspelling first.
+        problems = sorted(_flatten(exc, ()), key=lambda p: p[1] == _MISSING)
+        errors = []
+        for path, message in problems:
+            origin = _source_of(path, origins, source)
+            hint = ""
+            from_var = origin.startswith(ENV_PREFIX)
+            if from_var and path and message.startswith(_UNKNOWN) and "_" in str(path[-1]):
+                hint = "; nested keys are separated by '__' in variable names"
+            errors.append(ConfigError(origin, _format_path(path), message + hint))
+        first = errors[0]
+        raise ConfigError(first.source, first.path, first.message, others=errors[1:]) from None
+    return _resolve_paths(config, base_dir) if base_dir is not None else config
+
+
+def parse_config(text: str, source: str, environ: Mapping[str, str] | None = None) -> Config:
+    """Parse YAML text; `source` names it in errors. Relative paths are left as written."""
+    return _parse(text, source, environ, None)
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and parse the file; relative paths in it are resolved against its directory."""
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as file:
+            text = file.read()
+    except FileNotFoundError:
+        raise ConfigError(source, "", "file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, "", "the file is not valid UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read the file: {exc.strerror}") from None
+    return _parse(text, source, environ, os.path.dirname(os.path.abspath(source)))
+
+
+def config_to_dict(config: Config, *, redact: bool = True) -> dict[str, Any]:
+    """Plain data (YAML/JSON-ready) for `dev8 config show`; secret-looking env values hidden."""
+    data: dict[str, Any] = _converter.unstructure(config)
+    if redact:
+        for service in data["services"].values():
+            service["env"] = {
+                k: REDACTED if _looks_secret(k) else v for k, v in service["env"].items()
+            }
+    return data
