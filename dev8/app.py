@@ -15,7 +15,6 @@ import ipaddress
 import os
 import random
 import signal
-from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -33,8 +32,17 @@ from actors import (
 )
 
 from .api import create_app, serve_api
-from .config import BackoffConfig, Config, IntensityConfig, ServiceConfig, TcpBind, UnixBind
-from .control import Control
+from .config import (
+    BackoffConfig,
+    Config,
+    ConfigError,
+    IntensityConfig,
+    ServiceConfig,
+    TcpBind,
+    UnixBind,
+    load_config,
+)
+from .control import Control, Hooks
 from .init import OwnPids, become_subreaper, final_sweep, is_pid1, run_reaper
 from .logs import log_event
 from .process import OutputRing, ProcessSettings, run_process
@@ -117,12 +125,19 @@ def read_token(config: Config) -> str | None:
 class Dev8:
     """One run of dev8: the tree, the bus and the init duties around them."""
 
-    def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.config = config
+        self.config_path = config_path
         self.bus = EventBus(history=2000)
         self.bus.add_listener(log_event)
         self.own = OwnPids()
-        self.outputs: Mapping[str, OutputRing] = {
+        self.outputs: dict[str, OutputRing] = {
             name: OutputRing() for name, service in config.services.items() if service.enabled
         }
         self.rng = rng or random.Random()  # noqa: S311 - backoff jitter
@@ -155,6 +170,7 @@ class Dev8:
         self.force = trio.Event()
         self.exit_code = ExitCode.OK
         self._app: Any = None
+        self._reload_lock = trio.Lock()
 
     async def _start_api(self, ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
         await serve_api(ctx, self._app, str(self.config.api.bind), task_status=task_status)
@@ -169,6 +185,8 @@ class Dev8:
             services=self.services,
             environment_id=self.config.environment_id,
             user_id=self.config.user_id,
+            outputs=self.outputs,
+            hooks=Hooks(reload=self.reload if self.config_path else None),
         )
         self.control = control
         self._app = create_app(
@@ -178,7 +196,7 @@ class Dev8:
         tree_done = trio.Event()
         async with trio.open_nursery() as nursery:
             await nursery.start(run_reaper, self.own)
-            nursery.start_soon(self._watch_signals)
+            nursery.start_soon(self._watch_signals, nursery)
             tree_scope = trio.CancelScope()
 
             async def run_tree(*, task_status: trio.TaskStatus[None]) -> None:
@@ -233,12 +251,66 @@ class Dev8:
         with trio.move_on_after(5.0):
             await tree_done.wait()
 
-    async def _watch_signals(self) -> None:
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file and apply service changes; a bad file changes nothing.
+
+        Added services start, removed ones stop, changed ones are replaced (stopped, then started
+        with the new settings); unchanged ones keep running untouched.
+        """
+        assert self.config_path is not None
+        async with self._reload_lock:
+            return await self._reload(load_config(self.config_path))
+
+    async def _reload(self, new: Config) -> dict[str, Any]:
+        old_services = {n: s for n, s in self.config.services.items() if s.enabled}
+        new_services = {n: s for n, s in new.services.items() if s.enabled}
+        removed = [n for n in old_services if n not in new_services]
+        added = [n for n in new_services if n not in old_services]
+        changed = [
+            n for n in new_services if n in old_services and new_services[n] != old_services[n]
+        ]
+        for name in removed + changed:
+            await self.services.remove_child(name)
+        for name in changed + added:
+            self.outputs.setdefault(name, OutputRing())
+            spec = service_spec(
+                name, new, new_services[name], own=self.own, output=self.outputs[name]
+            )
+            await self.services.add_child(spec)
+        for name in removed:
+            self.outputs.pop(name, None)
+        others = [
+            section
+            for section in ("api", "workspace", "shutdown", "supervisor", "log")
+            if getattr(new, section) != getattr(self.config, section)
+        ]
+        self.config = new
+        result = {
+            "added": added,
+            "removed": removed,
+            "changed": changed,
+            "unchanged": [n for n in new_services if n in old_services and n not in changed],
+            "restart_required_for": others,
+        }
+        self.log.info("config_reloaded", **result)
+        return result
+
+    async def _reload_on_signal(self) -> None:
+        if self.config_path is None:
+            self.log.warning("reload_unavailable", why="dev8 was not started from a config file")
+            return
+        try:
+            await self.reload()
+        except ConfigError as error:
+            self.log.error("reload_rejected", error=str(error))
+
+    async def _watch_signals(self, nursery: trio.Nursery) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if signum == signal.SIGHUP:
-                    self.log.info("signal_ignored", signal=name, why="reload is not supported yet")
+                    self.log.info("signal_received", signal=name, action="reload")
+                    nursery.start_soon(self._reload_on_signal)
                 elif not self.shutdown_requested.is_set():
                     self.log.info("signal_received", signal=name, action="shutdown")
                     self.shutdown_requested.set()

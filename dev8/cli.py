@@ -73,7 +73,7 @@ def _run(path: str) -> int:
     configure_logging(
         level=config.log.level, environment_id=config.environment_id, user_id=config.user_id
     )
-    return trio.run(Dev8(config).run)
+    return trio.run(Dev8(config, config_path=path).run)
 
 
 if __name__ == "__main__":

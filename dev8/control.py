@@ -1,20 +1,24 @@
 """The narrow interface through which the API reads and acts on the workspace.
 
 The API never touches actors directly: it reads snapshots and the bus, and asks for changes here.
+The composition (``dev8.app``) fills in the hooks that need more than the tree (reload, secrets).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
 import trio
 
 import dev8
 from actors import ChildState, EventBus, NodeStatus, Supervisor, UnknownChild
+
+from .process import OutputRing
 
 
 class UnknownService(LookupError):
@@ -22,6 +26,10 @@ class UnknownService(LookupError):
         super().__init__(f"unknown service {name!r}")
         self.name = name
         self.known = sorted(known)
+
+
+class NotAvailable(Exception):
+    """The feature asked for is not configured in this workspace."""
 
 
 def format_uptime(seconds: float) -> str:
@@ -36,8 +44,28 @@ def format_uptime(seconds: float) -> str:
     return f"{secs}s"
 
 
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat()
+
+
 def iso_now() -> str:
     return datetime.now(tz=UTC).isoformat()
+
+
+@attrs.define
+class Hooks:
+    """What the composition provides beyond the tree; each may be absent."""
+
+    reload: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    refresh_secrets: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    #: service name -> readiness; a service missing from it is ready when running.
+    readiness: Callable[[], Mapping[str, bool]] | None = None
+    #: extra per-service status (probe results, ...), merged into /status.
+    service_details: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None
+    connections: Callable[[], dict[str, Any]] | None = None
+    secrets: Callable[[], dict[str, Any]] | None = None
 
 
 class Control:
@@ -51,14 +79,20 @@ class Control:
         services: Supervisor,
         environment_id: str,
         user_id: str,
+        outputs: Mapping[str, OutputRing] | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.bus = bus
         self.root = root
         self.services = services
         self.environment_id = environment_id
         self.user_id = user_id
+        self.outputs = outputs if outputs is not None else {}
+        self.hooks = hooks or Hooks()
         self.started_wall = time.time()
         self.started_clock = trio.current_time()
+
+    # -- reading --------------------------------------------------------------------------
 
     def uptime(self) -> float:
         return trio.current_time() - self.started_clock
@@ -69,9 +103,23 @@ class Control:
     def service_names(self) -> list[str]:
         return list(self.service_nodes())
 
+    def _node(self, name: str) -> NodeStatus:
+        nodes = self.service_nodes()
+        if name not in nodes:
+            raise UnknownService(name, list(nodes))
+        return nodes[name]
+
+    def readiness(self) -> dict[str, bool]:
+        probed = self.hooks.readiness() if self.hooks.readiness else {}
+        return {
+            name: node.state is ChildState.RUNNING and probed.get(name, True)
+            for name, node in self.service_nodes().items()
+        }
+
     def health(self) -> tuple[bool, dict[str, Any]]:
         nodes = self.service_nodes()
-        healthy = all(node.state is ChildState.RUNNING for node in nodes.values())
+        ready = self.readiness()
+        healthy = all(ready.values())
         body = {
             "healthy": healthy,
             "lastCheck": iso_now(),
@@ -80,21 +128,77 @@ class Control:
         }
         return healthy, body
 
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        ready = self.readiness()
+        return all(ready.values()), {"ready": all(ready.values()), "services": ready}
+
     def status(self) -> dict[str, Any]:
-        return {
+        details = self.hooks.service_details() if self.hooks.service_details else {}
+        ready = self.readiness()
+        services = {}
+        for name, node in self.service_nodes().items():
+            services[name] = {
+                "state": node.state.value,
+                "ready": ready.get(name, False),
+                "pid": node.info.get("pid") if node.state is ChildState.RUNNING else None,
+                "restarts": node.restarts,
+                "restart_reasons": dict(node.restart_reasons),
+                "last_exit": node.to_dict()["last_exit"],
+                "since": iso(node.since),
+                **details.get(name, {}),
+            }
+        body: dict[str, Any] = {
             "version": dev8.__version__,
             "pid": os.getpid(),
             "environment_id": self.environment_id,
             "user_id": self.user_id,
-            "started": datetime.fromtimestamp(self.started_wall, tz=UTC).isoformat(),
+            "started": iso(self.started_wall),
             "uptime": format_uptime(self.uptime()),
             "uptime_seconds": round(self.uptime(), 3),
             "last_event": self.bus.last_seq,
+            "services": services,
             "tree": self.root.snapshot().to_dict(),
         }
+        if self.hooks.secrets is not None:
+            body["secrets"] = self.hooks.secrets()
+        return body
+
+    def connections(self) -> dict[str, Any]:
+        if self.hooks.connections is None:
+            return {"services": {}, "websocketClients": self.bus.subscriber_count}
+        return self.hooks.connections()
+
+    def logs(self, name: str, lines: int) -> list[dict[str, Any]]:
+        self._node(name)
+        ring = self.outputs.get(name)
+        return ring.tail(lines) if ring is not None else []
+
+    # -- acting ---------------------------------------------------------------------------------
 
     async def restart_service(self, name: str) -> NodeStatus:
         try:
             return await self.services.restart_child(name, reason="manual")
         except UnknownChild as error:
             raise UnknownService(name, error.known) from None
+
+    async def stop_service(self, name: str) -> NodeStatus:
+        try:
+            return await self.services.stop_child(name)
+        except UnknownChild as error:
+            raise UnknownService(name, error.known) from None
+
+    async def start_service(self, name: str) -> NodeStatus:
+        try:
+            return await self.services.start_child(name)
+        except UnknownChild as error:
+            raise UnknownService(name, error.known) from None
+
+    async def reload(self) -> dict[str, Any]:
+        if self.hooks.reload is None:
+            raise NotAvailable("reload needs dev8 to run from a config file")
+        return await self.hooks.reload()
+
+    async def refresh_secrets(self) -> dict[str, Any]:
+        if self.hooks.refresh_secrets is None:
+            raise NotAvailable("no secret provider is configured")
+        return await self.hooks.refresh_secrets()

@@ -7,24 +7,41 @@ import hmac
 import json
 import os
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any
 
 import trio
+from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from actors import Envelope, SubscriberLagged
 
-from ..control import Control, UnknownService
+from ..config import ConfigError
+from ..control import Control, NotAvailable, UnknownService
+from ..metrics import make_registry, render
+from ._openapi import openapi_document
 
 #: Websocket close code for a subscriber that fell behind (private range 4000-4999).
 CLOSE_LAGGED = 4001
+MAX_LOG_LINES = 1000
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body), status=status, content_type="application/json")
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
-    body = {"error": {"code": code, "message": message, **extra}}
-    return Response(json.dumps(body), status=status, content_type="application/json")
+    return json_response({"error": {"code": code, "message": message, **extra}}, status)
+
+
+def unknown_service(error: UnknownService) -> Response:
+    return error_response(
+        404, "unknown_service", f"no service named {error.name!r}", known=error.known
+    )
 
 
 def create_app(
@@ -37,7 +54,7 @@ def create_app(
     (only when the API listens on loopback or a Unix socket).
     """
     app = QuartTrio(__name__, root_path=os.path.dirname(__file__))
-    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
 
     def authorized(header: str | None) -> bool:
         if token is None:
@@ -46,9 +63,7 @@ def create_app(
             return False
         return hmac.compare_digest(header[len("Bearer ") :].encode(), token.encode())
 
-    def guarded(
-        handler: Callable[..., Awaitable[Any]],
-    ) -> Callable[..., Awaitable[Any]]:
+    def guarded(handler: Handler) -> Handler:
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             if not authorized(request.headers.get("Authorization")):
                 if token is None:
@@ -58,37 +73,21 @@ def create_app(
                         "changes need a token when the API listens beyond loopback",
                     )
                 return error_response(401, "unauthorized", "missing or wrong bearer token")
+            body = await request.get_data(as_text=False)
+            if body.strip():
+                try:
+                    parsed = json.loads(body)
+                except ValueError:
+                    return error_response(400, "bad_request", "the body is not valid JSON")
+                if not isinstance(parsed, dict):
+                    return error_response(400, "bad_request", "the body must be a JSON object")
             return await handler(*args, **kwargs)
 
         wrapper.__name__ = handler.__name__
         return wrapper
 
-    @app.errorhandler(HTTPException)
-    async def http_error(error: HTTPException) -> Response:
-        code = (error.name or "error").lower().replace(" ", "_")
-        return error_response(error.code or 500, code, error.description or code)
-
-    @app.get("/health")
-    async def health() -> Response:
-        healthy, body = control.health()
-        return Response(
-            json.dumps(body), status=200 if healthy else 503, content_type="application/json"
-        )
-
-    @app.get("/status")
-    async def status() -> dict[str, Any]:
-        return control.status()
-
-    @app.post("/restart/<service>")
-    @guarded
-    async def restart(service: str) -> Any:
-        try:
-            node = await control.restart_service(service)
-        except UnknownService as error:
-            return error_response(
-                404, "unknown_service", f"no service named {service!r}", known=error.known
-            )
-        return {"service": service, "state": node.state.value, "restarts": node.restarts}
+    _register_reads(app, control)
+    _register_actions(app, control, guarded)
 
     @app.websocket("/events")
     async def events() -> None:
@@ -100,30 +99,137 @@ def create_app(
     return app
 
 
+def _register_reads(app: QuartTrio, control: Control) -> None:
+    """Read-only endpoints: open to probes and dashboards."""
+    registry = make_registry(control)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        code = (error.name or "error").lower().replace(" ", "_")
+        return error_response(error.code or 500, code, error.description or code)
+
+    @app.get("/")
+    async def dashboard() -> Response:
+        page = resources.files("dev8.api").joinpath("dashboard.html").read_text("utf-8")
+        return Response(page, content_type="text/html; charset=utf-8")
+
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        return json_response(openapi_document())
+
+    @app.get("/health")
+    async def health() -> Response:
+        healthy, body = control.health()
+        return json_response(body, 200 if healthy else 503)
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        is_ready, body = control.ready()
+        return json_response(body, 200 if is_ready else 503)
+
+    @app.get("/status")
+    async def status() -> Response:
+        return json_response(control.status())
+
+    @app.get("/connections")
+    async def connections() -> Response:
+        return json_response(control.connections())
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(render(registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/services/<name>/logs")
+    async def logs(name: str) -> Response:
+        text = request.args.get("lines", "100")
+        if not text.isdigit() or not 1 <= int(text) <= MAX_LOG_LINES:
+            return error_response(
+                400, "bad_request", f"lines must be a whole number from 1 to {MAX_LOG_LINES}"
+            )
+        try:
+            lines = control.logs(name, int(text))
+        except UnknownService as error:
+            return unknown_service(error)
+        return json_response({"service": name, "lines": lines})
+
+
+def _register_actions(
+    app: QuartTrio, control: Control, guarded: Callable[[Handler], Handler]
+) -> None:
+    """State-changing endpoints: each behind ``guarded`` (token and body checks)."""
+
+    async def act(name: str, action: Callable[[str], Awaitable[Any]]) -> Response:
+        try:
+            node = await action(name)
+        except UnknownService as error:
+            return unknown_service(error)
+        return json_response(
+            {"service": name, "state": node.state.value, "restarts": node.restarts}
+        )
+
+    @app.post("/restart/<service>")
+    @guarded
+    async def restart(service: str) -> Response:
+        return await act(service, control.restart_service)
+
+    @app.post("/services/<name>/restart")
+    @guarded
+    async def restart_service(name: str) -> Response:
+        return await act(name, control.restart_service)
+
+    @app.post("/services/<name>/stop")
+    @guarded
+    async def stop_service(name: str) -> Response:
+        return await act(name, control.stop_service)
+
+    @app.post("/services/<name>/start")
+    @guarded
+    async def start_service(name: str) -> Response:
+        return await act(name, control.start_service)
+
+    @app.post("/reload")
+    @guarded
+    async def reload() -> Response:
+        try:
+            return json_response(await control.reload())
+        except ConfigError as error:
+            return error_response(422, "invalid_config", str(error))
+        except NotAvailable as error:
+            return error_response(409, "not_available", str(error))
+
+    @app.post("/secrets/refresh")
+    @guarded
+    async def refresh_secrets() -> Response:
+        try:
+            return json_response(await control.refresh_secrets())
+        except NotAvailable as error:
+            return error_response(409, "not_available", str(error))
+
+
 async def stream_events(control: Control) -> None:
     """One websocket subscriber: optional resume point and filters from the query string."""
     since_text = websocket.args.get("since")
     kinds = {k for k in websocket.args.get("kind", "").split(",") if k}
     services = {s for s in websocket.args.get("service", "").split(",") if s}
-    try:
-        since = int(since_text) if since_text is not None else None
-    except ValueError:
-        await websocket.close(1008, "since must be an integer")
+    if since_text is not None and not since_text.isdigit():
+        await websocket.close(1008, "since must be a whole number")
         return
+    since = int(since_text) if since_text is not None else None
 
     def accept(envelope: Envelope) -> bool:
         event = envelope.event
         if kinds and event.kind not in kinds:
             return False
         if services:
-            name = getattr(event, "child", None) or event.source.rsplit("/", 1)[-1]
-            return name in services
+            name = getattr(event, "service", None) or getattr(event, "child", None)
+            return (name or event.source.rsplit("/", 1)[-1]) in services
         return True
 
     await websocket.accept()
     with control.bus.subscribe(since=since, accept=accept) as subscription:
         if subscription.missed:
-            await websocket.send(json.dumps({"kind": "resync", "data": control.status()}))
+            resync = {"kind": "resync", "seq": control.bus.last_seq, "data": control.status()}
+            await websocket.send(json.dumps(resync))
         async with trio.open_nursery() as nursery:
 
             async def drop_when_lagged() -> None:

@@ -1,0 +1,234 @@
+"""The OpenAPI document of the management API; a test checks it against the app's routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dev8
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "known": {"type": "array", "items": {"type": "string"}},
+            },
+        }
+    },
+}
+
+_STATE = {
+    "type": "string",
+    "enum": ["starting", "running", "backoff", "stopping", "stopped", "exited", "fatal"],
+}
+
+_HEALTH = {
+    "type": "object",
+    "required": ["healthy", "lastCheck", "services", "uptime"],
+    "properties": {
+        "healthy": {"type": "boolean"},
+        "lastCheck": {"type": "string", "format": "date-time"},
+        "services": {"type": "object", "additionalProperties": _STATE},
+        "uptime": {"type": "string", "pattern": "^([0-9]+h)?([0-9]+m)?[0-9]+s$"},
+    },
+}
+
+_READY = {
+    "type": "object",
+    "required": ["ready", "services"],
+    "properties": {
+        "ready": {"type": "boolean"},
+        "services": {"type": "object", "additionalProperties": {"type": "boolean"}},
+    },
+}
+
+_ACTION = {
+    "type": "object",
+    "required": ["service", "state", "restarts"],
+    "properties": {
+        "service": {"type": "string"},
+        "state": _STATE,
+        "restarts": {"type": "integer", "minimum": 0},
+    },
+}
+
+_OBJECT = {"type": "object"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ERROR, description)
+
+
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_SERVICE = {**_NAME, "name": "service"}
+_AUTH_ERRORS = {
+    "401": _error("missing or wrong bearer token"),
+    "403": _error("changes need a token when the API listens beyond loopback"),
+    "400": _error("the body is not valid JSON or not an object"),
+}
+_SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
+
+
+def _action(summary: str, parameter: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "parameters": [parameter],
+            "security": _SECURED,
+            "responses": {
+                "200": _json(_ACTION, "the service's state after the action"),
+                "404": _error("no such service; `known` lists the names"),
+                **_AUTH_ERRORS,
+            },
+        }
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "dev8 management API", "version": dev8.__version__},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/": {
+                "get": {
+                    "summary": "The live dashboard",
+                    "responses": {
+                        "200": {
+                            "description": "an HTML page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {"200": _json(_OBJECT, "the OpenAPI document")},
+                }
+            },
+            "/health": {
+                "get": {
+                    "summary": "Workspace health in the platform's shape",
+                    "responses": {
+                        "200": _json(_HEALTH, "every service is running and ready"),
+                        "503": _json(_HEALTH, "some service is not running or not ready"),
+                    },
+                }
+            },
+            "/ready": {
+                "get": {
+                    "summary": "Readiness of every service",
+                    "responses": {
+                        "200": _json(_READY, "all services ready"),
+                        "503": _json(_READY, "some service is not ready"),
+                    },
+                }
+            },
+            "/status": {
+                "get": {
+                    "summary": "The whole supervision tree",
+                    "responses": {"200": _json(_OBJECT, "the status snapshot")},
+                }
+            },
+            "/connections": {
+                "get": {
+                    "summary": "Active connections per service and the last activity",
+                    "responses": {"200": _json(_OBJECT, "connection counts and peers")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "the Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/services/{name}/logs": {
+                "get": {
+                    "summary": "Recent captured output of a service",
+                    "parameters": [
+                        _NAME,
+                        {
+                            "name": "lines",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["service", "lines"],
+                                "properties": {
+                                    "service": {"type": "string"},
+                                    "lines": {"type": "array", "items": _OBJECT},
+                                },
+                            },
+                            "the last lines, oldest first",
+                        ),
+                        "400": _error("lines out of range"),
+                        "404": _error("no such service"),
+                    },
+                }
+            },
+            "/restart/{service}": _action("Restart a service now", _SERVICE),
+            "/services/{name}/restart": _action("Restart a service now", _NAME),
+            "/services/{name}/stop": _action("Stop a service (it stays stopped)", _NAME),
+            "/services/{name}/start": _action("Start a stopped or fatal service", _NAME),
+            "/reload": {
+                "post": {
+                    "summary": "Re-read the config: start added, stop removed, restart changed",
+                    "security": _SECURED,
+                    "responses": {
+                        "200": _json(_OBJECT, "what changed"),
+                        "409": _error("dev8 was not started from a config file"),
+                        "422": _error("the new config is invalid; nothing changed"),
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/secrets/refresh": {
+                "post": {
+                    "summary": "Re-read the secrets now",
+                    "security": _SECURED,
+                    "responses": {
+                        "200": _json(_OBJECT, "what was fetched and rewritten"),
+                        "409": _error("no secret provider is configured"),
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/events": {
+                "get": {
+                    "summary": "Websocket: the event stream, one JSON event per message",
+                    "parameters": [
+                        {"name": n, "in": "query", "required": False, "schema": {"type": t}}
+                        for n, t in (
+                            ("since", "integer"),
+                            ("kind", "string"),
+                            ("service", "string"),
+                        )
+                    ],
+                    "security": _SECURED,
+                    "responses": {"101": {"description": "switching to the websocket protocol"}},
+                }
+            },
+        },
+    }

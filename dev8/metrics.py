@@ -1,0 +1,97 @@
+"""Prometheus metrics, computed from snapshots at scrape time (no second copy of the state)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from actors import ChildState
+
+from .control import Control
+
+_STATES = [state.value for state in ChildState]
+
+
+class Dev8Collector(Collector):
+    def __init__(self, control: Control) -> None:
+        self._control = control
+
+    def collect(self) -> Iterator[Metric]:
+        control = self._control
+        nodes = control.service_nodes()
+        ready = control.readiness()
+        up = GaugeMetricFamily(
+            "dev8_service_up", "1 when the service's process is running.", labels=["service"]
+        )
+        is_ready = GaugeMetricFamily(
+            "dev8_service_ready",
+            "1 when the service is running and passes readiness.",
+            labels=["service"],
+        )
+        state = GaugeMetricFamily(
+            "dev8_service_state", "1 for the state the service is in.", labels=["service", "state"]
+        )
+        restarts = CounterMetricFamily(
+            "dev8_service_restarts",
+            "Restarts of the service, by reason.",
+            labels=["service", "reason"],
+        )
+        since = GaugeMetricFamily(
+            "dev8_service_state_since_seconds",
+            "Unix time of the service's last state change.",
+            labels=["service"],
+        )
+        for name, node in nodes.items():
+            up.add_metric([name], 1.0 if node.state is ChildState.RUNNING else 0.0)
+            is_ready.add_metric([name], 1.0 if ready.get(name) else 0.0)
+            for value in _STATES:
+                state.add_metric([name, value], 1.0 if node.state.value == value else 0.0)
+            for reason, count in sorted(node.restart_reasons.items()):
+                restarts.add_metric([name, reason], float(count))
+            since.add_metric([name], node.since)
+        yield from (up, is_ready, state, restarts, since)
+
+        yield GaugeMetricFamily(
+            "dev8_uptime_seconds", "Seconds since dev8 started.", value=control.uptime()
+        )
+        yield CounterMetricFamily(
+            "dev8_events_published",
+            "Events published on the bus.",
+            value=float(control.bus.last_seq),
+        )
+        yield GaugeMetricFamily(
+            "dev8_event_subscribers",
+            "Current event stream subscribers.",
+            value=control.bus.subscriber_count,
+        )
+        yield CounterMetricFamily(
+            "dev8_event_subscribers_dropped",
+            "Subscribers cut off for falling behind.",
+            value=float(control.bus.dropped_subscribers),
+        )
+        connections = control.connections()
+        gauge = GaugeMetricFamily(
+            "dev8_connections", "Established connections per service.", labels=["service"]
+        )
+        for name, info in connections.get("services", {}).items():
+            gauge.add_metric([name], float(info.get("count", 0)))
+        yield gauge
+        yield GaugeMetricFamily(
+            "dev8_websocket_clients",
+            "Connected event stream clients.",
+            value=float(connections.get("websocketClients", 0)),
+        )
+
+
+def make_registry(control: Control) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(Dev8Collector(control))
+    ProcessCollector(registry=registry)  # dev8's own RSS, CPU seconds, open fds
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
