@@ -17,6 +17,7 @@ import re
 import reprlib
 import signal
 import types
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, NewType, TypeAlias, Union, get_args, get_origin
 
@@ -38,9 +39,13 @@ __all__ = [
     "Bind",
     "Config",
     "ConfigError",
+    "ConnectionsConfig",
     "IntensityConfig",
     "LogConfig",
     "LogLevel",
+    "ProbeConfig",
+    "ProbeType",
+    "ProbesConfig",
     "RestartType",
     "ServiceConfig",
     "ShutdownConfig",
@@ -343,6 +348,108 @@ class BackoffConfig:
     reset_after: float = attrs.field(default=10.0, validator=_number(ge=0))
 
 
+class ProbeType(enum.Enum):
+    """How a probe checks a service (Kubernetes' probe handlers, plus an SSH banner)."""
+
+    PROCESS = "process"  # the process is alive and not a zombie
+    HTTP = "http"  # GET url answers expect_status
+    TCP = "tcp"  # host:port accepts a connection
+    SSH_BANNER = "ssh-banner"  # host:port sends an `SSH-2.0-` identification line
+
+
+_PORT_TYPES = (ProbeType.TCP, ProbeType.SSH_BANNER)
+
+
+def _check_probe_url(inst: "ProbeConfig", _attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    if value is None:
+        if inst.type is ProbeType.HTTP:
+            raise _Invalid("required for an http probe", at=("url",))
+        return
+    try:
+        parts = urllib.parse.urlsplit(value)
+        scheme, host, has_password = parts.scheme, parts.hostname, parts.password is not None
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        scheme, host, has_password = "", None, "@" in value
+    if scheme not in ("http", "https") or not host or "\0" in value:
+        # A URL with a password in it is described, never shown.
+        shown = _NO_VALUE if has_password else value
+        raise _Invalid("expected an http:// or https:// URL with a host", shown, at=("url",))
+
+
+def _check_probe_port(inst: "ProbeConfig", _attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    if value is None:
+        if inst.type in _PORT_TYPES:
+            raise _Invalid(f"required for a {inst.type.value} probe", at=("port",))
+        return
+    if not 1 <= value <= 65535:
+        raise _Invalid("expected a port from 1 to 65535", value, at=("port",))
+
+
+def _check_host(_inst: Any, attribute: "attrs.Attribute[Any]", value: str) -> None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _valid_hostname(value):
+            raise _Invalid(
+                "expected an IP address or a host name", value, at=(attribute.name,)
+            ) from None
+
+
+def _check_status(_inst: Any, attribute: "attrs.Attribute[Any]", value: int) -> None:
+    if not 100 <= value <= 599:
+        raise _Invalid("expected an HTTP status from 100 to 599", value, at=(attribute.name,))
+
+
+@attrs.frozen
+class ProbeConfig:
+    """One health check, run every `interval` seconds, each bounded by `timeout`.
+
+    `failure_threshold` consecutive failures flip it to failing, `success_threshold` consecutive
+    successes back to passing (as in Kubernetes).
+    """
+
+    type: ProbeType
+    url: str | None = attrs.field(default=None, validator=_check_probe_url)
+    expect_status: int = attrs.field(default=200, validator=_check_status)
+    host: str = attrs.field(default="127.0.0.1", validator=_check_host)
+    port: int | None = attrs.field(default=None, validator=_check_probe_port)
+    interval: float = attrs.field(default=30.0, validator=_number(gt=0))
+    timeout: float = attrs.field(default=5.0, validator=_number(gt=0))
+    initial_delay: float = attrs.field(default=0.0, validator=_number(ge=0))
+    failure_threshold: int = attrs.field(default=3, validator=_number(ge=1))
+    success_threshold: int = attrs.field(default=1, validator=_number(ge=1))
+
+
+def _check_liveness(
+    _inst: Any, attribute: "attrs.Attribute[Any]", value: ProbeConfig | None
+) -> None:
+    # One success proves a process alive; more would only delay the reset of its failures.
+    if value is not None and value.success_threshold != 1:
+        raise _Invalid(
+            "expected 1 for a liveness probe",
+            value.success_threshold,
+            at=(attribute.name, "success_threshold"),
+        )
+
+
+@attrs.frozen
+class ProbesConfig:
+    """`readiness` gates the start and `/health`; `liveness` failing restarts the service."""
+
+    readiness: ProbeConfig | None = None
+    liveness: ProbeConfig | None = attrs.field(default=None, validator=_check_liveness)
+
+
+def _check_ports(_inst: Any, attribute: "attrs.Attribute[Any]", value: tuple[int, ...]) -> None:
+    seen: set[int] = set()
+    for index, port in enumerate(value):
+        if not 1 <= port <= 65535:
+            raise _Invalid("expected a port from 1 to 65535", port, at=(attribute.name, index))
+        if port in seen:
+            raise _Invalid("this port is already listed", port, at=(attribute.name, index))
+        seen.add(port)
+
+
 @attrs.frozen
 class ServiceConfig:
     """One supervised program."""
@@ -362,6 +469,9 @@ class ServiceConfig:
     start_timeout: float = attrs.field(default=60.0, validator=_number(gt=0))
     backoff: BackoffConfig = attrs.field(factory=BackoffConfig)
     intensity: IntensityConfig = attrs.field(factory=IntensityConfig)
+    probes: ProbesConfig = attrs.field(factory=ProbesConfig)
+    # The ports whose established connections count for this service (GET /connections).
+    ports: tuple[int, ...] = attrs.field(default=(), validator=_check_ports)
 
 
 @attrs.frozen
@@ -393,6 +503,27 @@ class SupervisorConfig:
 
 
 @attrs.frozen
+class ConnectionsConfig:
+    """The connection tracker reads the kernel's TCP tables every `interval` seconds."""
+
+    interval: float = attrs.field(default=5.0, validator=_number(gt=0))
+
+
+def _check_port_owners(
+    _inst: Any, attribute: "attrs.Attribute[Any]", value: Mapping[str, "ServiceConfig"]
+) -> None:
+    owner: dict[int, str] = {}
+    for name, service in value.items():
+        for index, port in enumerate(service.ports):
+            if port in owner:
+                raise _Invalid(
+                    f"port {port} is already counted for service {owner[port]!r}",
+                    at=(attribute.name, name, "ports", index),
+                )
+            owner[port] = name
+
+
+@attrs.frozen
 class Config:
     """The whole configuration. A new section is one attrs class and one field here."""
 
@@ -403,7 +534,10 @@ class Config:
     log: LogConfig = attrs.field(factory=LogConfig)
     shutdown: ShutdownConfig = attrs.field(factory=ShutdownConfig)
     supervisor: SupervisorConfig = attrs.field(factory=SupervisorConfig)
-    services: Mapping[str, ServiceConfig] = attrs.field(factory=dict, validator=_check_services)
+    connections: ConnectionsConfig = attrs.field(factory=ConnectionsConfig)
+    services: Mapping[str, ServiceConfig] = attrs.field(
+        factory=dict, validator=[_check_services, _check_port_owners]
+    )
 
     def service_user(self, name: str, *, as_root: bool) -> str | None:
         """The user a service runs as; None means dev8's own user (no switch)."""
@@ -483,6 +617,17 @@ def _structure_str_tuple(value: Any, _type: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _structure_int_tuple(value: Any, _type: Any) -> tuple[int, ...]:
+    if not isinstance(value, list | tuple):
+        raise _Invalid("expected a list of integers", value)
+    items = []
+    for index, item in enumerate(value):
+        if not isinstance(item, int) or isinstance(item, bool):
+            raise _Invalid("expected an integer", item, at=(index,))
+        items.append(item)
+    return tuple(items)
+
+
 def _is_enum(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, enum.Enum) and tp is not signal.Signals
 
@@ -546,6 +691,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, _structure_float)
     conv.register_structure_hook(signal.Signals, _structure_signal)
     conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _structure_str_tuple)
+    conv.register_structure_hook_func(lambda t: t == tuple[int, ...], _structure_int_tuple)
     conv.register_structure_hook_factory(_is_enum, _enum_factory)
     conv.register_structure_hook_factory(_is_literal, _literal_factory)
     conv.register_structure_hook_factory(_is_mapping_type, mapping_factory)
@@ -555,6 +701,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_unstructure_hook(signal.Signals, lambda s: s.name)
     conv.register_unstructure_hook(Bind, str)
     conv.register_unstructure_hook_func(lambda t: t == tuple[str, ...], list)
+    conv.register_unstructure_hook_func(lambda t: t == tuple[int, ...], list)
     return conv
 
 

@@ -168,10 +168,10 @@ class Control:
             return {"services": {}, "websocketClients": self.bus.subscriber_count}
         return self.hooks.connections()
 
-    def logs(self, name: str, lines: int) -> list[dict[str, Any]]:
+    def logs(self, name: str, lines: int, *, since: int = 0) -> list[dict[str, Any]]:
         self._node(name)
         ring = self.outputs.get(name)
-        return ring.tail(lines) if ring is not None else []
+        return ring.tail(lines, since=since) if ring is not None else []
 
     # -- acting ---------------------------------------------------------------------------------
 

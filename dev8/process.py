@@ -72,14 +72,17 @@ class OutputRing:
 
     def __init__(self, size: int = 1000) -> None:
         self._lines: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
+        self._seq = 0
 
     def append(self, stream: str, line: str) -> None:
-        self._lines.append({"stream": stream, "line": line})
+        self._seq += 1
+        self._lines.append({"seq": self._seq, "stream": stream, "line": line})
 
-    def tail(self, count: int) -> list[dict[str, Any]]:
+    def tail(self, count: int, *, since: int = 0) -> list[dict[str, Any]]:
+        """The last ``count`` lines numbered above ``since`` (for ``logs -f``), oldest first."""
         if count <= 0:
             return []
-        return list(self._lines)[-count:]
+        return [entry for entry in self._lines if entry["seq"] > since][-count:]
 
 
 @attrs.frozen

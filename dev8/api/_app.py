@@ -142,12 +142,15 @@ def _register_reads(app: QuartTrio, control: Control) -> None:
     @app.get("/services/<name>/logs")
     async def logs(name: str) -> Response:
         text = request.args.get("lines", "100")
+        since = request.args.get("since", "0")
         if not text.isdigit() or not 1 <= int(text) <= MAX_LOG_LINES:
             return error_response(
                 400, "bad_request", f"lines must be a whole number from 1 to {MAX_LOG_LINES}"
             )
+        if not since.isdigit():
+            return error_response(400, "bad_request", "since must be a whole number")
         try:
-            lines = control.logs(name, int(text))
+            lines = control.logs(name, int(text), since=int(since))
         except UnknownService as error:
             return unknown_service(error)
         return json_response({"service": name, "lines": lines})

@@ -170,6 +170,12 @@ def openapi_document() -> dict[str, Any]:
                             "required": False,
                             "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
                         },
+                        {
+                            "name": "since",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
                     ],
                     "responses": {
                         "200": _json(
