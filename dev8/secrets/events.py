@@ -1,0 +1,53 @@
+"""Events the secrets actors publish. They carry names and versions, never values."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import attrs
+
+from actors import Event
+
+
+@attrs.frozen(kw_only=True)
+class SecretFetched(Event):
+    """A secret was read for the first time by this rotator (startup, or it newly appeared)."""
+
+    kind: ClassVar[str] = "secret_fetched"
+    name: str
+    role: str
+    version: str
+
+
+@attrs.frozen(kw_only=True)
+class SecretRotated(Event):
+    """A secret has a new version and its files have been rewritten."""
+
+    kind: ClassVar[str] = "secret_rotated"
+    name: str
+    role: str
+    version: str
+    previous_version: str
+
+
+@attrs.frozen(kw_only=True)
+class SecretFetchFailed(Event):
+    """A fetch failed; the last good files stay in place and the rotator backs off."""
+
+    kind: ClassVar[str] = "secret_fetch_failed"
+    name: str
+    role: str
+    #: A short class: timeout, network, credential, unauthorized, forbidden, throttled,
+    #: server_error, http_error, missing (a required secret vanished), ...
+    reason: str
+    status: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SecretsInjected(Event):
+    """Files were (re)written: dependents that read them may want a reload."""
+
+    kind: ClassVar[str] = "secrets_injected"
+    paths: tuple[str, ...]
+    roles: tuple[str, ...]
+    duration: float

@@ -1,0 +1,309 @@
+"""The rotator actor: first injection at startup, then a version check every interval.
+
+``run`` reports readiness with the first pass's :class:`RefreshResult` once the files are written
+(or fetching definitively failed), so services that need secrets can start after it. A required
+secret that has never existed stops startup with :class:`MissingSecretError`. Later failures keep
+the last good files, publish an event and back off; only changed versions are rewritten.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Collection, Mapping
+from typing import NoReturn, Protocol
+
+import attrs
+import structlog
+import trio
+
+from actors import Event
+
+from .errors import MissingSecretError, SecretFetchError
+from .events import SecretFetched, SecretFetchFailed, SecretRotated, SecretsInjected
+from .injector import InjectionResult
+from .providers import SecretProvider, SecretValue
+from .settings import SecretsConfig
+
+log = structlog.get_logger(__name__)
+
+
+class SupportsInject(Protocol):
+    def inject(self, secrets: Mapping[str, SecretValue | None]) -> InjectionResult: ...
+
+
+@attrs.frozen
+class FetchFailure:
+    """Why a role could not be fetched; value-free by construction."""
+
+    name: str
+    reason: str
+    status: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RefreshResult:
+    """One pass: fetch every secret, inject what changed."""
+
+    #: role -> version fetched in this pass.
+    versions: Mapping[str, str]
+    #: roles whose version differed from the last one written.
+    changed: tuple[str, ...]
+    #: optional roles that do not exist.
+    missing: tuple[str, ...]
+    failed: Mapping[str, FetchFailure]
+    #: None when nothing changed and the pass was not forced.
+    injection: InjectionResult | None
+    fetch_duration: float
+    duration: float
+    forced: bool
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not (self.injection and self.injection.failed)
+
+
+@attrs.define
+class RotatorStats:
+    """Counters for ``/metrics``."""
+
+    passes: int = 0
+    fetch_failures: int = 0
+    rotations: int = 0
+    consecutive_failed_passes: int = 0
+    last_fetch_duration: float = 0.0
+    last_injection_duration: float = 0.0
+
+
+class Rotator:
+    """Keeps the workspace's credential files in step with the secret store."""
+
+    def __init__(
+        self,
+        *,
+        provider: SecretProvider,
+        injector: SupportsInject,
+        names: Mapping[str, str],
+        required: Collection[str] = (),
+        publish: Callable[[Event], object] | None = None,
+        rotation_interval: float = 3600.0,
+        rotation_jitter: float = 300.0,
+        retry_initial_delay: float = 5.0,
+        retry_max_delay: float = 600.0,
+        rng: random.Random | None = None,
+        source: str = "secrets",
+    ) -> None:
+        unknown = set(required) - set(names)
+        if unknown:
+            raise ValueError(f"required roles without a name: {sorted(unknown)}")
+        self._provider = provider
+        self._injector = injector
+        self._names = dict(names)
+        self._required = frozenset(required)
+        self._publish = publish or (lambda _event: None)
+        self.rotation_interval = rotation_interval
+        self.rotation_jitter = rotation_jitter
+        self.retry_initial_delay = retry_initial_delay
+        self.retry_max_delay = retry_max_delay
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._source = source
+        self._versions: dict[str, str] = {}
+        self._missing_logged: set[str] = set()
+        self._refresh_wanted = trio.Event()
+        self._passes_started = 0
+        self._passes_done = 0
+        self._pass_done = trio.Event()
+        self.last_result: RefreshResult | None = None
+        self.stats = RotatorStats()
+
+    @classmethod
+    def from_config(
+        cls,
+        config: SecretsConfig,
+        *,
+        provider: SecretProvider,
+        injector: SupportsInject,
+        publish: Callable[[Event], object] | None = None,
+        rng: random.Random | None = None,
+        source: str = "secrets",
+    ) -> Rotator:
+        return cls(
+            provider=provider,
+            injector=injector,
+            names=config.resolved_names(),
+            required=config.required,
+            publish=publish,
+            rotation_interval=config.rotation_interval,
+            rotation_jitter=config.rotation_jitter,
+            retry_initial_delay=config.retry_initial_delay,
+            retry_max_delay=config.retry_max_delay,
+            rng=rng,
+            source=source,
+        )
+
+    @property
+    def versions(self) -> Mapping[str, str]:
+        """role -> version currently written (safe to show: no values)."""
+        return dict(self._versions)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[RefreshResult] = trio.TASK_STATUS_IGNORED
+    ) -> NoReturn:
+        """First injection, ``started(result)``, then check on the interval or on request."""
+        result = await self._pass(forced=True)
+        task_status.started(result)
+        while True:
+            with trio.move_on_after(self.next_delay()):
+                await self._refresh_wanted.wait()
+            forced = self._refresh_wanted.is_set()
+            if forced:  # requests made from now on ask for another pass after this one
+                self._refresh_wanted = trio.Event()
+            result = await self._pass(forced=forced)
+
+    def request_refresh(self) -> None:
+        """Ask for a forced pass soon; requests made while one is pending are merged into it."""
+        self._refresh_wanted.set()
+
+    async def refresh(self) -> RefreshResult:
+        """Force a pass (re-fetch, re-inject) and return its result. Bound it with a timeout:
+        it waits for the running rotator to get to it."""
+        target = self._passes_started + 1
+        self.request_refresh()
+        while self._passes_done < target:
+            await self._pass_done.wait()
+        assert self.last_result is not None
+        return self.last_result
+
+    def next_delay(self) -> float:
+        """Seconds until the next check: the interval plus jitter, or a backoff after failures."""
+        failures = self.stats.consecutive_failed_passes
+        if failures == 0:
+            return self.rotation_interval + self._rng.uniform(0, self.rotation_jitter)
+        backoff = min(self.retry_max_delay, self.retry_initial_delay * 2 ** (failures - 1))
+        return float(min(self.rotation_interval, backoff * (1 + 0.1 * self._rng.random())))
+
+    async def _pass(self, *, forced: bool) -> RefreshResult:
+        self._passes_started += 1
+        try:
+            result = await self._check(forced=forced)
+        finally:
+            self._passes_done += 1
+            done, self._pass_done = self._pass_done, trio.Event()
+            done.set()
+        return result
+
+    async def _check(self, *, forced: bool) -> RefreshResult:
+        start = time.perf_counter()
+        fetched: dict[str, SecretValue | None] = {}
+        failed: dict[str, FetchFailure] = {}
+
+        async def fetch(role: str, name: str) -> None:
+            try:
+                fetched[role] = await self._provider.get(name)
+            except SecretFetchError as e:
+                failed[role] = FetchFailure(name, e.reason, e.status)
+
+        async with trio.open_nursery() as nursery:
+            for role, name in self._names.items():
+                nursery.start_soon(fetch, role, name)
+        fetch_duration = time.perf_counter() - start
+
+        never_seen = [
+            r for r in sorted(self._required)
+            if r in fetched and fetched[r] is None and r not in self._versions
+        ]  # fmt: skip
+        if never_seen:
+            raise MissingSecretError(self._names[r] for r in never_seen)
+        missing: list[str] = []
+        for role, secret in list(fetched.items()):
+            if secret is not None:
+                self._missing_logged.discard(role)
+                continue
+            del fetched[role]
+            if role in self._required:  # it existed once: keep its files, complain, back off
+                failed[role] = FetchFailure(self._names[role], "missing")
+                continue
+            missing.append(role)
+            if role not in self._missing_logged:
+                self._missing_logged.add(role)
+                log.info("secrets.optional_absent", name=self._names[role], role=role)
+            self._versions.pop(role, None)
+
+        present = {role: s for role, s in fetched.items() if s is not None}
+        changed = tuple(sorted(r for r, s in present.items() if self._versions.get(r) != s.version))
+        injection: InjectionResult | None = None
+        if forced or changed:
+            injection = self._injector.inject(present)
+        written_ok = injection is None or not injection.failed
+        previous = dict(self._versions)
+        if written_ok:
+            self._versions.update({r: present[r].version for r in changed})
+        result = RefreshResult(
+            versions={r: s.version for r, s in present.items()},
+            changed=changed,
+            missing=tuple(sorted(missing)),
+            failed=failed,
+            injection=injection,
+            fetch_duration=fetch_duration,
+            duration=time.perf_counter() - start,
+            forced=forced,
+        )
+        self._account(result)
+        self._announce(result, previous, written_ok)
+        return result
+
+    def _account(self, result: RefreshResult) -> None:
+        self.last_result = result
+        stats = self.stats
+        stats.passes += 1
+        stats.fetch_failures += len(result.failed)
+        stats.last_fetch_duration = result.fetch_duration
+        if result.injection is not None:
+            stats.last_injection_duration = result.injection.duration
+        stats.consecutive_failed_passes = 0 if result.ok else stats.consecutive_failed_passes + 1
+        log.info(
+            "secrets.checked",
+            versions=dict(result.versions),
+            changed=list(result.changed),
+            missing=list(result.missing),
+            failed={r: f.reason for r, f in result.failed.items()},
+            forced=result.forced,
+            fetch_ms=round(result.fetch_duration * 1000, 3),
+            duration_ms=round(result.duration * 1000, 3),
+        )
+
+    def _announce(self, result: RefreshResult, previous: Mapping[str, str], written: bool) -> None:
+        for role, failure in sorted(result.failed.items()):
+            log.warning(
+                "secrets.fetch_failed", name=failure.name, role=role,
+                reason=failure.reason, status=failure.status,
+            )  # fmt: skip
+            self._publish(
+                SecretFetchFailed(source=self._source, name=failure.name, role=role,
+                                  reason=failure.reason, status=failure.status)
+            )  # fmt: skip
+        if result.injection is not None and result.injection.changed:
+            self._publish(
+                SecretsInjected(
+                    source=self._source,
+                    paths=tuple(str(p) for p in result.injection.changed),
+                    roles=result.changed,
+                    duration=result.injection.duration,
+                )
+            )
+        if not written:
+            return
+        for role in result.changed:
+            name, version = self._names[role], result.versions[role]
+            old = previous.get(role)
+            if old is None:
+                self._publish(
+                    SecretFetched(source=self._source, name=name, role=role, version=version)
+                )
+            else:
+                self.stats.rotations += 1
+                log.info("secrets.rotated", name=name, role=role, version=version)
+                self._publish(
+                    SecretRotated(source=self._source, name=name, role=role,
+                                  version=version, previous_version=old)
+                )  # fmt: skip
