@@ -184,3 +184,136 @@ async def test_changes_are_refused_without_a_token_beyond_loopback(nursery: trio
         response = await client.post("/restart/web")
     assert response.status_code == 403
     nursery.cancel_scope.cancel()
+
+
+async def test_stop_and_start_a_service(api: Api) -> None:
+    async with httpx.AsyncClient(base_url=api.url) as client:
+        stopped = await client.post("/services/web/stop")
+        assert stopped.json()["state"] == "stopped"
+        health = await client.get("/health")
+        assert health.status_code == 503
+        ready = await client.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["services"] == {"web": False, "flaky": True}
+        started = await client.post("/services/web/start")
+        assert started.json()["state"] == "running"
+        assert (await client.get("/ready")).status_code == 200
+        assert (await client.post("/services/nope/stop")).status_code == 404
+
+
+async def test_malformed_bodies_are_400(api: Api) -> None:
+    async with httpx.AsyncClient(base_url=api.url) as client:
+        broken = await client.post("/restart/web", content=b"{not json")
+        not_object = await client.post("/restart/web", content=b"[1, 2]")
+        fine = await client.post("/restart/web", content=b"{}")
+    assert broken.status_code == 400
+    assert broken.json()["error"]["code"] == "bad_request"
+    assert not_object.status_code == 400
+    assert fine.status_code == 200
+
+
+async def test_logs_lines_are_bounded_and_validated(api: Api) -> None:
+    async with httpx.AsyncClient(base_url=api.url) as client:
+        assert (await client.get("/services/web/logs?lines=0")).status_code == 400
+        assert (await client.get("/services/web/logs?lines=abc")).status_code == 400
+        assert (await client.get("/services/web/logs?since=-1")).status_code == 400
+        response = await client.get("/services/web/logs?lines=5")
+        assert response.status_code == 200
+        assert response.json() == {"service": "web", "lines": []}
+        assert (await client.get("/services/nope/logs")).status_code == 404
+
+
+async def test_metrics_follow_prometheus_conventions(api: Api) -> None:
+    await api.services.restart_child("web")
+    async with httpx.AsyncClient(base_url=api.url) as client:
+        response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'dev8_service_up{service="web"} 1.0' in text
+    assert 'dev8_service_restarts_total{reason="manual",service="web"} 1.0' in text
+    assert "dev8_event_subscribers 0.0" in text
+    assert "process_resident_memory_bytes" in text
+
+
+async def test_openapi_document_lists_exactly_the_routes_the_app_serves(api: Api) -> None:
+    from dev8.api._app import create_app as build
+    from dev8.api._openapi import openapi_document
+
+    async with httpx.AsyncClient(base_url=api.url) as client:
+        served = (await client.get("/openapi.json")).json()
+    assert served == openapi_document()
+    control = Control(
+        bus=api.bus, root=api.services, services=api.services, environment_id="e", user_id="u"
+    )
+    app = build(control)
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = rule.rule.replace("<", "{").replace(">", "}")
+        methods = {"get"} if rule.websocket else {m.lower() for m in rule.methods or ()} - {"head", "options"}
+        routes |= {(path, method) for method in methods}
+    documented = {(path, method) for path, item in served["paths"].items() for method in item}
+    assert routes == documented
+
+
+# trio-websocket leaves the socket object of a connection its peer closed mid-stream to the GC.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_slow_subscriber_is_dropped_and_does_not_delay_others(api: Api) -> None:
+    # A subscriber that never reads: its socket buffers fill, its bus buffer overflows, and it is
+    # closed with 4001 while a reading subscriber sees every event.
+    async with trio_websocket.open_websocket_url(f"{api.ws_url}/events") as slow:
+        async with trio_websocket.open_websocket_url(f"{api.ws_url}/events") as fast:
+            await trio.testing.wait_all_tasks_blocked()
+            first = api.bus.last_seq
+            from actors import Event
+
+            # Paced so the reading client keeps up; the silent one's socket and buffer fill up.
+            seen: list[int] = []
+            with trio.fail_after(60):
+                for _ in range(500):
+                    for _ in range(100):
+                        api.bus.publish(Event(source="test"))
+                    while len(seen) < api.bus.last_seq - first:
+                        seen.append(json.loads(await fast.get_message())["seq"])
+                    if api.bus.dropped_subscribers:
+                        break
+            assert api.bus.dropped_subscribers == 1
+            assert seen == list(range(first + 1, api.bus.last_seq + 1))
+            with trio.fail_after(10):
+                while True:
+                    try:
+                        await slow.get_message()
+                    except trio_websocket.ConnectionClosed as closed:
+                        assert closed.reason is not None
+                        assert closed.reason.code == 4001
+                        break
+    assert api.bus.dropped_subscribers >= 1
+
+
+async def test_hundreds_of_subscribers_all_receive_a_burst(api: Api) -> None:
+    subscribers, burst = 500, 20
+    counts = [0] * subscribers
+    ready = trio.Semaphore(0)
+
+    async def subscribe(index: int) -> None:
+        async with trio_websocket.open_websocket_url(f"{api.ws_url}/events?kind=event") as ws:
+            ready.release()
+            while counts[index] < burst:
+                json.loads(await ws.get_message())
+                counts[index] += 1
+
+    from actors import Event
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for index in range(subscribers):
+                nursery.start_soon(subscribe, index)
+            for _ in range(subscribers):
+                await ready.acquire()
+            while api.bus.subscriber_count < subscribers:
+                await trio.sleep(0.01)
+            for _ in range(burst):
+                api.bus.publish(Event(source="test"))
+    assert counts == [burst] * subscribers

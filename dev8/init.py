@@ -1,0 +1,302 @@
+"""PID-1 duties: reap orphans without stealing our own children, and sweep at shutdown.
+
+A container's PID 1 (or a subreaper) inherits every orphan and must reap it, or zombies pile up.
+The hazard is reaping a child that trio spawned and is about to wait for: CPython then reports
+exit status 0 for it. So the reaper only collects zombies whose pid is *not* ours, found by
+scanning `/proc`, and reaps nothing at all while a spawn is in flight (trio's `open_process` runs
+`Popen` in a worker thread, so a child can exit before its pid is known to us).
+
+Everything here runs in the trio thread: the scan-and-reap step has no checkpoint, so no spawn can
+start in the middle of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import signal
+import sys
+from collections.abc import Callable, Iterator
+
+import trio
+
+__all__ = [
+    "OwnPids",
+    "become_subreaper",
+    "final_sweep",
+    "is_pid1",
+    "list_descendants",
+    "list_zombie_children",
+    "run_reaper",
+]
+
+_PR_SET_CHILD_SUBREAPER = 36
+_POLL_INTERVAL = 0.02
+_GONE_STATES = frozenset({"Z", "X", "x"})
+
+
+class OwnPids:
+    """The pids dev8 spawned itself; the reaper never collects these.
+
+    Only touch it from the trio thread. A child spawned *and* waited outside trio (for example
+    `subprocess.run` in a worker thread) must stay inside `spawning()` for its whole life, since
+    its pid never reaches `add()` before it could become a zombie.
+    """
+
+    def __init__(self) -> None:
+        self._pids: set[int] = set()
+        self._spawning = 0
+        self._scan_wanted = False
+        self._wake = trio.Event()
+
+    @contextlib.contextmanager
+    def spawning(self) -> Iterator[None]:
+        """Mark a spawn in flight: until the last one ends, the reaper defers."""
+        self._spawning += 1
+        try:
+            yield
+        finally:
+            self._spawning -= 1
+            if self._spawning == 0 and self._scan_wanted:
+                self._wake.set()
+
+    @property
+    def spawn_in_progress(self) -> bool:
+        return self._spawning > 0
+
+    def add(self, pid: int) -> None:
+        self._pids.add(pid)
+
+    def discard(self, pid: int) -> None:
+        """Forget `pid` once trio has collected its exit status."""
+        self._pids.discard(pid)
+
+    def __contains__(self, pid: object) -> bool:
+        return pid in self._pids
+
+    def __len__(self) -> int:
+        return len(self._pids)
+
+    def __repr__(self) -> str:
+        return f"<OwnPids {len(self._pids)} pids, {self._spawning} spawning>"
+
+    def request_scan(self) -> None:
+        """Ask the reaper for a scan (a SIGCHLD does the same)."""
+        self._scan_wanted = True
+        self._wake.set()
+
+    async def _wait_scan_turn(self) -> None:
+        """Return when a scan is wanted and no spawn is in flight; always a checkpoint."""
+        await trio.lowlevel.checkpoint()
+        while not (self._scan_wanted and self._spawning == 0):
+            self._wake = trio.Event()
+            await self._wake.wait()
+        self._scan_wanted = False
+
+    def _reap_orphans(self, on_reaped: Callable[[int, int], None] | None) -> list[int]:
+        """Reap every zombie child not ours; callers make sure no spawn is in flight.
+
+        No checkpoint in here, so no spawn can start halfway through.
+        """
+        reaped: list[int] = []
+        for pid in list_zombie_children():
+            if pid in self._pids:
+                continue  # trio will collect it, with its real status
+            try:
+                got, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue  # someone else collected it meanwhile
+            if got == pid:
+                reaped.append(pid)
+                if on_reaped is not None:
+                    on_reaped(pid, os.waitstatus_to_exitcode(status))
+        return reaped
+
+
+async def run_reaper(
+    own: OwnPids,
+    *,
+    on_reaped: Callable[[int, int], None] | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Reap orphans on each SIGCHLD, forever; idle, it sleeps without any timer.
+
+    `on_reaped(pid, returncode)` gets subprocess-style codes (negative: killed by that signal).
+    Must run in the main thread (signal handling).
+    """
+    with trio.open_signal_receiver(signal.SIGCHLD) as sigchld:
+        task_status.started()
+        own.request_scan()  # zombies may predate the handler
+
+        async def forward_signals() -> None:
+            async for _ in sigchld:
+                own.request_scan()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forward_signals)
+            while True:
+                await own._wait_scan_turn()
+                own._reap_orphans(on_reaped)
+
+
+def become_subreaper() -> bool:
+    """Make orphans of our descendants come back to us even when we are not PID 1."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        rc = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        return False
+    return bool(rc == 0)
+
+
+def is_pid1() -> bool:
+    return os.getpid() == 1
+
+
+def _read_stat(pid: int) -> tuple[str, int] | None:
+    """(state, ppid) of `pid`, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # comm may hold spaces and parentheses: the fields start after the last ')'.
+    fields = data[data.rfind(b")") + 2 :].split()
+    if len(fields) < 2:
+        return None
+    return fields[0].decode(), int(fields[1])
+
+
+def _all_stats() -> dict[int, tuple[str, int]]:
+    stats: dict[int, tuple[str, int]] = {}
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if entry.name.isdigit():
+                pid = int(entry.name)
+                st = _read_stat(pid)
+                if st is not None:
+                    stats[pid] = st
+    return stats
+
+
+def list_zombie_children() -> list[int]:
+    """Pids of our children that are zombies, from /proc (no wait call: nothing is reaped)."""
+    me = os.getpid()
+    return sorted(pid for pid, (state, ppid) in _all_stats().items() if state == "Z" and ppid == me)
+
+
+def list_descendants(root: int) -> list[int]:
+    """Every live process below `root` in the ppid tree (zombies excluded, `root` excluded)."""
+    stats = _all_stats()
+    children: dict[int, list[int]] = {}
+    for pid, (_state, ppid) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    found: list[int] = []
+    stack = list(children.get(root, []))
+    seen = {root}
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        if stats[pid][0] not in _GONE_STATES:
+            found.append(pid)
+        stack.extend(children.get(pid, []))
+    return sorted(found)
+
+
+def _sweep_targets() -> list[int]:
+    me = os.getpid()
+    if me == 1:
+        stats = _all_stats()
+        return sorted(p for p, (state, _) in stats.items() if p != me and state not in _GONE_STATES)
+    return list_descendants(me)
+
+
+class _Target:
+    """One process to sweep, held by pidfd when possible so a reused pid is never signalled."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.fd: int | None = None
+        with contextlib.suppress(OSError):  # gone already, or out of fds: fall back to the pid
+            self.fd = os.pidfd_open(pid)
+
+    def signal(self, sig: int) -> bool:
+        try:
+            if self.fd is not None:
+                signal.pidfd_send_signal(self.fd, sig)
+            else:
+                os.kill(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def gone(self) -> bool:
+        if self.fd is not None:
+            p = select.poll()
+            p.register(self.fd, select.POLLIN)
+            return bool(p.poll(0))
+        st = _read_stat(self.pid)
+        return st is None or st[0] in _GONE_STATES
+
+    async def wait_gone(self) -> None:
+        if self.fd is not None:
+            await trio.lowlevel.wait_readable(self.fd)
+            return
+        # Without a pidfd nothing signals a non-child's exit: a short bounded poll is all there is.
+        while not self.gone():  # noqa: ASYNC110
+            await trio.sleep(_POLL_INTERVAL)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+async def _wait_all_gone(targets: list[_Target]) -> None:
+    async with trio.open_nursery() as nursery:
+        for t in targets:
+            if not t.gone():
+                nursery.start_soon(t.wait_gone)
+
+
+async def final_sweep(*, grace: float, own: OwnPids, kill_timeout: float = 2.0) -> int:
+    """Stop every process left (all of /proc as PID 1, else our descendants); return the count.
+
+    SIGTERM (with SIGCONT, so stopped processes see it), up to `grace` seconds, SIGKILL to what
+    remains and to anything new, up to `kill_timeout` more, then reap zombies not in `own`.
+    """
+    targets: dict[int, _Target] = {}
+    signalled: set[int] = set()
+    try:
+        for pid in _sweep_targets():
+            t = targets[pid] = _Target(pid)
+            if t.signal(signal.SIGTERM):
+                signalled.add(pid)
+                t.signal(signal.SIGCONT)
+        with trio.move_on_after(grace):
+            await _wait_all_gone(list(targets.values()))
+
+        # Orphans of the terminated may have escaped our tree: keep the ones we knew, add new ones.
+        for pid in _sweep_targets():
+            if pid not in targets:
+                targets[pid] = _Target(pid)
+        to_kill = [t for t in targets.values() if not t.gone()]
+        for t in to_kill:
+            if t.signal(signal.SIGKILL):
+                signalled.add(t.pid)
+        with trio.move_on_after(kill_timeout):
+            await _wait_all_gone(to_kill)
+    finally:
+        for t in targets.values():
+            t.close()
+    if own.spawn_in_progress:
+        own.request_scan()  # a running reaper will do it once the spawn ends
+    else:
+        own._reap_orphans(None)
+    return len(signalled)
