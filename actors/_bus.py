@@ -197,7 +197,9 @@ class EventBus:
 
         Registration and replay happen in one step, so nothing is missed or seen twice.
         """
-        subscription = Subscription(self, buffer or self.subscriber_buffer, accept)
+        subscription = Subscription(
+            self, self.subscriber_buffer if buffer is None else max(buffer, 1), accept
+        )
         if since is not None:
             oldest = self._history[0].seq if self._history else self._seq + 1
             # A resume point ahead of us is from an earlier life of the bus: all missed.

@@ -141,6 +141,7 @@ class _Child:
         self.started_at: float | None = None
         self.pending: int | None = None
         self.stop_reason: str | None = None
+        self.stop_deadline = math.inf
         self.ctx: ChildContext | None = None
         self.scope: trio.CancelScope | None = None
         self.done: trio.Event | None = None
@@ -324,8 +325,16 @@ class Supervisor:
                 else:
                     with trio.CancelScope(shield=True):
                         await self._stop_all()
+                # If our own cleanup was cut short (we were killed hard), so are the children's:
+                # nothing may keep this nursery open.
+                for child in self._children.values():
+                    if child.done is not None and not child.done.is_set():
+                        assert child.scope is not None
+                        assert child.ctx is not None
+                        child.scope.cancel()
+                        child.ctx._kill()
                 nursery.cancel_scope.cancel()
-        self._set_state(ChildState.FATAL if self._escalation else ChildState.STOPPED)
+                self._set_state(ChildState.FATAL if self._escalation else ChildState.STOPPED)
         if self._escalation is not None:
             self._publish(
                 SupervisorEscalated(
@@ -640,17 +649,23 @@ class Supervisor:
             return
         if child.state not in (ChildState.STARTING, ChildState.RUNNING):
             return
-        scope, done, ctx = child.scope, child.done, child.ctx
+        scope = child.scope
         assert scope is not None
-        assert done is not None
-        assert ctx is not None
         child.stop_reason = reason
         child.set_state(ChildState.STOPPING)
         self._publish(
             ChildStopping(source=self._child_path(child), child=child.spec.name, reason=reason)
         )
         scope.cancel()
-        with trio.move_on_after(child.spec.shutdown_timeout):
+        child.stop_deadline = trio.current_time() + child.spec.shutdown_timeout
+        await self._finish_stop(child)
+
+    async def _finish_stop(self, child: _Child) -> None:
+        """Wait for a stopping child until its deadline, then cut its cleanup short."""
+        done, ctx = child.done, child.ctx
+        assert done is not None
+        assert ctx is not None
+        with trio.move_on_at(child.stop_deadline):
             await done.wait()
         if not done.is_set():
             self._publish(
@@ -668,4 +683,8 @@ class Supervisor:
 
     async def _stop_all(self) -> None:
         for child in reversed(list(self._children.values())):
-            await self._stop(child, reason="shutdown")
+            if child.state is ChildState.STOPPING:
+                # A stop that our own cancellation interrupted: finish it by its deadline.
+                await self._finish_stop(child)
+            else:
+                await self._stop(child, reason="shutdown")
