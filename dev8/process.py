@@ -227,7 +227,11 @@ async def _pump(
     pending = b""
     async for chunk in stream:
         pending += chunk
-        *lines, pending = pending.split(b"\n")
+        *complete, pending = pending.split(b"\n")
+        # A whole line read in one chunk is capped too, not only a line still being read.
+        lines = [
+            raw[i : i + _MAX_LINE] for raw in complete for i in range(0, len(raw) or 1, _MAX_LINE)
+        ]
         while len(pending) > _MAX_LINE:
             lines.append(pending[:_MAX_LINE])
             pending = pending[_MAX_LINE:]

@@ -228,8 +228,9 @@ async def stream_events(control: Control) -> None:
             return (name or event.source.rsplit("/", 1)[-1]) in services
         return True
 
-    await websocket.accept()
+    # Subscribe before accepting: a client that sees the handshake complete misses nothing after.
     with control.bus.subscribe(since=since, accept=accept) as subscription:
+        await websocket.accept()
         if subscription.missed:
             resync = {"kind": "resync", "seq": control.bus.last_seq, "data": control.status()}
             await websocket.send(json.dumps(resync))
