@@ -107,7 +107,15 @@ class RemoveChild:
     reply: Reply[None]
 
 
-Command = StartChild | StopChild | RestartChild | AddChild | RemoveChild
+@attrs.frozen(kw_only=True)
+class CrashChild:
+    """Fault injection: the child's task fails as if it had raised (for chaos testing)."""
+
+    name: str
+    reply: Reply[NodeStatus]
+
+
+Command = StartChild | StopChild | RestartChild | AddChild | RemoveChild | CrashChild
 
 
 @attrs.frozen
@@ -142,6 +150,7 @@ class _Child:
         self.pending: int | None = None
         self.stop_reason: str | None = None
         self.stop_deadline = math.inf
+        self.fault_injected = False
         self.ctx: ChildContext | None = None
         self.scope: trio.CancelScope | None = None
         self.done: trio.Event | None = None
@@ -282,6 +291,10 @@ class Supervisor:
             lambda r: RestartChild(name=name, reason=reason, reply=r), timeout=timeout
         )
 
+    async def crash_child(self, name: str, *, timeout: float = 60.0) -> NodeStatus:
+        """Make a running child fail as if it had raised; its restart policy applies."""
+        return await self.ref.call(lambda r: CrashChild(name=name, reply=r), timeout=timeout)
+
     async def add_child(self, spec: ChildSpec, *, timeout: float = 60.0) -> NodeStatus:
         return await self.ref.call(lambda r: AddChild(spec=spec, reply=r), timeout=timeout)
 
@@ -401,6 +414,11 @@ class Supervisor:
             elif isinstance(command, StopChild):
                 await self._stop(child, reason="stop")
                 command.reply.send(self._status_of(child))
+            elif isinstance(command, CrashChild):
+                if child.state is ChildState.RUNNING and child.scope is not None:
+                    child.fault_injected = True
+                    child.scope.cancel()
+                command.reply.send(self._status_of(child))
             elif isinstance(command, RestartChild):
                 await self._restart_on_request(child, command.reason)
                 command.reply.send(self._status_of(child))
@@ -430,6 +448,7 @@ class Supervisor:
         generation = child.generation
         child.pending = None
         child.stop_reason = None
+        child.fault_injected = False
         child.set_state(ChildState.STARTING)
         ctx = ChildContext(
             name=child.spec.name,
@@ -491,7 +510,11 @@ class Supervisor:
         try:
             with scope:
                 await child.spec.start(ctx, task_status=_StartedReporter(self, child, generation))
-            if scope.cancel_called:
+            if scope.cancel_called and child.fault_injected:
+                exit_info = ExitInfo(
+                    reason="error", abnormal=True, error="InjectedFault: crashed on request"
+                )
+            elif scope.cancel_called:
                 reason = child.stop_reason or "shutdown"
                 exit_info = ExitInfo(reason=reason, abnormal=reason == "start_timeout")
             else:

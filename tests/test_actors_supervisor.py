@@ -1111,3 +1111,32 @@ async def test_event_sequence_numbers_increase_across_the_tree(
     assert seqs == list(range(1, len(seqs) + 1))
     assert len(seqs) > 10
     assert {e.source for _, e in tree.rec.log} >= {"outer/inner", "outer/inner/x", "outer/y"}
+
+
+async def test_crash_child_fails_the_child_as_if_it_raised(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from actors import ChildContext as _Ctx
+
+    bus = EventBus()
+    kinds: list[tuple[str, dict[str, Any]]] = []
+    bus.add_listener(lambda envelope: kinds.append((envelope.event.kind, envelope.event.data())))
+
+    async def forever(ctx: _Ctx, *, task_status: trio.TaskStatus[Any]) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    supervisor = Supervisor("root", [ChildSpec(name="w", start=forever)], bus=bus)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        await supervisor.crash_child("w")
+        await trio.testing.wait_all_tasks_blocked()
+        (node,) = supervisor.children()
+        assert node.state is ChildState.RUNNING
+        assert node.restarts == 1
+        assert node.restart_reasons == {"crash": 1}
+        assert node.last_exit is not None
+        assert node.last_exit.error == "InjectedFault: crashed on request"
+        nursery.cancel_scope.cancel()
+    exited = [data for kind, data in kinds if kind == "child_exited"]
+    assert exited[0]["abnormal"] is True
