@@ -81,6 +81,7 @@ class Control:
         user_id: str,
         outputs: Mapping[str, OutputRing] | None = None,
         hooks: Hooks | None = None,
+        supervisors: Sequence[Supervisor] = (),
     ) -> None:
         self.bus = bus
         self.root = root
@@ -89,6 +90,8 @@ class Control:
         self.user_id = user_id
         self.outputs = outputs if outputs is not None else {}
         self.hooks = hooks or Hooks()
+        #: Every supervisor of the tree (for fault injection by actor path).
+        self.supervisors = list(supervisors) or [root, services]
         self.started_wall = time.time()
         self.started_clock = trio.current_time()
 
@@ -202,3 +205,15 @@ class Control:
         if self.hooks.refresh_secrets is None:
             raise NotAvailable("no secret provider is configured")
         return await self.hooks.refresh_secrets()
+
+    async def crash_actor(self, path: str) -> NodeStatus:
+        """Fault injection: make the actor at ``path`` (``dev8/services/web``) fail."""
+        parent_path, _, name = path.rpartition("/")
+        for supervisor in self.supervisors:
+            if supervisor.path == parent_path:
+                try:
+                    return await supervisor.crash_child(name)
+                except UnknownChild:
+                    break
+        known = [node.path for node in self.root.snapshot().walk()][1:]
+        raise UnknownService(path, known)
