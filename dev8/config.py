@@ -379,7 +379,8 @@ def _check_probe_url(inst: "ProbeConfig", _attribute: "attrs.Attribute[Any]", va
 def _check_probe_port(inst: "ProbeConfig", _attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if value is None:
         if inst.type in _PORT_TYPES:
-            raise _Invalid(f"required for a {inst.type.value} probe", at=("port",))
+            article = "an" if inst.type is ProbeType.SSH_BANNER else "a"
+            raise _Invalid(f"required for {article} {inst.type.value} probe", at=("port",))
         return
     if not 1 <= value <= 65535:
         raise _Invalid("expected a port from 1 to 65535", value, at=("port",))
@@ -408,7 +409,7 @@ class ProbeConfig:
     successes back to passing (as in Kubernetes).
     """
 
-    type: ProbeType
+    type: ProbeType = attrs.field(converter=ProbeType)  # code may say type="tcp"
     url: str | None = attrs.field(default=None, validator=_check_probe_url)
     expect_status: int = attrs.field(default=200, validator=_check_status)
     host: str = attrs.field(default="127.0.0.1", validator=_check_host)

@@ -19,8 +19,12 @@ from dev8.config import (
     BackoffConfig,
     Config,
     ConfigError,
+    ConnectionsConfig,
     IntensityConfig,
     LogConfig,
+    ProbeConfig,
+    ProbesConfig,
+    ProbeType,
     RestartType,
     ServiceConfig,
     ShutdownConfig,
@@ -431,6 +435,178 @@ def test_load_config_errors_name_the_file(tmp_path: Path) -> None:
     assert (info.value.source, info.value.path) == (str(bad), "services.web.restart")
 
 
+# --------------------------------------------------------------------------- probes and ports
+
+PROBED = """
+connections: {interval: 2.5}
+services:
+  code-server:
+    command: [code-server]
+    ports: [8080]
+    probes:
+      readiness:
+        type: http
+        url: "http://127.0.0.1:8080/healthz"
+        expect_status: 204
+        interval: 10
+        timeout: 2
+        initial_delay: 0.5
+        failure_threshold: 5
+        success_threshold: 2
+      liveness: {type: tcp, port: 8080, host: localhost}
+  ssh:
+    command: [sshd]
+    ports: [2222, 22]
+    probes:
+      readiness: {type: ssh-banner, port: 2222}
+      liveness: {type: process}
+"""
+
+
+def test_probes_ports_and_connections() -> None:
+    config = parse(PROBED)
+    assert config.connections == ConnectionsConfig(interval=2.5)
+    code = config.services["code-server"]
+    assert code.ports == (8080,)
+    assert code.probes == ProbesConfig(
+        readiness=ProbeConfig(
+            type=ProbeType.HTTP,
+            url="http://127.0.0.1:8080/healthz",
+            expect_status=204,
+            interval=10.0,
+            timeout=2.0,
+            initial_delay=0.5,
+            failure_threshold=5,
+            success_threshold=2,
+        ),
+        liveness=ProbeConfig(type=ProbeType.TCP, port=8080, host="localhost"),
+    )
+    ssh = config.services["ssh"]
+    assert ssh.ports == (2222, 22)
+    assert ssh.probes.readiness == ProbeConfig(type=ProbeType.SSH_BANNER, port=2222)
+    assert ssh.probes.liveness == ProbeConfig(type=ProbeType.PROCESS)
+    data = config_to_dict(config)
+    assert data["services"]["ssh"]["probes"]["readiness"]["type"] == "ssh-banner"
+    assert data["services"]["ssh"]["ports"] == [2222, 22]
+    assert parse(yaml.safe_dump(data)) == config
+
+
+def test_probe_defaults_follow_the_seed() -> None:
+    probe = ProbeConfig(type=ProbeType.PROCESS)
+    assert (probe.interval, probe.timeout, probe.initial_delay) == (30.0, 5.0, 0.0)
+    assert (probe.failure_threshold, probe.success_threshold) == (3, 1)
+    assert (probe.host, probe.port, probe.url, probe.expect_status) == (
+        "127.0.0.1",
+        None,
+        None,
+        200,
+    )
+    web = parse(WEB).services["web"]
+    assert web.probes == ProbesConfig(readiness=None, liveness=None)
+    assert web.ports == ()
+    assert parse("{}").connections.interval == 5.0
+    assert parse(WEB + "    probes:\n").services["web"].probes == ProbesConfig()
+
+
+def with_probe(probe: str, kind: str = "readiness") -> str:
+    return WEB + f"    probes: {{{kind}: {probe}}}\n"
+
+
+PR = "services.web.probes.readiness"
+
+
+@pytest.mark.parametrize(
+    ("probe", "key", "message"),
+    [
+        ("{type: http}", "url", "required for an http probe"),
+        ("{type: tcp}", "port", "required for a tcp probe"),
+        ("{type: ssh-banner, url: 'http://x/'}", "port", "required for an ssh-banner probe"),
+        ("{port: 80}", "type", "required key missing"),
+        ("{type: exec}", "type", "expected one of 'process', 'http', 'tcp', 'ssh-banner'"),
+        ("{type: http, url: 'ftp://x/'}", "url", "expected an http:// or https:// URL"),
+        ("{type: http, url: '/healthz'}", "url", "URL with a host, got '/healthz'"),
+        ("{type: http, url: 'http://x/', expect_status: 99}", "expect_status", "100 to 599"),
+        ("{type: tcp, port: 65536}", "port", "expected a port from 1 to 65535"),
+        ("{type: tcp, port: '80'}", "port", "expected an integer"),
+        ("{type: tcp, port: 80, host: 'a b'}", "host", "IP address or a host name"),
+        ("{type: process, interval: 0}", "interval", "expected a number > 0"),
+        ("{type: process, timeout: -1}", "timeout", "expected a number > 0"),
+        ("{type: process, initial_delay: -1}", "initial_delay", ">= 0"),
+        ("{type: process, failure_threshold: 0}", "failure_threshold", ">= 1"),
+        ("{type: process, success_threshold: 1.5}", "success_threshold", "an integer"),
+        ("{type: process, period: 3}", "period", "unknown key"),
+    ],
+)
+def test_a_bad_probe_names_the_key(probe: str, key: str, message: str) -> None:
+    err = error_of(with_probe(probe))
+    assert err.path == f"{PR}.{key}"
+    assert message in err.message
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "message"),
+    [
+        (
+            with_probe("{type: process, success_threshold: 2}", "liveness"),
+            "services.web.probes.liveness.success_threshold",
+            "expected 1 for a liveness probe, got 2",
+        ),
+        (
+            WEB + "    probes: {startup: {type: process}}\n",
+            "services.web.probes.startup",
+            "unknown key",
+        ),
+        (WEB + "    ports: 8080\n", "services.web.ports", "expected a list of integers"),
+        (WEB + "    ports: [8080, 0]\n", "services.web.ports[1]", "port from 1 to 65535"),
+        (WEB + "    ports: [8080, '22']\n", "services.web.ports[1]", "expected an integer"),
+        (WEB + "    ports: [22, 22]\n", "services.web.ports[1]", "already listed"),
+        (
+            WEB + "    ports: [22]\n  ssh:\n    command: [sshd]\n    ports: [2222, 22]\n",
+            "services.ssh.ports[1]",
+            "port 22 is already counted for service 'web'",
+        ),
+        ("connections: {interval: 0}", "connections.interval", "expected a number > 0"),
+        ("connections: {every: 1}", "connections.every", "unknown key"),
+    ],
+)
+def test_bad_probes_ports_and_connections_name_the_key(text: str, path: str, message: str) -> None:
+    err = error_of(text)
+    assert err.path == path
+    assert message in err.message
+
+
+def test_a_probe_url_with_a_password_is_never_echoed() -> None:
+    err = error_of(with_probe("{type: http, url: 'htp://me:hunter2@host/'}"))
+    assert err.path == f"{PR}.url"
+    assert "hunter2" not in str(err)
+
+
+def test_probes_and_ports_from_the_environment() -> None:
+    config = parse(
+        WEB,
+        {
+            "DEV8_SERVICES__WEB__PROBES__LIVENESS__TYPE": "http",
+            "DEV8_SERVICES__WEB__PROBES__LIVENESS__URL": "http://127.0.0.1:8000/",
+            "DEV8_SERVICES__WEB__PROBES__LIVENESS__INTERVAL": "7",
+            "DEV8_SERVICES__WEB__PROBES__READINESS": "{type: tcp, port: 8000}",
+            "DEV8_SERVICES__WEB__PORTS": "[8000]",
+            "DEV8_CONNECTIONS__INTERVAL": "1",
+        },
+    )
+    web = config.services["web"]
+    assert web.probes.liveness == ProbeConfig(
+        type=ProbeType.HTTP, url="http://127.0.0.1:8000/", interval=7.0
+    )
+    assert web.probes.readiness == ProbeConfig(type=ProbeType.TCP, port=8000)
+    assert web.ports == (8000,)
+    assert config.connections.interval == 1.0
+    err = error_of(WEB, {"DEV8_SERVICES__WEB__PROBES__LIVENESS__TYPE": "tcp"})
+    assert (err.source, err.path) == (
+        "DEV8_SERVICES__WEB__PROBES__LIVENESS__TYPE",
+        "services.web.probes.liveness.port",
+    )
+
+
 # --------------------------------------------------------------------------- env overrides
 
 
@@ -743,6 +919,15 @@ KEYS = [
     "factor",
     "jitter",
     "reset_after",
+    "probes",
+    "readiness",
+    "liveness",
+    "type",
+    "url",
+    "port",
+    "ports",
+    "interval",
+    "connections",
     "TOKEN",
     "Web",
 ]
@@ -772,6 +957,18 @@ def _section(**fields: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, An
 numbers = st.one_of(st.integers(-2, 100), st.floats(-1, 100))
 words = st.text(max_size=8)
 intensity = _section(max_restarts=st.integers(-1, 20), window=numbers)
+probe_section = _section(
+    type=st.sampled_from(["process", "http", "tcp", "ssh-banner", "exec"]),
+    url=st.one_of(st.sampled_from(["http://127.0.0.1:8080/healthz", "https://[::1]/", "x"]), words),
+    expect_status=st.integers(0, 700),
+    host=st.one_of(st.sampled_from(["127.0.0.1", "::1", "localhost"]), words),
+    port=st.integers(-1, 70000),
+    interval=numbers,
+    timeout=numbers,
+    initial_delay=numbers,
+    failure_threshold=st.integers(-1, 5),
+    success_threshold=st.integers(-1, 3),
+)
 service = _section(
     command=st.lists(words, max_size=3),
     env=st.dictionaries(words, words, max_size=3),
@@ -792,6 +989,8 @@ service = _section(
         reset_after=numbers,
     ),
     intensity=intensity,
+    ports=st.lists(st.integers(-1, 70000), max_size=3),
+    probes=_section(readiness=probe_section, liveness=probe_section),
 )
 config_like = _section(
     environment_id=words,
@@ -804,6 +1003,7 @@ config_like = _section(
     log=_section(level=st.sampled_from(["debug", "info", "warning", "error", "loud"])),
     shutdown=_section(timeout=numbers, kill_grace=numbers),
     supervisor=_section(intensity=intensity),
+    connections=_section(interval=numbers),
     services=st.dictionaries(
         st.sampled_from(["web", "code-server", "Web", "x" * 64]), service, max_size=3
     ),

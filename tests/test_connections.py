@@ -1,0 +1,326 @@
+"""dev8.connections: the kernel's TCP tables, and the tracker actor on real sockets."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+from dev8_harness import free_port
+
+from actors import ChildContext, EventBus, Supervisor
+from dev8.connections import (
+    Connection,
+    ConnectionBoard,
+    TcpRow,
+    make_tracker_spec,
+    own_socket_inodes,
+    parse_proc_net_tcp,
+    read_connections,
+    run_tracker,
+    service_connections,
+)
+
+# Captured on this machine: a dual-stack listener on port 0xA013 (40979) with one client over
+# IPv4 (seen as v4-mapped) and one over ::1.
+TCP6 = """\
+  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:A013 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 169503 1 000000003148aa15 100 0 0 10 0
+   1: 00000000000000000000000001000000:A013 00000000000000000000000001000000:941A 01 00000000:00000000 00:00000000 00000000     0        0 169507 1 00000000345d71d5 20 0 0 10 -1
+   2: 00000000000000000000000001000000:941A 00000000000000000000000001000000:A013 01 00000000:00000000 00:00000000 00000000     0        0 169506 2 00000000cdff5d50 20 0 0 10 -1
+   3: 0000000000000000FFFF00000100007F:A013 0000000000000000FFFF00000100007F:9244 01 00000000:00000000 00:00000000 00000000     0        0 169505 1 0000000087d3fc89 22 0 0 10 -1
+"""  # noqa: E501
+TCP4 = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:07E8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1684 1 00000000eb6ad8f9 100 0 0 10 0
+  62: 0100007F:9244 0100007F:A013 01 00000000:00000000 00:00000000 00000000     0        0 169504 2 00000000c504eb7e 22 0 0 10 -1
+   7: 0100007F:1F90 0201000A:D431 06 00000000:00000000 03:00000AF2 00000000     0        0 0 3 00000000bca6f27d
+"""  # noqa: E501
+
+
+def test_parse_tcp6_shows_v4_mapped_addresses_as_ipv4() -> None:
+    rows = parse_proc_net_tcp(TCP6)
+    assert [(r.local_ip, r.local_port, r.remote_ip, r.remote_port, r.state) for r in rows] == [
+        ("::", 40979, "::", 0, 0x0A),
+        ("::1", 40979, "::1", 37914, 0x01),
+        ("::1", 37914, "::1", 40979, 0x01),
+        ("127.0.0.1", 40979, "127.0.0.1", 37444, 0x01),
+    ]
+    assert [r.inode for r in rows] == [169503, 169507, 169506, 169505]
+
+
+def test_parse_tcp4_and_skip_malformed_lines() -> None:
+    rows = parse_proc_net_tcp(TCP4 + "   9: garbage\n  10: ZZZZ:1 0:0 01 a b c d e 5\n")
+    assert rows == [
+        TcpRow(
+            local_ip="0.0.0.0", local_port=2024, remote_ip="0.0.0.0", remote_port=0, state=10,
+            inode=1684,
+        ),
+        TcpRow(
+            local_ip="127.0.0.1", local_port=37444, remote_ip="127.0.0.1", remote_port=40979,
+            state=1, inode=169504,
+        ),
+        TcpRow(
+            local_ip="127.0.0.1", local_port=8080, remote_ip="10.0.1.2", remote_port=54321,
+            state=6, inode=0,
+        ),
+    ]  # fmt: skip
+
+
+def test_only_established_connections_to_watched_ports_count() -> None:
+    rows = parse_proc_net_tcp(TCP6) + parse_proc_net_tcp(TCP4)
+    assert service_connections(rows, {40979: "web"}) == {
+        Connection("web", 40979, "[::1]:37914"),
+        Connection("web", 40979, "127.0.0.1:37444"),
+    }
+    # 8080's only row is in TIME_WAIT (06); the listener (0A) is not a connection either.
+    assert service_connections(rows, {8080: "code", 2024: "ssh"}) == set()
+
+
+def test_connections_dev8_opened_itself_do_not_count() -> None:
+    rows = parse_proc_net_tcp(TCP6)
+    # Inode 169506 is the client end of the ::1 connection: ours, like a health probe's.
+    assert service_connections(rows, {40979: "web"}, own_inodes={169506}) == {
+        Connection("web", 40979, "127.0.0.1:37444")
+    }
+
+
+def test_own_socket_inodes_sees_a_new_socket() -> None:
+    with socket.socket() as sock:
+        inode = Path(f"/proc/self/fd/{sock.fileno()}").readlink().name
+        assert int(inode[len("socket:[") : -1]) in own_socket_inodes()
+
+
+# --------------------------------------------------------------------------- virtual time
+
+
+class FakeWall:
+    def __init__(self) -> None:
+        self.base = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.base + trio.current_time()
+
+
+def utc_iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat()
+
+
+async def test_tracker_diffs_polls_and_keeps_last_activity(autojump_clock: trio.abc.Clock) -> None:
+    wall = FakeWall()
+    clients = [3]
+    board = ConnectionBoard(
+        {"web": [8080], "ssh": [2222]}, websocket_clients=lambda: clients[0], wall_clock=wall
+    )
+    alice = Connection("web", 8080, "10.0.0.7:50000")
+    bob = Connection("ssh", 2222, "[2001:db8::5]:41000")
+    # What each poll (every 5 s, from t=0) finds.
+    polls: list[set[Connection]] = [set(), {alice}, {alice, bob}, {bob}, set(), set()]
+    seen_ports: list[Mapping[int, str]] = []
+
+    def read(ports: Mapping[int, str]) -> set[Connection]:
+        seen_ports.append(dict(ports))
+        return polls[min(len(seen_ports) - 1, len(polls) - 1)]
+
+    bus = EventBus()
+    ctx = ChildContext(name="connections", path="dev8/connections", attempt=0, publish=bus.publish)
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: run_tracker(
+            ctx, board, interval=5.0, read=read, task_status=task_status
+        ))  # fmt: skip
+        first = board.snapshot()
+        assert first == {
+            "services": {
+                "web": {"count": 0, "ports": [8080], "peers": [], "lastActivity": None},
+                "ssh": {"count": 0, "ports": [2222], "peers": [], "lastActivity": None},
+            },
+            "websocketClients": 3,
+            "lastActivity": None,  # websocket clients are shown, but are not activity
+        }
+        await trio.sleep_until(start + 11)  # polls at 0, 5, 10
+        snap = board.snapshot()
+        assert snap["services"]["web"]["peers"] == ["10.0.0.7:50000"]
+        assert snap["services"]["ssh"]["peers"] == ["[2001:db8::5]:41000"]
+        assert snap["services"]["ssh"]["lastActivity"] == utc_iso(wall.base + 10)
+        await trio.sleep_until(start + 26)  # polls at 15 (alice gone), 20 (bob gone), 25
+        nursery.cancel_scope.cancel()
+    assert seen_ports[0] == {8080: "web", 2222: "ssh"}
+    assert len(seen_ports) == 6
+    assert board.count("web") == board.count("ssh") == 0
+    # Active at a poll = had a connection, or one closed since the last poll.
+    assert board.last_activity("web") == wall.base + 15
+    assert board.last_activity("ssh") == wall.base + 20
+    assert board.last_activity() == wall.base + 20
+    assert board.snapshot()["lastActivity"] == utc_iso(wall.base + 20)
+    events = [(e.event.kind, e.event.data()) for e in bus.history()]
+    assert events == [
+        ("connection_opened", {"service": "web", "port": 8080, "peer": "10.0.0.7:50000"}),
+        ("connection_opened", {"service": "ssh", "port": 2222, "peer": "[2001:db8::5]:41000"}),
+        (
+            "connection_closed",
+            {"service": "web", "port": 8080, "peer": "10.0.0.7:50000", "duration": 10.0},
+        ),
+        (
+            "connection_closed",
+            {"service": "ssh", "port": 2222, "peer": "[2001:db8::5]:41000", "duration": 10.0},
+        ),
+    ]
+    assert {e.event.source for e in bus.history()} == {"dev8/connections"}
+
+
+# --------------------------------------------------------------------------- real sockets
+
+
+@asynccontextmanager
+async def spawned(argv: list[str], **options: Any) -> AsyncIterator[trio.Process]:
+    """A child process that is killed and waited for, whatever happens."""
+    process = await trio.lowlevel.open_process(argv, **options)
+    try:
+        yield process
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+            for stream in (process.stdin, process.stdout):
+                if stream is not None:
+                    await stream.aclose()
+
+
+async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = trio.current_time() + timeout
+    while trio.current_time() < deadline:
+        if condition():
+            return
+        await trio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def wait_listening(port: int) -> None:
+    with trio.fail_after(10):
+        while True:
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.02)
+                continue
+            await stream.aclose()
+            return
+
+
+async def read_line(process: trio.Process) -> str:
+    assert process.stdout is not None
+    data = b""
+    with trio.fail_after(10):
+        while not data.endswith(b"\n"):
+            chunk = await process.stdout.receive_some(1024)
+            assert chunk, "the client exited early"
+            data += chunk
+    return data.decode().strip()
+
+
+HTTP_CLIENT = """
+import http.client, sys
+conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+conn.request("GET", "/")
+response = conn.getresponse()
+response.read()
+print(conn.sock.getsockname()[1], response.status, response.getheader("Connection"), flush=True)
+sys.stdin.read()  # keep the connection alive until told
+conn.close()
+"""
+TCP_CLIENT = """
+import socket, sys
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+print(sock.getsockname()[1], flush=True)
+sys.stdin.read()
+sock.close()
+"""
+
+
+async def test_tracker_counts_a_keepalive_http_connection_and_a_tcp_session(
+    tmp_path: Path,
+) -> None:
+    web_port, raw_port = free_port(), free_port()
+    (tmp_path / "index.html").write_text("hello")
+    server = [sys.executable, "-m", "http.server", "-p", "HTTP/1.1", "-b", "127.0.0.1"]
+    bus = EventBus()
+    board = ConnectionBoard(
+        {"web": [web_port], "raw": [raw_port]}, websocket_clients=lambda: bus.subscriber_count
+    )
+    raw_listener = socket.socket()
+    raw_listener.bind(("127.0.0.1", raw_port))
+    raw_listener.listen()
+    tree = Supervisor("t", [make_tracker_spec(board, interval=0.05)], bus=bus)
+    pipes: dict[str, Any] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE}
+    with raw_listener:
+        async with (
+            spawned([*server, "-d", str(tmp_path), str(web_port)], stderr=subprocess.DEVNULL),
+            trio.open_nursery() as nursery,
+        ):
+            await wait_listening(web_port)
+            await nursery.start(tree.run)
+            async with (
+                spawned([sys.executable, "-c", HTTP_CLIENT, str(web_port)], **pipes) as http,
+                spawned([sys.executable, "-c", TCP_CLIENT, str(raw_port)], **pipes) as tcp,
+            ):
+                http_port, status, connection_header = (await read_line(http)).split()
+                assert (status, connection_header) == ("200", "None")  # not "close": kept alive
+                tcp_port = await read_line(tcp)
+                # dev8's own connection to a watched port (a probe's) is not counted.
+                with socket.create_connection(("127.0.0.1", raw_port)):
+                    await wait_for(
+                        lambda: board.count("web") == 1 and board.count("raw") == 1,
+                        "one connection per service",
+                    )
+                    await trio.sleep(0.2)  # several more polls
+                    assert board.count("raw") == 1
+                snap = board.snapshot()
+                assert snap["services"]["web"]["peers"] == [f"127.0.0.1:{http_port}"]
+                assert snap["services"]["raw"]["peers"] == [f"127.0.0.1:{tcp_port}"]
+                assert snap["services"]["web"]["lastActivity"] is not None
+                assert snap["websocketClients"] == 0
+                for client in (http, tcp):
+                    assert client.stdin is not None
+                    await client.stdin.aclose()
+                    with trio.fail_after(10):
+                        assert await client.wait() == 0
+                await wait_for(
+                    lambda: board.count("web") == 0 and board.count("raw") == 0, "both closed"
+                )
+            nursery.cancel_scope.cancel()
+    kinds = [
+        (e.event.kind, e.event.data()["service"], e.event.data()["peer"])
+        for e in bus.history()
+        if e.event.kind.startswith("connection_")
+    ]
+    assert sorted(kinds) == sorted(
+        [
+            ("connection_opened", "web", f"127.0.0.1:{http_port}"),
+            ("connection_opened", "raw", f"127.0.0.1:{tcp_port}"),
+            ("connection_closed", "web", f"127.0.0.1:{http_port}"),
+            ("connection_closed", "raw", f"127.0.0.1:{tcp_port}"),
+        ]
+    )
+    assert board.snapshot()["services"]["web"]["peers"] == []
+
+
+async def test_read_connections_sees_a_real_connection_from_another_process() -> None:
+    port = free_port()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        assert read_connections({port: "svc"}) == set()
+        pipes: dict[str, Any] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE}
+        async with spawned([sys.executable, "-c", TCP_CLIENT, str(port)], **pipes) as client:
+            client_port = int(await read_line(client))
+            assert read_connections({port: "svc"}) == {
+                Connection("svc", port, f"127.0.0.1:{client_port}")
+            }
