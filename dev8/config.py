@@ -24,6 +24,9 @@ from typing import Any, Literal, NewType, TypeAlias, Union, get_args, get_origin
 import attrs
 import cattrs
 import yaml
+
+from .secrets.errors import SecretsConfigError
+from .secrets.settings import SecretsConfig, secrets_config_from
 from cattrs.errors import (
     ClassValidationError,
     ForbiddenExtraKeysError,
@@ -193,8 +196,15 @@ def _check_path(_inst: Any, attribute: "attrs.Attribute[Any]", value: str | None
         raise _Invalid("expected a non-empty path", value, at=(attribute.name,))
 
 
-def _check_command(_inst: Any, attribute: "attrs.Attribute[Any]", value: tuple[str, ...]) -> None:
-    if not value or not value[0]:
+def _check_command(inst: Any, attribute: "attrs.Attribute[Any]", value: tuple[str, ...]) -> None:
+    if inst.builtin is not None and not value:
+        return  # a built-in service brings its own command
+    if not value:
+        raise _Invalid(
+            f"{_MISSING}: expected a non-empty list of strings, or a builtin",
+            at=(attribute.name,),
+        )
+    if not value[0]:
         raise _Invalid("expected a non-empty list of strings", list(value), at=(attribute.name,))
     for index, arg in enumerate(value):
         if "\0" in arg:
@@ -451,11 +461,41 @@ def _check_ports(_inst: Any, attribute: "attrs.Attribute[Any]", value: tuple[int
         seen.add(port)
 
 
+def _check_tcp_bind(_inst: Any, attribute: "attrs.Attribute[Any]", value: str) -> None:
+    if not isinstance(parse_bind(value), TcpBind):
+        raise _Invalid("expected HOST:PORT", value, at=(attribute.name,))
+
+
+@attrs.frozen
+class CodeServerOptions:
+    """`builtin: code-server`. `auth: none` only when something in front authenticates."""
+
+    bind: str = attrs.field(default="0.0.0.0:8080", validator=_check_tcp_bind)  # noqa: S104
+    auth: Literal["none", "password"] = "password"
+    #: The secret holding the password (auth: password); `{userId}` is filled in.
+    password_secret: str = "code-server-password-{userId}"
+    binary: str = _path_field("/opt/code-server/bin/code-server")
+
+
+@attrs.frozen
+class SshdOptions:
+    """`builtin: sshd`: key-only OpenSSH for terminals, scp and VS Code Remote-SSH."""
+
+    port: int = attrs.field(default=2222, validator=_number(ge=1, lt=65536))
+    listen: str = attrs.field(default="0.0.0.0", validator=_check_name)  # noqa: S104
+
+
+BuiltinKind: TypeAlias = Literal["code-server", "sshd"]
+SecretChangeAction: TypeAlias = Literal["restart", "reload", "none"]
+
+
 @attrs.frozen
 class ServiceConfig:
     """One supervised program."""
 
-    command: tuple[str, ...] = attrs.field(validator=_check_command)
+    #: A built-in service (no command needed): its defaults fill what is not set here.
+    builtin: BuiltinKind | None = None
+    command: tuple[str, ...] = attrs.field(default=(), validator=_check_command)
     env: Mapping[str, str] = attrs.field(
         factory=dict, validator=_check_env, repr=_redacted_env_repr
     )
@@ -473,6 +513,12 @@ class ServiceConfig:
     probes: ProbesConfig = attrs.field(factory=ProbesConfig)
     # The ports whose established connections count for this service (GET /connections).
     ports: tuple[int, ...] = attrs.field(default=(), validator=_check_ports)
+    #: What a rotated secret does to the running service.
+    on_secret_change: SecretChangeAction = "none"
+    #: The signal `on_secret_change: reload` sends to the service's process group.
+    reload_signal: signal.Signals = signal.SIGHUP
+    code_server: CodeServerOptions = attrs.field(factory=CodeServerOptions)
+    sshd: SshdOptions = attrs.field(factory=SshdOptions)
 
 
 @attrs.frozen
@@ -525,6 +571,13 @@ def _check_port_owners(
 
 
 @attrs.frozen
+class ChaosConfig:
+    """Fault injection through the API (`/chaos/...`): off unless a test rig turns it on."""
+
+    enabled: bool = False
+
+
+@attrs.frozen
 class Config:
     """The whole configuration. A new section is one attrs class and one field here."""
 
@@ -536,6 +589,14 @@ class Config:
     shutdown: ShutdownConfig = attrs.field(factory=ShutdownConfig)
     supervisor: SupervisorConfig = attrs.field(factory=SupervisorConfig)
     connections: ConnectionsConfig = attrs.field(factory=ConnectionsConfig)
+    chaos: ChaosConfig = attrs.field(factory=ChaosConfig)
+    #: Built from the raw `secrets:` section and the environment by dev8.secrets.settings.
+    secrets: SecretsConfig = attrs.field(
+        default=attrs.Factory(
+            lambda self: SecretsConfig(user_id=self.user_id, environment_id=self.environment_id),
+            takes_self=True,
+        )
+    )
     services: Mapping[str, ServiceConfig] = attrs.field(
         factory=dict, validator=[_check_services, _check_port_owners]
     )
@@ -669,6 +730,10 @@ def _as_mapping(value: Any) -> Mapping[Any, Any]:
     return value
 
 
+def _is_frozenset(tp: Any) -> bool:
+    return bool(tp is frozenset or get_origin(tp) is frozenset)
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
 
@@ -701,6 +766,7 @@ def _make_converter() -> cattrs.Converter:
 
     conv.register_unstructure_hook(signal.Signals, lambda s: s.name)
     conv.register_unstructure_hook(Bind, str)
+    conv.register_unstructure_hook_func(_is_frozenset, sorted)
     conv.register_unstructure_hook_func(lambda t: t == tuple[str, ...], list)
     conv.register_unstructure_hook_func(lambda t: t == tuple[int, ...], list)
     return conv
@@ -921,6 +987,7 @@ def _parse(
             data[key] = environ[var]
             origins[(key,)] = var
     _apply_overrides(data, environ, origins)
+    raw_secrets = data.pop("secrets", None)
     try:
         config = _converter.structure(data, Config)
     except Exception as exc:  # every structuring failure becomes one ConfigError
@@ -936,6 +1003,19 @@ def _parse(
             errors.append(ConfigError(origin, _format_path(path), message + hint))
         first = errors[0]
         raise ConfigError(first.source, first.path, first.message, others=errors[1:]) from None
+    if raw_secrets is not None and not isinstance(raw_secrets, Mapping):
+        raise ConfigError(source, "secrets", f"expected a mapping, got {_kind(raw_secrets)}")
+    secrets_environ = {"USER_ID": config.user_id, "ENVIRONMENT_ID": config.environment_id}
+    try:
+        secrets = secrets_config_from(raw_secrets, {**secrets_environ, **environ})
+    except SecretsConfigError as exc:
+        # Its messages lead with the key ("secrets.provider must be ..."): split that off.
+        head, _, rest = str(exc).partition(" ")
+        where = head.rstrip(":")
+        if not where.startswith("secrets") or not rest:
+            where, rest = "secrets", str(exc)
+        raise ConfigError(source, where, rest) from None
+    config = attrs.evolve(config, secrets=secrets)
     return _resolve_paths(config, base_dir) if base_dir is not None else config
 
 
