@@ -10,6 +10,7 @@ shutdown sequence (stop the tree in reverse order, sweep what is left, exit with
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import ipaddress
 import os
@@ -21,31 +22,30 @@ import structlog
 import trio
 
 from actors import (
-    Backoff,
     ChildContext,
     ChildSpec,
     Escalation,
     EventBus,
     Intensity,
-    Restart,
     Supervisor,
+    UnknownChild,
 )
 
 from .api import create_app, serve_api
 from .config import (
-    BackoffConfig,
     Config,
     ConfigError,
-    IntensityConfig,
-    ServiceConfig,
     TcpBind,
     UnixBind,
     load_config,
 )
+from .connections import ConnectionBoard, make_tracker_spec
 from .control import Control, Hooks
+from .health import HealthBoard
 from .init import OwnPids, become_subreaper, final_sweep, is_pid1, run_reaper
 from .logs import log_event
-from .process import OutputRing, ProcessSettings, run_process
+from .secrets.runtime import Secrets
+from .services import ServiceFactory, intensity_of, send_signal_to_service
 
 
 class ExitCode(enum.IntEnum):
@@ -56,48 +56,6 @@ class ExitCode(enum.IntEnum):
     BAD_CONFIG = 2
     CRITICAL_SERVICE_FAILED = 3
     RESTART_INTENSITY_EXCEEDED = 4
-
-
-def _backoff(config: BackoffConfig) -> Backoff:
-    return Backoff(
-        initial_delay=config.initial_delay,
-        min_delay=config.min_delay,
-        max_delay=config.max_delay,
-        factor=config.factor,
-        jitter=config.jitter,
-        reset_after=config.reset_after,
-    )
-
-
-def _intensity(config: IntensityConfig) -> Intensity:
-    return Intensity(max_restarts=config.max_restarts, window=config.window)
-
-
-def service_spec(
-    name: str, config: Config, service: ServiceConfig, *, own: OwnPids, output: OutputRing
-) -> ChildSpec:
-    settings = ProcessSettings(
-        command=service.command,
-        env=dict(service.env),
-        cwd=service.cwd,
-        user=config.service_user(name, as_root=os.geteuid() == 0),
-        stop_signal=service.stop_signal,
-        stop_timeout=service.stop_timeout,
-    )
-
-    async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
-        await run_process(ctx, settings, own=own, output=output, task_status=task_status)
-
-    return ChildSpec(
-        name=name,
-        start=start,
-        restart=Restart(service.restart.value),
-        shutdown_timeout=service.stop_timeout + 5.0,
-        start_timeout=service.start_timeout,
-        backoff=_backoff(service.backoff),
-        intensity=_intensity(service.intensity),
-        significant=service.critical,
-    )
 
 
 def api_is_private(config: Config) -> bool:
@@ -137,43 +95,75 @@ class Dev8:
         self.bus = EventBus(history=2000)
         self.bus.add_listener(log_event)
         self.own = OwnPids()
-        self.outputs: dict[str, OutputRing] = {
-            name: OutputRing() for name, service in config.services.items() if service.enabled
-        }
         self.rng = rng or random.Random()  # noqa: S311 - backoff jitter
-        specs = [
-            service_spec(name, config, service, own=self.own, output=self.outputs[name])
-            for name, service in config.services.items()
-            if service.enabled
-        ]
-        self.services = Supervisor(
-            "services",
-            specs,
-            bus=self.bus,
-            intensity=_intensity(config.supervisor.intensity),
-            rng=self.rng,
-        )
-        self.root = Supervisor(
-            "dev8",
-            [
-                self.services.child_spec(significant=True),
-                ChildSpec(
-                    name="api", start=self._start_api, shutdown_timeout=3.0, start_timeout=10.0
-                ),
-            ],
-            bus=self.bus,
-            intensity=Intensity(max_restarts=10, window=60.0),
-            rng=self.rng,
-        )
         self.log = structlog.get_logger("dev8")
         self.shutdown_requested = trio.Event()
         self.force = trio.Event()
         self.exit_code = ExitCode.OK
         self._app: Any = None
         self._reload_lock = trio.Lock()
+        self.control: Control | None = None
+
+        self.secrets = Secrets.build(config, publish=self.bus.publish)
+        self.health = HealthBoard()
+        self.factory = ServiceFactory(
+            own=self.own,
+            health=self.health,
+            get_secret=self.secrets.get if self.secrets else None,
+            env_file=self.secrets.injector.env_file_path if self.secrets else None,
+        )
+        enabled = [name for name, service in config.services.items() if service.enabled]
+        self.services = Supervisor(
+            "services",
+            [self.factory.process_spec(name, config) for name in enabled],
+            bus=self.bus,
+            intensity=intensity_of(config.supervisor.intensity),
+            rng=self.rng,
+        )
+        self.factory.services = self.services
+        probers = [self.factory.prober_spec(name, config) for name in enabled]
+        self.probers = Supervisor(
+            "health", [spec for spec in probers if spec is not None], bus=self.bus, rng=self.rng
+        )
+        self.connections = ConnectionBoard(
+            {name: self.factory.effective(name, config).ports for name in enabled},
+            websocket_clients=lambda: self.control.websocket_clients if self.control else 0,
+        )
+        children = [
+            ChildSpec(name="api", start=self._start_api, shutdown_timeout=3.0, start_timeout=10.0)
+        ]
+        if self.secrets is not None:
+            children.append(self.secrets.child_spec())
+        children += [
+            self.services.child_spec(significant=True),
+            self.probers.child_spec(),
+            make_tracker_spec(self.connections, interval=config.connections.interval),
+            ChildSpec(name="secret-watch", start=self._watch_secret_changes, shutdown_timeout=1.0),
+        ]
+        self.root = Supervisor(
+            "dev8",
+            children,
+            bus=self.bus,
+            intensity=Intensity(max_restarts=10, window=60.0),
+            rng=self.rng,
+        )
 
     async def _start_api(self, ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
         await serve_api(ctx, self._app, str(self.config.api.bind), task_status=task_status)
+
+    async def _watch_secret_changes(
+        self, ctx: ChildContext, *, task_status: trio.TaskStatus[Any]
+    ) -> None:
+        """Apply each service's ``on_secret_change`` when the injector rewrote files."""
+        with self.bus.subscribe(accept=lambda e: e.event.kind == "secrets_injected") as changes:
+            task_status.started()
+            async for _ in changes:
+                for name, service in self.config.services.items():
+                    if service.on_secret_change == "restart":
+                        with contextlib.suppress(UnknownChild):
+                            await self.services.restart_child(name, reason="secret")
+                    elif service.on_secret_change == "reload":
+                        await send_signal_to_service(self.services, name, service.reload_signal)
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> int:
         pid1 = is_pid1()
@@ -185,8 +175,16 @@ class Dev8:
             services=self.services,
             environment_id=self.config.environment_id,
             user_id=self.config.user_id,
-            outputs=self.outputs,
-            hooks=Hooks(reload=self.reload if self.config_path else None),
+            outputs=self.factory.outputs,
+            hooks=Hooks(
+                reload=self.reload if self.config_path else None,
+                refresh_secrets=self.secrets.refresh if self.secrets else None,
+                readiness=self.health.readiness,
+                service_details=self.health.details,
+                connections=self.connections.snapshot,
+                secrets=self.secrets.status if self.secrets else None,
+            ),
+            supervisors=[self.root, self.services, self.probers],
         )
         self.control = control
         self._app = create_app(
@@ -215,7 +213,9 @@ class Dev8:
                     self.shutdown_requested.set()
 
             await nursery.start(run_tree)
-            self.log.info("dev8_ready", api=str(self.config.api.bind), services=list(self.outputs))
+            self.log.info(
+                "dev8_ready", api=str(self.config.api.bind), services=self.services_names()
+            )
             task_status.started()
             await self.shutdown_requested.wait()
             await self._shutdown(tree_scope, tree_done, root_ctx)
@@ -269,19 +269,25 @@ class Dev8:
         changed = [
             n for n in new_services if n in old_services and new_services[n] != old_services[n]
         ]
+        probed = {node.name for node in self.probers.children()}
         for name in removed + changed:
+            if name in probed:
+                await self.probers.remove_child(name)
+                self.health.remove(name)
             await self.services.remove_child(name)
         for name in changed + added:
-            self.outputs.setdefault(name, OutputRing())
-            spec = service_spec(
-                name, new, new_services[name], own=self.own, output=self.outputs[name]
-            )
-            await self.services.add_child(spec)
+            await self.services.add_child(self.factory.process_spec(name, new))
+            prober = self.factory.prober_spec(name, new)
+            if prober is not None:
+                await self.probers.add_child(prober)
         for name in removed:
-            self.outputs.pop(name, None)
+            self.factory.outputs.pop(name, None)
+        self.connections.set_ports(
+            {name: self.factory.effective(name, new).ports for name in new_services}
+        )
         others = [
             section
-            for section in ("api", "workspace", "shutdown", "supervisor", "log")
+            for section in ("api", "workspace", "shutdown", "supervisor", "log", "secrets")
             if getattr(new, section) != getattr(self.config, section)
         ]
         self.config = new
@@ -294,6 +300,9 @@ class Dev8:
         }
         self.log.info("config_reloaded", **result)
         return result
+
+    def services_names(self) -> list[str]:
+        return [node.name for node in self.services.children()]
 
     async def _reload_on_signal(self) -> None:
         if self.config_path is None:

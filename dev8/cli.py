@@ -6,17 +6,32 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
 
 import trio
 
 import dev8
 
-from .app import Dev8
+from .client import (
+    RETRY_DELAYS,
+    ApiClient,
+    ApiError,
+    Target,
+    Unreachable,
+    UsageError,
+    follow_events,
+    locate,
+)
 from .config import DEFAULT_CONFIG_PATH, ConfigError, config_to_dict, load_config
-from .logs import configure_logging
 
+EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2
+EXIT_INTERRUPTED = 130
+#: How often ``dev8 logs -f`` asks for new lines.
+FOLLOW_INTERVAL = 0.5
 
 
 def _default_config_path() -> str:
@@ -38,7 +53,58 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--config", default=None)
 
     commands.add_parser("version", help="print the version")
+    _add_operator_commands(commands)
     return parser
+
+
+def _add_operator_commands(commands: Any) -> None:
+    """The commands that talk to a running dev8 through its API."""
+    api = argparse.ArgumentParser(add_help=False)
+    where = api.add_argument_group("reaching the API")
+    where.add_argument("--api", metavar="URL", help="http://HOST:PORT or unix:/PATH ($DEV8_API)")
+    where.add_argument("--token-file", metavar="FILE", help="bearer token ($DEV8_API_TOKEN)")
+    where.add_argument(
+        "--config", metavar="FILE", help=f"config naming api.bind (default {DEFAULT_CONFIG_PATH})"
+    )
+
+    status = commands.add_parser("status", parents=[api], help="show every service")
+    status.add_argument("--json", action="store_true", help="print /status as JSON")
+    for action, what in (("restart", "restart"), ("stop", "stop"), ("start", "start")):
+        command = commands.add_parser(action, parents=[api], help=f"{what} a service")
+        command.add_argument("name", metavar="NAME")
+    logs = commands.add_parser("logs", parents=[api], help="print a service's recent output")
+    logs.add_argument("name", metavar="NAME")
+    logs.add_argument("-n", "--lines", type=_lines, default=100, metavar="N")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    events = commands.add_parser("events", parents=[api], help="tail the event stream")
+    events.add_argument("--kind", action="append", default=[], metavar="KIND")
+    events.add_argument("--service", action="append", default=[], metavar="NAME")
+    events.add_argument("--since", type=_whole, default=None, metavar="SEQ")
+    events.add_argument("--pretty", action="store_true", help="one short line per event")
+    events.add_argument(
+        "--retries",
+        type=_whole,
+        default=len(RETRY_DELAYS),
+        metavar="N",
+        help=f"reconnection attempts before giving up (default {len(RETRY_DELAYS)})",
+    )
+    commands.add_parser("reload", parents=[api], help="re-read the config file")
+    secrets = commands.add_parser("secrets", help="act on the secrets")
+    secrets_commands = secrets.add_subparsers(dest="secrets_command", required=True)
+    secrets_commands.add_parser("refresh", parents=[api], help="fetch the secrets now")
+
+
+def _whole(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(text)
+
+
+def _lines(text: str) -> int:
+    value = _whole(text)
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError("expected a number of lines from 1 to 1000")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,10 +126,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(json.dumps(config_to_dict(config), indent=2, default=str))
         return 0
-    return _run(args.config or _default_config_path())
+    if args.command == "run":
+        return _run(args.config or _default_config_path())
+    return _operate(args)
 
 
 def _run(path: str) -> int:
+    # Imported here: the server stack costs the operator commands most of their start-up.
+    from .app import Dev8  # noqa: PLC0415
+    from .logs import configure_logging  # noqa: PLC0415
+
     try:
         config = load_config(path)
     except ConfigError as error:
@@ -74,6 +146,190 @@ def _run(path: str) -> int:
         level=config.log.level, environment_id=config.environment_id, user_id=config.user_id
     )
     return trio.run(Dev8(config, config_path=path).run)
+
+
+# ----------------------------------------------------------------------------- operator commands
+
+
+def _operate(args: argparse.Namespace) -> int:
+    """Run one operator command; every failure is one line on stderr and a non-zero exit."""
+    try:
+        target = locate(api=args.api, config=args.config, token_file=args.token_file)
+        if args.command == "events":
+            return _events(target, args)
+        with ApiClient(target) as client:
+            return _COMMANDS[args.command](client, args)
+    except UsageError as error:
+        print(f"dev8: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except ApiError as error:
+        print(f"dev8: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`dev8 events | head`): nothing left to say to anyone.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _status(client: ApiClient, args: argparse.Namespace) -> int:
+    status = client.status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(format_status(status))
+    return 0
+
+
+def _act(client: ApiClient, args: argparse.Namespace) -> int:
+    result = client.act(args.command, args.name)
+    print(f"{result['service']}: {result['state']} (restarts: {result['restarts']})")
+    return 0
+
+
+def _logs(client: ApiClient, args: argparse.Namespace) -> int:
+    last = 0
+    for entry in client.logs(args.name, lines=args.lines):
+        print(entry["line"], flush=True)
+        last = max(last, entry["seq"])
+    failures = 0
+    while args.follow:
+        time.sleep(FOLLOW_INTERVAL)
+        try:
+            entries = client.logs(args.name, lines=1000, since=last)
+        except Unreachable:
+            # Ride out a short outage of the API (a restart), as `events` does.
+            if failures >= len(RETRY_DELAYS):
+                raise
+            time.sleep(RETRY_DELAYS[failures])
+            failures += 1
+            continue
+        failures = 0
+        for entry in entries:
+            print(entry["line"], flush=True)
+            last = max(last, entry["seq"])
+    return 0
+
+
+def _reload(client: ApiClient, _args: argparse.Namespace) -> int:
+    result = client.reload()
+    for key in ("added", "removed", "changed", "unchanged"):
+        print(f"{key}: {', '.join(result.get(key, [])) or '-'}")
+    if result.get("restart_required_for"):
+        sections = ", ".join(result["restart_required_for"])
+        print(f"needs a restart of dev8 to apply: {sections}")
+    return 0
+
+
+def _secrets(client: ApiClient, _args: argparse.Namespace) -> int:
+    print(json.dumps(client.refresh_secrets(), indent=2))
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[ApiClient, argparse.Namespace], int]] = {
+    "status": _status,
+    "restart": _act,
+    "stop": _act,
+    "start": _act,
+    "logs": _logs,
+    "reload": _reload,
+    "secrets": _secrets,
+}
+
+
+def _events(target: Target, args: argparse.Namespace) -> int:
+    def emit(event: dict[str, Any]) -> None:
+        line = format_event(event) if args.pretty else json.dumps(event)
+        print(line, flush=True)
+
+    async def follow() -> None:
+        await follow_events(
+            target,
+            emit,
+            since=args.since,
+            kinds=args.kind,
+            services=args.service,
+            retry_delays=[RETRY_DELAYS[min(i, len(RETRY_DELAYS) - 1)] for i in range(args.retries)],
+        )
+
+    trio.run(follow)
+    return 0  # not reached: the stream ends only by an error
+
+
+def format_status(status: dict[str, Any], *, now: float | None = None) -> str:
+    """The ``dev8 status`` table."""
+    now = time.time() if now is None else now
+    head = (
+        f"dev8 {status.get('version', '?')}  pid {status.get('pid', '?')}  "
+        f"up {status.get('uptime', '?')}  environment {status.get('environment_id', '-')}  "
+        f"user {status.get('user_id', '-')}  last event {status.get('last_event', 0)}"
+    )
+    rows = [("SERVICE", "STATE", "READY", "PID", "RESTARTS", "LAST EXIT", "SINCE")]
+    for name, service in sorted(status.get("services", {}).items()):
+        rows.append(
+            (
+                name,
+                str(service.get("state", "?")),
+                "yes" if service.get("ready") else "no",
+                str(service.get("pid") or "-"),
+                str(service.get("restarts", 0)),
+                _last_exit(service.get("last_exit")),
+                _ago(service.get("since"), now),
+            )
+        )
+    if len(rows) == 1:
+        return f"{head}\n(no services)"
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    return "\n".join([head, *lines])
+
+
+def _last_exit(last: Any) -> str:
+    if not isinstance(last, dict):
+        return "-"
+    details = last.get("details") or {}
+    if details.get("signal"):
+        return f"signal {details['signal']}"
+    if details.get("exit_code") is not None:
+        return f"exit {details['exit_code']}"
+    return str(last.get("reason", "-"))
+
+
+def _ago(when: Any, now: float) -> str:
+    if not isinstance(when, str):
+        return "-"
+    try:
+        seconds = max(0, int(now - datetime.fromisoformat(when).timestamp()))
+    except ValueError:
+        return when
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = (
+        f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s" if minutes else f"{secs}s"
+    )
+    return f"{text} ago"
+
+
+def format_event(event: dict[str, Any]) -> str:
+    """``12:30:01 #15 child_exited dev8/services/web reason=error abnormal=True``."""
+    if event.get("kind") == "resync":
+        return f"#{event.get('seq')} resync: events were missed; the stream goes on from here"
+    try:
+        clock = datetime.fromisoformat(str(event.get("time"))).astimezone().strftime("%H:%M:%S")
+    except ValueError:
+        clock = "--:--:--"
+    data = event.get("data") or {}
+    fields = " ".join(
+        f"{key}={value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))}"
+        for key, value in data.items()
+        if key != "child" and value not in (None, {}, [], "")
+    )
+    parts = [clock, f"#{event.get('seq')}", str(event.get("kind")), str(event.get("source"))]
+    return " ".join(part for part in [*parts, fields] if part)
 
 
 if __name__ == "__main__":

@@ -24,15 +24,15 @@ from typing import Any, Literal, NewType, TypeAlias, Union, get_args, get_origin
 import attrs
 import cattrs
 import yaml
-
-from .secrets.errors import SecretsConfigError
-from .secrets.settings import SecretsConfig, secrets_config_from
 from cattrs.errors import (
     ClassValidationError,
     ForbiddenExtraKeysError,
     IterableValidationError,
 )
 from cattrs.gen import make_dict_structure_fn, make_mapping_structure_fn
+
+from .secrets.errors import SecretsConfigError
+from .secrets.settings import SecretsConfig, secrets_config_from
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -470,7 +470,7 @@ def _check_tcp_bind(_inst: Any, attribute: "attrs.Attribute[Any]", value: str) -
 class CodeServerOptions:
     """`builtin: code-server`. `auth: none` only when something in front authenticates."""
 
-    bind: str = attrs.field(default="0.0.0.0:8080", validator=_check_tcp_bind)  # noqa: S104
+    bind: str = attrs.field(default="0.0.0.0:8080", validator=_check_tcp_bind)
     auth: Literal["none", "password"] = "password"
     #: The secret holding the password (auth: password); `{userId}` is filled in.
     password_secret: str = "code-server-password-{userId}"

@@ -197,6 +197,13 @@ class ConnectionBoard:
         self._current: dict[Connection, float] = {}  # -> wall time first seen
         self._activity: dict[str, float | None] = dict.fromkeys(self.services)
 
+    def set_ports(self, ports: Mapping[str, Iterable[int]]) -> None:
+        """Follow a config reload: services and their ports, keeping what is still watched."""
+        self.services = {name: tuple(numbers) for name, numbers in ports.items()}
+        self.ports = {port: name for name, numbers in self.services.items() for port in numbers}
+        self._activity = {name: self._activity.get(name) for name in self.services}
+        self._current = {c: t for c, t in self._current.items() if c.service in self.services}
+
     @property
     def current(self) -> frozenset[Connection]:
         return frozenset(self._current)

@@ -90,6 +90,8 @@ class Control:
         self.user_id = user_id
         self.outputs = outputs if outputs is not None else {}
         self.hooks = hooks or Hooks()
+        #: Connected event-stream websocket clients (the API counts them).
+        self.websocket_clients = 0
         #: Every supervisor of the tree (for fault injection by actor path).
         self.supervisors = list(supervisors) or [root, services]
         self.started_wall = time.time()
@@ -168,7 +170,7 @@ class Control:
 
     def connections(self) -> dict[str, Any]:
         if self.hooks.connections is None:
-            return {"services": {}, "websocketClients": self.bus.subscriber_count}
+            return {"services": {}, "websocketClients": self.websocket_clients}
         return self.hooks.connections()
 
     def logs(self, name: str, lines: int, *, since: int = 0) -> list[dict[str, Any]]:

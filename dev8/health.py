@@ -165,6 +165,10 @@ class HealthBoard:
         }
         self._services[service] = _ServiceRecord(pid_of, started_ready, records)
 
+    def remove(self, service: str) -> None:
+        """Forget a service (removed or replaced by a config reload)."""
+        self._services.pop(service, None)
+
     def __contains__(self, service: object) -> bool:
         return service in self._services
 

@@ -16,7 +16,7 @@ from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from actors import Envelope, SubscriberLagged
+from actors import Envelope, SubscriberLagged, Subscription
 
 from ..config import ConfigError
 from ..control import Control, NotAvailable, UnknownService
@@ -231,21 +231,29 @@ async def stream_events(control: Control) -> None:
     # Subscribe before accepting: a client that sees the handshake complete misses nothing after.
     with control.bus.subscribe(since=since, accept=accept) as subscription:
         await websocket.accept()
-        if subscription.missed:
-            resync = {"kind": "resync", "seq": control.bus.last_seq, "data": control.status()}
-            await websocket.send(json.dumps(resync))
-        async with trio.open_nursery() as nursery:
+        control.websocket_clients += 1
+        try:
+            await _send_events(control, subscription)
+        finally:
+            control.websocket_clients -= 1
 
-            async def drop_when_lagged() -> None:
-                await subscription.wait_lagged()
-                nursery.cancel_scope.cancel()
 
-            nursery.start_soon(drop_when_lagged)
-            with contextlib.suppress(SubscriberLagged):
-                async for envelope in subscription:
-                    await websocket.send(json.dumps(envelope.to_dict()))
+async def _send_events(control: Control, subscription: Subscription) -> None:
+    if subscription.missed:
+        resync = {"kind": "resync", "seq": control.bus.last_seq, "data": control.status()}
+        await websocket.send(json.dumps(resync))
+    async with trio.open_nursery() as nursery:
+
+        async def drop_when_lagged() -> None:
+            await subscription.wait_lagged()
             nursery.cancel_scope.cancel()
-        if subscription.lagged:
-            await websocket.close(
-                CLOSE_LAGGED, f"fell behind; resume with since={subscription.last_seq}"
-            )
+
+        nursery.start_soon(drop_when_lagged)
+        with contextlib.suppress(SubscriberLagged):
+            async for envelope in subscription:
+                await websocket.send(json.dumps(envelope.to_dict()))
+        nursery.cancel_scope.cancel()
+    if subscription.lagged:
+        await websocket.close(
+            CLOSE_LAGGED, f"fell behind; resume with since={subscription.last_seq}"
+        )

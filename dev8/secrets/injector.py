@@ -179,9 +179,7 @@ class Injector:
                 fix_metadata(dir_fd, item.name, mode=item.mode, owner=self.owner)
                 return "fixed"
             return "unchanged"
-        write_atomic(
-            dir_fd, item.name, new_data, mode=item.mode, owner=self.owner, sync_dir=False
-        )
+        write_atomic(dir_fd, item.name, new_data, mode=item.mode, owner=self.owner, sync_dir=False)
         return "written"
 
     def _plan(self, secrets: Mapping[str, SecretValue | None]) -> list[_Planned]:

@@ -114,6 +114,9 @@ class Rotator:
         self._passes_done = 0
         self._pass_done = trio.Event()
         self.last_result: RefreshResult | None = None
+        #: Wall-clock times of the last pass's start and of the next scheduled check.
+        self.last_pass_at: float | None = None
+        self.next_check_at: float | None = None
         self.stats = RotatorStats()
 
     @classmethod
@@ -153,7 +156,9 @@ class Rotator:
         result = await self._pass(forced=True)
         task_status.started(result)
         while True:
-            with trio.move_on_after(self.next_delay()):
+            delay = self.next_delay()
+            self.next_check_at = time.time() + delay
+            with trio.move_on_after(delay):
                 await self._refresh_wanted.wait()
             forced = self._refresh_wanted.is_set()
             if forced:  # requests made from now on ask for another pass after this one
@@ -184,6 +189,7 @@ class Rotator:
 
     async def _pass(self, *, forced: bool) -> RefreshResult:
         self._passes_started += 1
+        self.last_pass_at = time.time()
         try:
             result = await self._check(forced=forced)
         finally:

@@ -1,0 +1,188 @@
+"""The built-in services: code-server and sshd, with their defaults filled in.
+
+A service with ``builtin: code-server`` or ``builtin: sshd`` needs no command: this module
+provides the command, the readiness and liveness probes, the ports whose connections count, and
+the preparation each start needs (sshd config, persisted host keys, privilege-separation dir;
+code-server's state directories and password). Anything set in the service's own config wins.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import attrs
+import trio
+
+from .codeserver import (
+    CodeServerSettings,
+    codeserver_command,
+    codeserver_env,
+    prepare_codeserver_dirs,
+)
+from .config import Config, ProbeConfig, ProbesConfig, ServiceConfig
+from .init import OwnPids
+from .sshd import (
+    SshdSettings,
+    ensure_host_keys,
+    host_key_paths,
+    prepare_sshd_runtime,
+    sshd_command,
+    write_sshd_config,
+)
+
+#: Fetches a secret's current value by name (None when absent).
+SecretGetter = Callable[[str], Awaitable[str | None]]
+
+
+@attrs.frozen(kw_only=True)
+class Builtin:
+    """What a built-in adds to a service: the effective config and a per-start preparation."""
+
+    service: ServiceConfig
+    #: Runs before every spawn; returns extra environment for the process (never on argv).
+    prepare: Callable[[], Awaitable[dict[str, str]]]
+
+
+async def _nothing() -> dict[str, str]:
+    return {}
+
+
+def _as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def runtime_dir(config: Config) -> Path:
+    """Where generated files that the workspace user must not be able to swap live."""
+    if _as_root():
+        return Path("/run/dev8")
+    return Path(config.workspace.dir) / ".dev8" / "run"
+
+
+def _user_entry(config: Config, name: str) -> pwd.struct_passwd:
+    user = config.service_user(name, as_root=_as_root())
+    return pwd.getpwuid(os.geteuid()) if user is None else pwd.getpwnam(user)
+
+
+def _with_defaults(
+    service: ServiceConfig,
+    *,
+    command: tuple[str, ...],
+    probes: ProbesConfig,
+    ports: tuple[int, ...],
+    user: str | None,
+) -> ServiceConfig:
+    return attrs.evolve(
+        service,
+        command=service.command or command,
+        probes=ProbesConfig(
+            readiness=service.probes.readiness or probes.readiness,
+            liveness=service.probes.liveness or probes.liveness,
+        ),
+        ports=service.ports or ports,
+        user=service.user if service.user is not None else user,
+    )
+
+
+def sshd_builtin(name: str, service: ServiceConfig, config: Config, *, own: OwnPids) -> Builtin:
+    options = service.sshd
+    key_dir = Path(config.workspace.dir) / ".dev8" / "ssh"
+    config_path = runtime_dir(config) / f"{name}_config"
+    login_user = config.workspace.user if _as_root() else pwd.getpwuid(os.geteuid()).pw_name
+    settings = SshdSettings(
+        port=options.port,
+        listen_address=options.listen,
+        host_keys=host_key_paths(key_dir),
+        allowed_user=login_user,
+    )
+    banner = ProbeConfig(type="ssh-banner", port=options.port, interval=10.0, timeout=5.0)
+    effective = _with_defaults(
+        service,
+        command=tuple(sshd_command(config_path)),
+        probes=ProbesConfig(
+            readiness=banner, liveness=attrs.evolve(banner, interval=30.0, failure_threshold=3)
+        ),
+        ports=(options.port,),
+        # sshd starts as root so that it can let the workspace user in; it drops privileges
+        # for every session. Without root it can only let dev8's own user in.
+        user="root" if _as_root() else None,
+    )
+
+    def prepare_blocking() -> None:
+        ensure_host_keys(key_dir)
+        write_sshd_config(settings, config_path)
+        prepare_sshd_runtime(login_user)
+
+    async def prepare() -> dict[str, str]:
+        # ssh-keygen and usermod are spawned and waited outside trio: the reaper must hold off.
+        with own.spawning():
+            await trio.to_thread.run_sync(prepare_blocking)
+        return {}
+
+    return Builtin(service=effective, prepare=prepare)
+
+
+def codeserver_builtin(
+    name: str, service: ServiceConfig, config: Config, *, get_secret: SecretGetter | None
+) -> Builtin:
+    options = service.code_server
+    state = Path(config.workspace.dir) / ".dev8" / "code-server"
+    settings = CodeServerSettings(
+        bind_addr=options.bind,
+        auth=options.auth,
+        workspace_dir=Path(config.workspace.dir),
+        user_data_dir=state / "data",
+        extensions_dir=state / "extensions",
+        binary=Path(options.binary),
+    )
+    healthz = ProbeConfig(
+        type="http", url=f"{settings.local_url}/healthz", interval=10.0, timeout=5.0
+    )
+    effective = _with_defaults(
+        service,
+        command=tuple(codeserver_command(settings)),
+        probes=ProbesConfig(
+            readiness=healthz, liveness=attrs.evolve(healthz, interval=30.0, failure_threshold=3)
+        ),
+        ports=(settings.port,),
+        user=None,
+    )
+    secret_name = options.password_secret.replace("{userId}", config.user_id).replace(
+        "{environmentId}", config.environment_id
+    )
+
+    async def prepare() -> dict[str, str]:
+        entry = _user_entry(config, name)
+        await trio.to_thread.run_sync(prepare_codeserver_dirs, settings, entry.pw_uid, entry.pw_gid)
+        password = None
+        if settings.auth == "password":
+            if get_secret is None:
+                raise BuiltinError("code-server auth 'password' needs a secret provider")
+            password = await get_secret(secret_name)
+            if not password:
+                raise BuiltinError(f"code-server password secret {secret_name!r} is missing")
+        return codeserver_env(settings, password)
+
+    return Builtin(service=effective, prepare=prepare)
+
+
+class BuiltinError(Exception):
+    """A built-in service cannot be prepared (its start fails, and is retried with backoff)."""
+
+
+def expand(
+    name: str,
+    service: ServiceConfig,
+    config: Config,
+    *,
+    own: OwnPids,
+    get_secret: SecretGetter | None = None,
+) -> Builtin:
+    """The effective service config and its preparation; plain services pass through."""
+    if service.builtin == "sshd":
+        return sshd_builtin(name, service, config, own=own)
+    if service.builtin == "code-server":
+        return codeserver_builtin(name, service, config, get_secret=get_secret)
+    return Builtin(service=service, prepare=_nothing)
