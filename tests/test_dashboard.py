@@ -1,0 +1,226 @@
+"""The dashboard (`GET /`) in a real headless Chromium, driven by Selenium, on a real dev8.
+
+Debian's chromium and chromium-driver, never a downloaded browser. Selenium is synchronous: its
+calls run in a worker thread so that the harness keeps draining dev8's output meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+import yaml
+from dev8_harness import (
+    Dev8Run,
+    fail_after,
+    open_dev8,
+    pids_with_marker,
+    shell_service,
+    wait_until,
+    write_config,
+)
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,900",
+)
+TOKEN = "dash-token-5b1e0c"
+#: Two seconds in backoff after a crash: long enough to see the state from outside.
+SLOW_BACKOFF = {"initial_delay": 2.0, "min_delay": 2.0, "max_delay": 2.0, "jitter": 0.0}
+
+ROWS = """return Array.from(document.querySelectorAll('#services tr[data-service]'),
+                      (row) => Object.assign({}, row.dataset));"""
+LIVE = "return document.getElementById('live').dataset.state;"
+MESSAGE = "return document.getElementById('message').textContent;"
+EVENTS = """return Array.from(document.querySelectorAll('#events li'),
+                      (item) => Object.assign({}, item.dataset));"""
+
+
+class Page:
+    """One browser tab; every Selenium call runs in a thread."""
+
+    def __init__(self, driver: webdriver.Chrome) -> None:
+        self.driver = driver
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(functools.partial(fn, *args))
+
+    async def js(self, script: str) -> Any:
+        return await self.call(self.driver.execute_script, script)
+
+    async def rows(self) -> dict[str, dict[str, str]]:
+        return {row["service"]: row for row in await self.js(ROWS)}
+
+    async def wait(self, script: str, predicate: Callable[[Any], bool], what: str) -> Any:
+        """Bounded poll of the page (the DOM has no change notification we can await here)."""
+        with fail_after(20, f"the dashboard to show {what}"):
+            while not predicate(value := await self.js(script)):  # noqa: ASYNC110 - a browser
+                await trio.sleep(0.1)
+        return value
+
+    async def click(self, selector: str) -> None:
+        def click() -> None:
+            self.driver.find_element(By.CSS_SELECTOR, selector).click()
+
+        await self.call(click)
+
+
+def start_chromium(profile: Path) -> webdriver.Chrome:
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    # Both paths given: Selenium Manager has nothing to look up or download.
+    service = Service(executable_path=CHROMEDRIVER, log_output=subprocess.DEVNULL)
+    return webdriver.Chrome(options=options, service=service)
+
+
+@contextlib.asynccontextmanager
+async def open_page(url: str, profile: Path) -> AsyncIterator[Page]:
+    """A headless Chromium on `url`; no browser process outlives the block."""
+    driver = await trio.to_thread.run_sync(start_chromium, profile)
+    try:
+        page = Page(driver)
+        await page.call(driver.get, url)
+        yield page
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(driver.quit)
+            await wait_until(
+                lambda: not pids_with_marker(str(profile)), timeout=10, what="chromium to exit"
+            )
+
+
+def configure(path: Path, marker: str, port: int, *, token_file: Path | None = None) -> Path:
+    services = {
+        "web": shell_service("exec sleep 1000", marker, backoff=SLOW_BACKOFF),
+        "other": shell_service("exec sleep 1000", marker),
+    }
+    write_config(path, services, port=port)
+    if token_file is not None:
+        data = yaml.safe_load(path.read_text())
+        data["api"]["token_file"] = str(token_file)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def walk(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(n for child in node["children"] for n in walk(child))]
+
+
+async def running_pids(dev8: Dev8Run) -> dict[str, int]:
+    for name in ("web", "other"):
+        await dev8.wait_service(name, lambda n: n["state"] == "running", what="running")
+    return await dev8.service_pids()
+
+
+async def test_dashboard_follows_a_crash_live_and_restarts_with_the_button(
+    tmp_path: Path, api_port: int, marker: str
+) -> None:
+    config = configure(tmp_path / "dev8.yaml", marker, api_port)
+    async with open_dev8(config, port=api_port, marker=marker) as dev8:
+        pids = await running_pids(dev8)
+        async with open_page(f"http://127.0.0.1:{api_port}/", tmp_path / "profile") as page:
+            rows = await page.wait(ROWS, lambda rows: len(rows) == 2, "both services")
+            assert {(r["service"], r["state"], r["restarts"]) for r in rows} == {
+                ("web", "running", "0"),
+                ("other", "running", "0"),
+            }
+            await page.wait(LIVE, lambda state: state == "live", "the event stream connected")
+            tree = await page.js(
+                "return Array.from(document.querySelectorAll('#tree li'), (li) => li.dataset.path);"
+            )
+            # Every node of the supervision tree, in the tree's own order.
+            assert tree == [node["path"] for node in walk((await dev8.status())["tree"])]
+            assert "dev8/services/web" in tree
+
+            # A crash: the page shows it as it happens, from the event stream.
+            os.kill(pids["web"], signal.SIGKILL)
+            await page.wait(
+                ROWS,
+                lambda rows: any(r["service"] == "web" and r["state"] == "backoff" for r in rows),
+                "web in backoff",
+            )
+            rows = await page.wait(
+                ROWS,
+                lambda rows: any(
+                    r["service"] == "web" and r["state"] == "running" and r["restarts"] == "1"
+                    for r in rows
+                ),
+                "web running again",
+            )
+            web = next(r for r in rows if r["service"] == "web")
+            assert web["pid"] == str((await dev8.service_pids())["web"]) != str(pids["web"])
+            events = await page.js(EVENTS)
+            assert {"kind": "child_exited", "source": "dev8/services/web"} in [
+                {"kind": e["kind"], "source": e["source"]} for e in events
+            ]
+            assert await page.js(LIVE) == "live"  # never reconnected: it was the stream
+
+            # The restart button: a real POST; the count goes up in /status and on the page.
+            await page.click('button.restart[data-service="other"]')
+            node = await dev8.wait_service(
+                "other",
+                lambda n: n["restarts"] == 1 and n["state"] == "running",
+                what="restarted by the button",
+            )
+            assert node["info"]["pid"] != pids["other"]
+            await page.wait(
+                ROWS,
+                lambda rows: any(
+                    r["service"] == "other" and r["restarts"] == "1" and r["state"] == "running"
+                    for r in rows
+                ),
+                "other restarted",
+            )
+            assert await page.js(MESSAGE) == "other: running (restarts: 1)"
+
+
+async def test_the_restart_button_sends_the_token(
+    tmp_path: Path, api_port: int, marker: str
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    config = configure(tmp_path / "dev8.yaml", marker, api_port, token_file=token_file)
+    async with open_dev8(config, port=api_port, marker=marker) as dev8:
+        await running_pids(dev8)
+        async with open_page(f"http://127.0.0.1:{api_port}/", tmp_path / "profile") as page:
+            await page.wait(ROWS, lambda rows: len(rows) == 2, "both services")
+
+            await page.click('button.restart[data-service="web"]')
+            message = await page.wait(MESSAGE, lambda text: "unauthorized" in text, "a refusal")
+            assert message == "restart web: unauthorized: missing or wrong bearer token"
+            assert (await dev8.service("web"))["restarts"] == 0
+
+            def enter_token() -> None:
+                field = page.driver.find_element(By.ID, "token")
+                field.clear()
+                field.send_keys(TOKEN)
+                page.driver.find_element(By.ID, "save-token").click()
+
+            await page.call(enter_token)
+            assert await page.js("return sessionStorage.getItem('dev8.token');") == TOKEN
+            await page.click('button.restart[data-service="web"]')
+            await dev8.wait_service("web", lambda n: n["restarts"] == 1, what="restarted")
+            await page.wait(MESSAGE, lambda text: text == "web: running (restarts: 1)", "success")
