@@ -65,7 +65,7 @@ __all__ = [
 DEFAULT_CONFIG_PATH = "/etc/dev8/supervisor.yaml"
 ENV_PREFIX = "DEV8_"
 # Variables that share the prefix but are not key overrides (the CLI reads the file path from it).
-RESERVED_ENV_VARS = frozenset({"DEV8_CONFIG"})
+RESERVED_ENV_VARS = frozenset({"DEV8_CONFIG", "DEV8_API", "DEV8_API_TOKEN"})
 SECRET_KEY_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
 REDACTED = "***"
 

@@ -175,6 +175,11 @@ async def test_a_token_guards_changes_and_events_but_not_health(nursery: trio.Nu
         assert rejected.status_code in (401, 403)
         accepted = await client.get("/events", headers={**upgrade, **right})
         assert accepted.status_code == 101
+        # Browsers cannot set headers on a websocket: the token may come in the query.
+        by_query = await client.get("/events?token=s3cret-token", headers=upgrade)
+        assert by_query.status_code == 101
+        wrong_query = await client.get("/events?token=nope", headers=upgrade)
+        assert wrong_query.status_code in (401, 403)
     nursery.cancel_scope.cancel()
 
 

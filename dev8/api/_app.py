@@ -91,7 +91,11 @@ def create_app(
 
     @app.websocket("/events")
     async def events() -> None:
-        if token is not None and not authorized(websocket.headers.get("Authorization")):
+        # Browsers cannot set headers on a websocket: the dashboard passes ?token= instead.
+        header = websocket.headers.get("Authorization")
+        if header is None and "token" in websocket.args:
+            header = f"Bearer {websocket.args['token']}"
+        if token is not None and not authorized(header):
             await websocket.close(1008, "missing or wrong bearer token")
             return
         await stream_events(control)

@@ -1,0 +1,188 @@
+"""The ``/chaos`` routes: fault injection for external chaos tests, only when the config enables it.
+
+Registered by ``create_app`` when ``chaos.enabled`` is true; absent (404) otherwise. Each route is
+``guarded`` like every other state change (bearer token, body checks).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from actors import ChildState
+
+from .. import chaos
+from ..control import Control, UnknownService
+
+Handler = Callable[..., Awaitable[Any]]
+
+#: Crashing the API's own actor cancels the request that asked for it: that one is answered
+#: first (202) and crashed a moment later.
+API_PATH = "dev8/api"
+_SELF_CRASH_DELAY = 0.1
+
+
+def register_chaos(
+    app: QuartTrio,
+    control: Control,
+    guarded: Callable[[Handler], Handler],
+    *,
+    api_path: str = API_PATH,
+) -> None:
+    """Add ``POST /chaos/actors/<path>/crash`` and ``POST /chaos/services/<name>/signal``."""
+
+    @app.post("/chaos/actors/<path:path>/crash")
+    @guarded
+    async def chaos_crash_actor(path: str) -> Response:
+        node = chaos.find_actor(control, path)
+        if path == api_path and node is not None:
+            if node.state is not ChildState.RUNNING:
+                return _not_running(chaos.NotRunning(path, node.state.value))
+
+            async def crash_later() -> None:
+                await trio.sleep(_SELF_CRASH_DELAY)
+                await chaos.crash_actor(control, path)
+
+            app.add_background_task(crash_later)
+            return json_response(
+                {"path": path, "state": node.state.value, "restarts": node.restarts}, 202
+            )
+        try:
+            status = await chaos.crash_actor(control, path)
+        except UnknownService as error:
+            return error_response(404, "unknown_actor", f"no actor at {path!r}", known=error.known)
+        except chaos.NotRunning as error:
+            return _not_running(error)
+        return json_response(
+            {"path": path, "state": status.state.value, "restarts": status.restarts}
+        )
+
+    @app.post("/chaos/services/<name>/signal")
+    @guarded
+    async def chaos_signal_service(name: str) -> Response:
+        try:
+            signum = chaos.parse_signal(request.args.get("signal", ""))
+        except chaos.BadSignal as error:
+            return error_response(400, "bad_request", str(error))
+        try:
+            pid = chaos.signal_service(control, name, signum)
+        except UnknownService as error:
+            return error_response(
+                404, "unknown_service", f"no service named {name!r}", known=error.known
+            )
+        except chaos.NotRunning as error:
+            return _not_running(error)
+        signalled = signum.name.removeprefix("SIG")
+        return json_response({"service": name, "signal": signalled, "pid": pid})
+
+
+# Not imported from ._app, which imports this module.
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body), status=status, content_type="application/json")
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
+    return json_response({"error": {"code": code, "message": message, **extra}}, status)
+
+
+def _not_running(error: chaos.NotRunning) -> Response:
+    return error_response(409, "not_running", str(error), state=error.state)
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {
+                                "code": {"type": "string"},
+                                "message": {"type": "string"},
+                                "known": {"type": "array", "items": {"type": "string"}},
+                                "state": {"type": "string"},
+                            },
+                        }
+                    },
+                }
+            }
+        },
+    }
+
+
+def _ok(description: str, properties: dict[str, Any]) -> dict[str, Any]:
+    schema = {"type": "object", "required": list(properties), "properties": properties}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_CRASHED = {
+    "path": {"type": "string"},
+    "state": {"type": "string"},
+    "restarts": {"type": "integer", "minimum": 0},
+}
+_SIGNALLED = {
+    "service": {"type": "string"},
+    "signal": {"type": "string", "enum": list(chaos.CHAOS_SIGNALS)},
+    "pid": {"type": "integer", "minimum": 1},
+}
+_GUARD_ERRORS = {
+    "401": _error("missing or wrong bearer token"),
+    "403": _error("changes need a token when the API listens beyond loopback"),
+    "400": _error("an unknown signal name, or a body that is not a JSON object"),
+    "409": _error("the target is not running (backoff, stopped, fatal)"),
+}
+
+#: OpenAPI ``paths`` of the chaos routes, merged into the document when chaos is enabled.
+CHAOS_PATHS: dict[str, Any] = {
+    "/chaos/actors/{path}/crash": {
+        "post": {
+            "summary": "Chaos: make an actor fail as if it had raised (its restart policy applies)",
+            "parameters": [
+                {
+                    "name": "path",
+                    "in": "path",
+                    "required": True,
+                    "description": "the actor's path in /status's tree, e.g. dev8/services/web",
+                    "schema": {"type": "string"},
+                }
+            ],
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": _ok("the actor's state as the crash was requested", _CRASHED),
+                "202": _ok("the API's own actor: answered first, crashed right after", _CRASHED),
+                "404": _error("no actor at that path; `known` lists the paths"),
+                **_GUARD_ERRORS,
+            },
+        }
+    },
+    "/chaos/services/{name}/signal": {
+        "post": {
+            "summary": "Chaos: send a signal to a running service's process group",
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "signal",
+                    "in": "query",
+                    "required": True,
+                    "schema": {"type": "string", "enum": list(chaos.CHAOS_SIGNALS)},
+                },
+            ],
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": _ok("the signal was sent to the group led by `pid`", _SIGNALLED),
+                "404": _error("no such service; `known` lists the names"),
+                **_GUARD_ERRORS,
+            },
+        }
+    },
+}
