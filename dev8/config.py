@@ -65,7 +65,19 @@ __all__ = [
 DEFAULT_CONFIG_PATH = "/etc/dev8/supervisor.yaml"
 ENV_PREFIX = "DEV8_"
 # Variables that share the prefix but are not key overrides (the CLI reads the file path from it).
-RESERVED_ENV_VARS = frozenset({"DEV8_CONFIG", "DEV8_API", "DEV8_API_TOKEN"})
+# Variables that share the prefix but are not key overrides: the CLI reads DEV8_CONFIG, DEV8_API
+# and DEV8_API_TOKEN, dev8.secrets reads its own (docs/secrets.md), and DEV8_SECRET_* hold values.
+RESERVED_ENV_VARS = frozenset(
+    {
+        "DEV8_CONFIG",
+        "DEV8_API",
+        "DEV8_API_TOKEN",
+        "DEV8_SECRETS_PROVIDER",
+        "DEV8_SECRETS_DIR",
+        "DEV8_TEST_KEYVAULT_SKIP_CHALLENGE_CHECK",
+    }
+)
+RESERVED_ENV_PREFIXES = ("DEV8_SECRET_",)
 SECRET_KEY_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
 REDACTED = "***"
 
@@ -893,7 +905,11 @@ def _apply_overrides(
     """Apply `DEV8_A__B__C=value` variables to the raw data, noting which variable set what."""
     requests = []
     for var, raw in environ.items():
-        if not var.startswith(ENV_PREFIX) or var in RESERVED_ENV_VARS:
+        if (
+            not var.startswith(ENV_PREFIX)
+            or var in RESERVED_ENV_VARS
+            or var.startswith(RESERVED_ENV_PREFIXES)
+        ):
             continue
         segments = var[len(ENV_PREFIX) :].split("__")
         if not all(segments):

@@ -58,7 +58,7 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(_LEVELS.get(level, logging.INFO), logging.INFO))
-    for noisy in ("azure", "hypercorn.access"):
+    for noisy in ("azure", "hypercorn.access", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for name in ("quart.app", "quart.serving", "hypercorn.error"):
         library_logger = logging.getLogger(name)
@@ -70,7 +70,7 @@ def log_event(envelope: Envelope) -> None:
     """Bus listener: every tree event also becomes a log line."""
     event = envelope.event
     data = event.data()
-    level = "warning" if event.kind in _WARNING_KINDS else "info"
+    level = "warning" if event.kind in _WARNING_KINDS or data.get("abnormal") else "info"
     logger = structlog.get_logger("dev8.events")
     getattr(logger, level)(event.kind, source=event.source, seq=envelope.seq, **data)
 
