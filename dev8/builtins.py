@@ -111,6 +111,13 @@ def sshd_builtin(name: str, service: ServiceConfig, config: Config, *, own: OwnP
     )
 
     def prepare_blocking() -> None:
+        state = key_dir.parent
+        if _as_root() and not state.exists():
+            # The workspace's .dev8 belongs to the user (code-server keeps state there too);
+            # only the host keys below it are root's.
+            entry = pwd.getpwnam(config.workspace.user)
+            state.mkdir(mode=0o755, parents=True)
+            os.chown(state, entry.pw_uid, entry.pw_gid)
         ensure_host_keys(key_dir)
         write_sshd_config(settings, config_path)
         prepare_sshd_runtime(login_user)
