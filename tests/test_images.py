@@ -245,9 +245,13 @@ def test_default_config_is_valid_and_matches_the_image() -> None:
     config = load_config(CONTAINERS / "supervisor.yaml", environ={})
     assert str(config.api.bind) == "0.0.0.0:9000"
     assert config.workspace.dir == "/workspace"
-    assert config.services["ssh"].user == "root"
+    assert (config.services["ssh"].builtin, config.services["code-server"].builtin) == (
+        "sshd",
+        "code-server",
+    )
     assert config.services["code-server"].user is None  # the workspace user
-    assert "0.0.0.0:8080" in config.services["code-server"].command
+    assert config.services["code-server"].code_server.bind == "0.0.0.0:8080"
+    assert config.services["ssh"].sshd.port == 2222
     dockerfile = (CONTAINERS / "base" / "Dockerfile").read_text()
     assert "EXPOSE 8080 2222 9000" in dockerfile
     assert "NOPASSWD" not in dockerfile.split("ARG WITH_SUDO=false", 1)[0]
