@@ -42,7 +42,15 @@ from .config import (
 from .connections import ConnectionBoard, make_tracker_spec
 from .control import Control, Hooks
 from .health import HealthBoard
-from .init import OwnPids, become_subreaper, final_sweep, is_pid1, run_reaper
+from .init import (
+    IGNORED_SIGNALS,
+    OwnPids,
+    become_subreaper,
+    final_sweep,
+    is_pid1,
+    raise_fd_limit,
+    run_reaper,
+)
 from .logs import log_event
 from .secrets.runtime import Secrets
 from .services import ServiceFactory, intensity_of, send_signal_to_service
@@ -168,7 +176,10 @@ class Dev8:
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> int:
         pid1 = is_pid1()
         subreaper = False if pid1 else become_subreaper()
-        self.log.info("dev8_starting", pid=os.getpid(), pid1=pid1, subreaper=subreaper)
+        fds_before, fds = raise_fd_limit()
+        self.log.info("dev8_starting", pid=os.getpid(), pid1=pid1, subreaper=subreaper, max_fds=fds)
+        if fds_before != fds:
+            self.log.info("fd_limit_raised", soft_before=fds_before, soft=fds)
         control = Control(
             bus=self.bus,
             root=self.root,
@@ -188,7 +199,10 @@ class Dev8:
         )
         self.control = control
         self._app = create_app(
-            control, token=read_token(self.config), open_changes=api_is_private(self.config)
+            control,
+            token=read_token(self.config),
+            open_changes=api_is_private(self.config),
+            chaos=self.config.chaos.enabled,
         )
         root_ctx = ChildContext(name="dev8", path="dev8", attempt=0, publish=self.bus.publish)
         tree_done = trio.Event()
@@ -314,10 +328,13 @@ class Dev8:
             self.log.error("reload_rejected", error=str(error))
 
     async def _watch_signals(self, nursery: trio.Nursery) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, *IGNORED_SIGNALS)
+        with trio.open_signal_receiver(*handled) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
-                if signum == signal.SIGHUP:
+                if signum in IGNORED_SIGNALS:
+                    self.log.info("signal_received", signal=name, action="ignored")
+                elif signum == signal.SIGHUP:
                     self.log.info("signal_received", signal=name, action="reload")
                     nursery.start_soon(self._reload_on_signal)
                 elif not self.shutdown_requested.is_set():

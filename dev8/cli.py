@@ -92,6 +92,19 @@ def _add_operator_commands(commands: Any) -> None:
     secrets = commands.add_parser("secrets", help="act on the secrets")
     secrets_commands = secrets.add_subparsers(dest="secrets_command", required=True)
     secrets_commands.add_parser("refresh", parents=[api], help="fetch the secrets now")
+    chaos = commands.add_parser("chaos", help="inject a fault (needs chaos.enabled: true)")
+    chaos_commands = chaos.add_subparsers(dest="chaos_command", required=True, metavar="ACTION")
+    crash = chaos_commands.add_parser(
+        "crash", parents=[api], help="make an actor fail (a path of `dev8 status --json`'s tree)"
+    )
+    crash.add_argument("path", metavar="PATH")
+    send = chaos_commands.add_parser(
+        "signal", parents=[api], help="send a signal to a service's process group"
+    )
+    send.add_argument("name", metavar="NAME")
+    send.add_argument(
+        "signal", metavar="SIG", type=str.upper, choices=["KILL", "STOP", "CONT", "TERM"]
+    )
 
 
 def _whole(text: str) -> int:
@@ -227,6 +240,23 @@ def _secrets(client: ApiClient, _args: argparse.Namespace) -> int:
     return 0
 
 
+def _chaos(client: ApiClient, args: argparse.Namespace) -> int:
+    try:
+        if args.chaos_command == "crash":
+            result = client.chaos_crash(args.path)
+            print(f"{result['path']}: crash injected (restarts before: {result['restarts']})")
+        else:
+            result = client.chaos_signal(args.name, args.signal)
+            print(
+                f"{result['service']}: SIG{result['signal']} sent to process group {result['pid']}"
+            )
+    except ApiError as error:
+        if "(HTTP 404 not_found)" in str(error):
+            raise ApiError("chaos mode is off: set chaos.enabled: true in the config") from None
+        raise
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[ApiClient, argparse.Namespace], int]] = {
     "status": _status,
     "restart": _act,
@@ -235,6 +265,7 @@ _COMMANDS: dict[str, Callable[[ApiClient, argparse.Namespace], int]] = {
     "logs": _logs,
     "reload": _reload,
     "secrets": _secrets,
+    "chaos": _chaos,
 }
 
 

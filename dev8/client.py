@@ -328,6 +328,22 @@ class ApiClient:
         body: dict[str, Any] = self._call("POST", "/secrets/refresh")
         return body
 
+    def chaos_crash(self, path: str) -> dict[str, Any]:
+        """Fault injection: make the actor at ``path`` fail (needs ``chaos.enabled``)."""
+        where = urllib.parse.quote(path.strip("/"), safe="/")
+        body: dict[str, Any] = self._call("POST", f"/chaos/actors/{where}/crash")
+        return body
+
+    def chaos_signal(self, name: str, signal_name: str) -> dict[str, Any]:
+        """Fault injection: signal a service's process group (needs ``chaos.enabled``)."""
+        body: dict[str, Any] = self._call(
+            "POST",
+            f"/chaos/services/{_quote(name)}/signal",
+            params={"signal": signal_name},
+            service=name,
+        )
+        return body
+
 
 def _quote(name: str) -> str:
     return urllib.parse.quote(name, safe="")

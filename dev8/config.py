@@ -16,6 +16,7 @@ import os
 import re
 import reprlib
 import signal
+import stat
 import types
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -838,8 +839,15 @@ def _format_path(path: _KeyPath) -> str:
         if isinstance(step, int) and not isinstance(step, bool):
             out += f"[{step}]"
         else:
-            out += f".{step}" if out else str(step)
+            text = shown_key(step)
+            out += f".{text}" if out else text
     return out
+
+
+def shown_key(key: object) -> str:
+    """A key as an error may show it: escaped unless printable (one line, no terminal codes)."""
+    text = str(key)
+    return text if text.isprintable() else ascii(text)
 
 
 # --------------------------------------------------------------------------- env overrides
@@ -1040,18 +1048,30 @@ def parse_config(text: str, source: str, environ: Mapping[str, str] | None = Non
     return _parse(text, source, environ, None)
 
 
+#: A configuration is a few kilobytes; more is a mistake (or /dev/zero), not a config.
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
     """Read and parse the file; relative paths in it are resolved against its directory."""
     source = os.fspath(path)
     try:
-        with open(source, encoding="utf-8") as file:
-            text = file.read()
+        # Non-blocking: a FIFO nobody writes to must not hang dev8 (it is refused below).
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise ConfigError(source, "", "not a regular file")
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(source, "", "file not found") from None
-    except UnicodeDecodeError:
-        raise ConfigError(source, "", "the file is not valid UTF-8") from None
     except OSError as exc:
         raise ConfigError(source, "", f"cannot read the file: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(source, "", f"the file is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(source, "", "the file is not valid UTF-8") from None
     return _parse(text, source, environ, os.path.dirname(os.path.abspath(source)))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import select
 import signal
 import sys
@@ -23,16 +24,39 @@ from collections.abc import Callable, Iterator
 import trio
 
 __all__ = [
+    "IGNORED_SIGNALS",
     "OwnPids",
     "become_subreaper",
     "final_sweep",
     "is_pid1",
     "list_descendants",
     "list_zombie_children",
+    "raise_fd_limit",
     "run_reaper",
 ]
 
+#: The signal policy: TERM and INT shut down, HUP reloads, and these are caught, logged and
+#: ignored (never forwarded: with several services there is no right target; signal a service
+#: through the API instead). By default each would kill or stop a dev8 that is not PID 1 and leave
+#: its services orphaned; as PID 1 the kernel would drop them silently. They are caught rather than
+#: set to SIG_IGN, so services, which start with default dispositions, do not inherit "ignore".
+IGNORED_SIGNALS: tuple[signal.Signals, ...] = (
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGALRM,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGIO,
+    signal.SIGPWR,
+    signal.SIGTSTP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+)
+
 _PR_SET_CHILD_SUBREAPER = 36
+#: With an unlimited hard limit, the soft one goes this high (the kernel's nr_open default).
+_FD_LIMIT_CEILING = 1 << 20
 _POLL_INTERVAL = 0.02
 _GONE_STATES = frozenset({"Z", "X", "x"})
 
@@ -151,6 +175,25 @@ def become_subreaper() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(rc == 0)
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft limit of open files to the hard one; returns (before, after).
+
+    Containers often start with a soft limit of 1024 under a far higher hard one: every idle
+    connection to the API holds an fd, and with the soft limit spent dev8 cannot spawn, read /proc
+    or accept (a connection flood would take the workspace down). Services inherit the raised
+    limit, as they would under systemd's or Docker's own defaults.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, _FD_LIMIT_CEILING)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, target
+    return soft, soft
 
 
 def is_pid1() -> bool:

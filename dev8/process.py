@@ -27,6 +27,7 @@ from .init import OwnPids
 
 _MAX_LINE = 16 * 1024
 _DRAIN_AFTER_EXIT = 0.5
+_GROUP_POLL_INTERVAL = 0.02
 
 
 class ProcessExited(Exception):
@@ -155,6 +156,10 @@ async def run_process(
             )
             own.add(process.pid)
     except OSError as error:
+        if settings.cwd is not None and error.filename == settings.cwd:
+            raise SpawnError(
+                f"cannot start {settings.command[0]!r} in {settings.cwd!r}: {error.strerror}"
+            ) from None
         raise SpawnError(f"cannot start {settings.command[0]!r}: {error.strerror}") from None
     try:
         ctx.info.update(pid=process.pid, user=identity.name if identity else None)
@@ -192,8 +197,10 @@ async def _supervise(
         if process.returncode is None:  # being stopped (cancelled), or failing ourselves
             with ctx.cleanup_scope():
                 await _stop(process, settings, log)
-    # What is left of the process group (orphaned helpers) goes with its leader.
-    _signal_group(process.pid, signal.SIGTERM)
+    # What is left of the process group (orphaned helpers) goes with its leader, by the same
+    # ladder: one that ignores SIGTERM must not outlive it (and pile up at every restart).
+    with ctx.cleanup_scope():
+        await _clear_group(process.pid, settings, log)
     return returncode
 
 
@@ -209,9 +216,26 @@ async def _stop(process: trio.Process, settings: ProcessSettings, log: Any) -> N
     await process.wait()
 
 
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+async def _clear_group(pgid: int, settings: ProcessSettings, log: Any) -> None:
+    """SIGTERM to what is left of the group, ``stop_timeout`` to go, then SIGKILL."""
+    if not _signal_group(pgid, signal.SIGTERM):
+        return  # nobody left: the usual case
+    with trio.move_on_after(settings.stop_timeout):
+        # Not our children (their parent is gone): nothing tells us when they exit.
+        while _signal_group(pgid, 0):  # noqa: ASYNC110
+            await trio.sleep(_GROUP_POLL_INTERVAL)
+        return
+    log.warning("leftovers_killed", pgid=pgid, stop_timeout=settings.stop_timeout)
+    _signal_group(pgid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Signal the group; False when nobody we may signal is left in it."""
+    try:
         os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _close_pipes(process: trio.Process) -> None:

@@ -21,6 +21,7 @@ from actors import Envelope, SubscriberLagged, Subscription
 from ..config import ConfigError
 from ..control import Control, NotAvailable, UnknownService
 from ..metrics import make_registry, render
+from ._chaos import CHAOS_PATHS, register_chaos
 from ._openapi import openapi_document
 
 #: Websocket close code for a subscriber that fell behind (private range 4000-4999).
@@ -45,7 +46,7 @@ def unknown_service(error: UnknownService) -> Response:
 
 
 def create_app(
-    control: Control, *, token: str | None = None, open_changes: bool = True
+    control: Control, *, token: str | None = None, open_changes: bool = True, chaos: bool = False
 ) -> QuartTrio:
     """Build the app.
 
@@ -86,8 +87,10 @@ def create_app(
         wrapper.__name__ = handler.__name__
         return wrapper
 
-    _register_reads(app, control)
+    _register_reads(app, control, chaos=chaos)
     _register_actions(app, control, guarded)
+    if chaos:  # fault injection, for test rigs only (config: chaos.enabled)
+        register_chaos(app, control, guarded)
 
     @app.websocket("/events")
     async def events() -> None:
@@ -103,14 +106,18 @@ def create_app(
     return app
 
 
-def _register_reads(app: QuartTrio, control: Control) -> None:
+def _register_reads(app: QuartTrio, control: Control, *, chaos: bool = False) -> None:
     """Read-only endpoints: open to probes and dashboards."""
     registry = make_registry(control)
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         code = (error.name or "error").lower().replace(" ", "_")
-        return error_response(error.code or 500, code, error.description or code)
+        response = error_response(error.code or 500, code, error.description or code)
+        for name, value in error.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value  # Allow on a 405 (RFC 9110)
+        return response
 
     @app.get("/")
     async def dashboard() -> Response:
@@ -119,7 +126,10 @@ def _register_reads(app: QuartTrio, control: Control) -> None:
 
     @app.get("/openapi.json")
     async def openapi() -> Response:
-        return json_response(openapi_document())
+        document = openapi_document()
+        if chaos:
+            document["paths"].update(CHAOS_PATHS)
+        return json_response(document)
 
     @app.get("/health")
     async def health() -> Response:

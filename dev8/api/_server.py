@@ -25,7 +25,8 @@ async def serve_api(
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1.0
-    config.keep_alive_timeout = 75.0
+    # Hypercorn holds even a closed idle connection (and its fd) this long: keep it short.
+    config.keep_alive_timeout = 5.0
 
     class _Reporter:
         def started(self, value: Any = None) -> None:

@@ -8,6 +8,7 @@ The lead's ``dev8.config`` owns the YAML file; it hands this module the ``secret
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import string
 from collections.abc import Mapping
@@ -98,7 +99,7 @@ def secrets_config_from(
 ) -> SecretsConfig:
     """Build and validate a :class:`SecretsConfig`; :class:`SecretsConfigError` if unusable."""
     data = dict(data or {})
-    unknown = sorted(set(data) - _KEYS)
+    unknown = sorted(_shown(key) for key in set(data) - _KEYS)  # YAML keys: 1, true, null...
     if unknown:
         raise SecretsConfigError(f"secrets: unknown key(s): {', '.join(unknown)}")
 
@@ -208,9 +209,30 @@ def _auto_kind(vault_url: str | None, directory: str | None, environ: Mapping[st
     return "none"
 
 
+def _shown(key: object) -> str:
+    """A key as an error may show it: escaped unless printable (one line, no terminal codes)."""
+    text = str(key)
+    return text if text.isprintable() else ascii(text)
+
+
+def _fields(role: str, pattern: str) -> set[str]:
+    try:
+        parsed = list(string.Formatter().parse(pattern))
+    except ValueError:
+        raise SecretsConfigError(
+            f"secrets.names.{role}: a single '{{' or '}}'; placeholders are "
+            "{userId} and {environmentId}"
+        ) from None
+    if any(spec or conversion for _, _, spec, conversion in parsed):
+        raise SecretsConfigError(
+            f"secrets.names.{role}: placeholders take no conversion or format ('!', ':')"
+        )
+    return {field for _, field, _, _ in parsed if field is not None}
+
+
 def _check_names(config: SecretsConfig) -> None:
     for role, pattern in config.names.items():
-        fields = {f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None}
+        fields = _fields(role, pattern)
         if fields - _PLACEHOLDERS:
             bad = ", ".join(sorted(fields - _PLACEHOLDERS))
             raise SecretsConfigError(f"secrets.names.{role}: unknown placeholder(s) {bad}")
@@ -236,7 +258,7 @@ def _required(raw: Any) -> frozenset[str]:
         return DEFAULT_REQUIRED
     if isinstance(raw, str) or not isinstance(raw, list | tuple | set | frozenset):
         raise SecretsConfigError("secrets.required must be a list of roles")
-    unknown = sorted(str(r) for r in raw if r not in ROLES)
+    unknown = sorted(_shown(r) for r in raw if r not in ROLES)
     if unknown:
         raise SecretsConfigError(f"secrets.required: unknown role(s) {', '.join(unknown)}")
     return frozenset(cast("list[str]", list(raw)))
@@ -275,9 +297,15 @@ def _positive(
     value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SecretsConfigError(f"secrets.{key} must be a number")
-    if value < 0 or (value == 0 and not allow_zero):
+    try:
+        number = float(value)
+    except OverflowError:
+        raise SecretsConfigError(f"secrets.{key} must be a number of a sensible size") from None
+    if not math.isfinite(number):
+        raise SecretsConfigError(f"secrets.{key} must be a finite number")
+    if number < 0 or (number == 0 and not allow_zero):
         raise SecretsConfigError(f"secrets.{key} must be {'>= 0' if allow_zero else '> 0'}")
-    return float(value)
+    return number
 
 
 def _is_loopback(url: str) -> bool:

@@ -1,0 +1,1 @@
+"""The benchmark harness: venvs, supervisors under test, scenarios, report (standard library)."""
