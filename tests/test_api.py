@@ -18,7 +18,6 @@ from actors import ChildContext, ChildSpec, EventBus, Intensity, Supervisor
 from dev8.api import create_app, serve_api
 from dev8.control import Control
 
-
 # trio-websocket leaves the socket object of a connection its peer closed mid-stream (the slow
 # subscriber test) to the garbage collector, which may run during a later test of this module.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
