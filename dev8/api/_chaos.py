@@ -18,6 +18,7 @@ from actors import ChildState
 
 from .. import chaos
 from ..control import Control, UnknownService
+from ._openapi import error_content, json_content
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -94,35 +95,9 @@ def _not_running(error: chaos.NotRunning) -> Response:
     return error_response(409, "not_running", str(error), state=error.state)
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {
-                        "error": {
-                            "type": "object",
-                            "required": ["code", "message"],
-                            "properties": {
-                                "code": {"type": "string"},
-                                "message": {"type": "string"},
-                                "known": {"type": "array", "items": {"type": "string"}},
-                                "state": {"type": "string"},
-                            },
-                        }
-                    },
-                }
-            }
-        },
-    }
-
-
 def _ok(description: str, properties: dict[str, Any]) -> dict[str, Any]:
     schema = {"type": "object", "required": list(properties), "properties": properties}
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+    return json_content(schema, description)
 
 
 _CRASHED = {
@@ -136,10 +111,10 @@ _SIGNALLED = {
     "pid": {"type": "integer", "minimum": 1},
 }
 _GUARD_ERRORS = {
-    "401": _error("missing or wrong bearer token"),
-    "403": _error("changes need a token when the API listens beyond loopback"),
-    "400": _error("an unknown signal name, or a body that is not a JSON object"),
-    "409": _error("the target is not running (backoff, stopped, fatal)"),
+    "401": error_content("missing or wrong bearer token"),
+    "403": error_content("changes need a token when the API listens beyond loopback"),
+    "400": error_content("an unknown signal name, or a body that is not a JSON object"),
+    "409": error_content("the target is not running (backoff, stopped, fatal)"),
 }
 
 #: OpenAPI ``paths`` of the chaos routes, merged into the document when chaos is enabled.
@@ -160,7 +135,7 @@ CHAOS_PATHS: dict[str, Any] = {
             "responses": {
                 "200": _ok("the actor's state as the crash was requested", _CRASHED),
                 "202": _ok("the API's own actor: answered first, crashed right after", _CRASHED),
-                "404": _error("no actor at that path; `known` lists the paths"),
+                "404": error_content("no actor at that path; `known` lists the paths"),
                 **_GUARD_ERRORS,
             },
         }
@@ -180,7 +155,7 @@ CHAOS_PATHS: dict[str, Any] = {
             "security": [{"bearer": []}],
             "responses": {
                 "200": _ok("the signal was sent to the group led by `pid`", _SIGNALLED),
-                "404": _error("no such service; `known` lists the names"),
+                "404": error_content("no such service; `known` lists the names"),
                 **_GUARD_ERRORS,
             },
         }

@@ -17,6 +17,7 @@ _ERROR = {
                 "code": {"type": "string"},
                 "message": {"type": "string"},
                 "known": {"type": "array", "items": {"type": "string"}},
+                "state": {"type": "string"},
             },
         }
     },
@@ -60,20 +61,20 @@ _ACTION = {
 _OBJECT = {"type": "object"}
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+def json_content(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _error(description: str) -> dict[str, Any]:
-    return _json(_ERROR, description)
+def error_content(description: str) -> dict[str, Any]:
+    return json_content(_ERROR, description)
 
 
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _SERVICE = {**_NAME, "name": "service"}
 _AUTH_ERRORS = {
-    "401": _error("missing or wrong bearer token"),
-    "403": _error("changes need a token when the API listens beyond loopback"),
-    "400": _error("the body is not valid JSON or not an object"),
+    "401": error_content("missing or wrong bearer token"),
+    "403": error_content("changes need a token when the API listens beyond loopback"),
+    "400": error_content("the body is not valid JSON or not an object"),
 }
 _SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
 
@@ -85,8 +86,8 @@ def _action(summary: str, parameter: dict[str, Any]) -> dict[str, Any]:
             "parameters": [parameter],
             "security": _SECURED,
             "responses": {
-                "200": _json(_ACTION, "the service's state after the action"),
-                "404": _error("no such service; `known` lists the names"),
+                "200": json_content(_ACTION, "the service's state after the action"),
+                "404": error_content("no such service; `known` lists the names"),
                 **_AUTH_ERRORS,
             },
         }
@@ -115,15 +116,15 @@ def openapi_document() -> dict[str, Any]:
             "/openapi.json": {
                 "get": {
                     "summary": "This document",
-                    "responses": {"200": _json(_OBJECT, "the OpenAPI document")},
+                    "responses": {"200": json_content(_OBJECT, "the OpenAPI document")},
                 }
             },
             "/health": {
                 "get": {
                     "summary": "Workspace health in the platform's shape",
                     "responses": {
-                        "200": _json(_HEALTH, "every service is running and ready"),
-                        "503": _json(_HEALTH, "some service is not running or not ready"),
+                        "200": json_content(_HEALTH, "every service is running and ready"),
+                        "503": json_content(_HEALTH, "some service is not running or not ready"),
                     },
                 }
             },
@@ -131,21 +132,21 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "Readiness of every service",
                     "responses": {
-                        "200": _json(_READY, "all services ready"),
-                        "503": _json(_READY, "some service is not ready"),
+                        "200": json_content(_READY, "all services ready"),
+                        "503": json_content(_READY, "some service is not ready"),
                     },
                 }
             },
             "/status": {
                 "get": {
                     "summary": "The whole supervision tree",
-                    "responses": {"200": _json(_OBJECT, "the status snapshot")},
+                    "responses": {"200": json_content(_OBJECT, "the status snapshot")},
                 }
             },
             "/connections": {
                 "get": {
                     "summary": "Active connections per service and the last activity",
-                    "responses": {"200": _json(_OBJECT, "connection counts and peers")},
+                    "responses": {"200": json_content(_OBJECT, "connection counts and peers")},
                 }
             },
             "/metrics": {
@@ -178,7 +179,7 @@ def openapi_document() -> dict[str, Any]:
                         },
                     ],
                     "responses": {
-                        "200": _json(
+                        "200": json_content(
                             {
                                 "type": "object",
                                 "required": ["service", "lines"],
@@ -189,8 +190,8 @@ def openapi_document() -> dict[str, Any]:
                             },
                             "the last lines, oldest first",
                         ),
-                        "400": _error("lines out of range"),
-                        "404": _error("no such service"),
+                        "400": error_content("lines out of range"),
+                        "404": error_content("no such service"),
                     },
                 }
             },
@@ -203,9 +204,9 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Re-read the config: start added, stop removed, restart changed",
                     "security": _SECURED,
                     "responses": {
-                        "200": _json(_OBJECT, "what changed"),
-                        "409": _error("dev8 was not started from a config file"),
-                        "422": _error("the new config is invalid; nothing changed"),
+                        "200": json_content(_OBJECT, "what changed"),
+                        "409": error_content("dev8 was not started from a config file"),
+                        "422": error_content("the new config is invalid; nothing changed"),
                         **_AUTH_ERRORS,
                     },
                 }
@@ -215,8 +216,8 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Re-read the secrets now",
                     "security": _SECURED,
                     "responses": {
-                        "200": _json(_OBJECT, "what was fetched and rewritten"),
-                        "409": _error("no secret provider is configured"),
+                        "200": json_content(_OBJECT, "what was fetched and rewritten"),
+                        "409": error_content("no secret provider is configured"),
                         **_AUTH_ERRORS,
                     },
                 }
