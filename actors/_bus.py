@@ -8,6 +8,8 @@ the last events so a subscriber can resume from a sequence number.
 from __future__ import annotations
 
 import collections
+import functools
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +29,11 @@ class Envelope:
     seq: int
     time: float
     event: Event
+
+    @functools.cached_property
+    def json(self) -> str:
+        """``to_dict()`` as JSON text, made once however many subscribers send it."""
+        return json.dumps(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return {

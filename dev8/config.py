@@ -274,7 +274,7 @@ LogLevel: TypeAlias = Literal["debug", "info", "warning", "error"]
 
 @attrs.frozen
 class TcpBind:
-    """`HOST:PORT`; `str()` gives the form hypercorn's `bind` accepts."""
+    """`HOST:PORT`; `str()` gives back the text it was parsed from."""
 
     host: str
     port: int = attrs.field(validator=_number(ge=1, lt=65536))
@@ -285,7 +285,7 @@ class TcpBind:
 
 @attrs.frozen
 class UnixBind:
-    """`unix:/PATH`; `str()` gives the form hypercorn's `bind` accepts."""
+    """`unix:/PATH`; `str()` gives back the text it was parsed from."""
 
     path: str
 

@@ -47,7 +47,7 @@ def configure_logging(
         logger_factory=structlog.WriteLoggerFactory(output),
         cache_logger_on_first_use=False,
     )
-    # Libraries (hypercorn, quart, azure) log through the standard library: same JSON lines.
+    # Libraries (azure, httpx) and dev8.api log through the standard library: same JSON lines.
     handler = logging.StreamHandler(output)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -58,12 +58,8 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(_LEVELS.get(level, logging.INFO), logging.INFO))
-    for noisy in ("azure", "hypercorn.access", "httpx", "httpcore"):
+    for noisy in ("azure", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    for name in ("quart.app", "quart.serving", "hypercorn.error"):
-        library_logger = logging.getLogger(name)
-        library_logger.handlers[:] = []
-        library_logger.propagate = True
 
 
 def log_event(envelope: Envelope) -> None:

@@ -8,6 +8,7 @@ The event stream's resume logic is also driven against a small scripted websocke
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import signal
@@ -31,11 +32,8 @@ from dev8_harness import (
     shell_service,
     write_config,
 )
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
-from quart import websocket
-from quart_trio import QuartTrio
 
+from dev8.api._http import App, Request, Response, WebSocket, error_response, json_response
 from dev8.cli import format_event, format_status
 from dev8.client import (
     ApiError,
@@ -425,6 +423,28 @@ async def test_events_follow_a_restart_and_resume_across_a_dev8_restart(
 # ----------------------------------------------------------------------------- resume logic
 
 
+class _CurrentWebsocket:
+    """The websocket of the connection running a script (one per task, as in Quart)."""
+
+    current: contextvars.ContextVar[WebSocket] = contextvars.ContextVar("websocket")
+
+    async def accept(self) -> None:
+        await self.current.get().accept()
+
+    async def send(self, text: str) -> None:
+        await self.current.get().send_text(text)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        socket = self.current.get()
+        if not socket.accepted:  # refused at the handshake, as a policy close would be
+            socket.reject(error_response(403, "forbidden", reason))
+            return
+        await socket.close(code, reason)
+
+
+websocket = _CurrentWebsocket()
+
+
 class FakeEvents:
     """A scripted /status + /events server: each websocket connection plays the next script."""
 
@@ -434,16 +454,18 @@ class FakeEvents:
         self.sinces: list[str | None] = []
         self.auth: list[str | None] = []
         self.scripts: list[Callable[[], Awaitable[None]]] = []
-        app = QuartTrio("fake-events")
+        app = App()
 
         @app.get("/status")
-        async def status() -> dict[str, Any]:
-            return {"started": self.started, "last_event": self.last_event, "services": {}}
+        async def status(request: Request) -> Response:
+            body = {"started": self.started, "last_event": self.last_event, "services": {}}
+            return json_response(body)
 
         @app.websocket("/events")
-        async def events() -> None:
-            self.sinces.append(websocket.args.get("since"))
-            self.auth.append(websocket.headers.get("Authorization"))
+        async def events(request: Request, socket: WebSocket) -> None:
+            self.sinces.append(request.query.get("since"))
+            self.auth.append(request.headers.get("authorization"))
+            websocket.current.set(socket)
             script = self.scripts.pop(0) if self.scripts else None
             if script is not None:
                 await script()
@@ -478,16 +500,13 @@ def play(*seqs: int, close: int) -> Callable[[], Awaitable[None]]:
 async def serving(fake: FakeEvents) -> AsyncIterator[tuple[Endpoint, trio.CancelScope]]:
     """Serve `fake` on loopback; cancelling the scope stops the server (its port then refuses)."""
     port = free_port()
-    config = HypercornConfig()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = config.errorlog = None
-    config.graceful_timeout = 0.1
     async with trio.open_nursery() as nursery:
         scope = trio.CancelScope()
 
         async def run(*, task_status: trio.TaskStatus[Any]) -> None:
             with scope:
-                await serve(fake.app, config, task_status=task_status)
+                listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+                await fake.app.serve(listeners, task_status=task_status)
 
         await nursery.start(run)
         yield Endpoint(f"http://127.0.0.1:{port}"), scope

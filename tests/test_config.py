@@ -180,7 +180,7 @@ def test_environ_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None
 )
 def test_bind_forms(text: str, expected: TcpBind | UnixBind) -> None:
     assert parse_bind(text) == expected
-    assert str(expected) == text  # the form hypercorn's bind takes
+    assert str(expected) == text  # the form the config takes
     assert parse(f"api: {{bind: '{text}'}}").api.bind == expected
 
 

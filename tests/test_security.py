@@ -21,12 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import yaml
 from dev8_harness import (
     NO_BACKOFF,
     Dev8Run,
+    free_port,
     open_dev8,
     python_service,
     run_cli,
@@ -35,7 +37,7 @@ from dev8_harness import (
 from test_chaos import descendants
 
 from actors import ChildContext, ChildSpec, EventBus, Supervisor
-from dev8.api import create_app
+from dev8.api import create_app, serve_api
 from dev8.control import Control
 
 TOKEN = "sec-token-5b0c3f6e9a1d4e27"
@@ -245,7 +247,8 @@ async def assert_events_refused(dev8: Dev8Run, headers: dict[str, str]) -> None:
 # -- constant time --------------------------------------------------------------------------
 
 
-async def _app_with_token(nursery: trio.Nursery) -> Any:
+async def _api_with_token(nursery: trio.Nursery) -> str:
+    """The app with a token, served on a loopback port: its URL."""
     bus = EventBus()
 
     async def idle(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
@@ -256,14 +259,18 @@ async def _app_with_token(nursery: trio.Nursery) -> Any:
     root = Supervisor("dev8", [services.child_spec()], bus=bus)
     await nursery.start(root.run)
     control = Control(bus=bus, root=root, services=services, environment_id="e", user_id="u")
-    return create_app(control, token=TOKEN)
+    app = create_app(control, token=TOKEN)
+    ctx = ChildContext(name="api", path="dev8/api", attempt=0, publish=bus.publish)
+    started = await nursery.start(serve_api, ctx, app, f"127.0.0.1:{free_port()}")
+    url: str = started["binds"][0]
+    return url
 
 
 async def test_tokens_are_compared_with_hmac_compare_digest(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every check goes through hmac.compare_digest, whatever the length or prefix offered."""
-    app = await _app_with_token(nursery)
+    url = await _api_with_token(nursery)
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 
@@ -272,14 +279,14 @@ async def test_tokens_are_compared_with_hmac_compare_digest(
         return real(a, b)
 
     monkeypatch.setattr(hmac, "compare_digest", spy)
-    client = app.test_client()
     offered = ["x", "wrong-but-the-same-length!", TOKEN[:-1] + "0", TOKEN + "extra", TOKEN]
     statuses = []
-    for token in offered:
-        response = await client.post(
-            "/services/web/restart", headers={"Authorization": f"Bearer {token}"}
-        )
-        statuses.append(response.status_code)
+    async with httpx.AsyncClient(base_url=url) as client:
+        for token in offered:
+            response = await client.post(
+                "/services/web/restart", headers={"Authorization": f"Bearer {token}"}
+            )
+            statuses.append(response.status_code)
     assert statuses == [401, 401, 401, 401, 200]
     # One constant-time comparison per request, on bytes, against the real token.
     assert [b for _a, b in calls] == [TOKEN.encode()] * len(offered)

@@ -1,42 +1,33 @@
-"""``create_app``: the Quart-Trio application over a ``Control``."""
+"""``create_app``: the management API's routes over a ``Control``."""
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import hmac
 import json
-import os
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST
-from quart import Response, request, websocket
-from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
 
 from actors import Envelope, SubscriberLagged, Subscription
 
 from ..config import ConfigError
 from ..control import Control, NotAvailable, UnknownService
-from ..metrics import make_registry, render
 from ._chaos import CHAOS_PATHS, register_chaos
+from ._http import App, Request, Response, WebSocket, error_response, json_response, text_frame
 from ._openapi import openapi_document
 
 #: Websocket close code for a subscriber that fell behind (private range 4000-4999).
 CLOSE_LAGGED = 4001
+#: How long a subscriber cut off for lagging has to read the rest of its last write and the close.
+LAGGED_CLOSE_GRACE = 5.0
 MAX_LOG_LINES = 1000
+#: At most this many queued events go out in one socket write to a subscriber.
+MAX_BATCH = 64
 
-Handler = Callable[..., Awaitable[Any]]
-
-
-def json_response(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body), status=status, content_type="application/json")
-
-
-def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
-    return json_response({"error": {"code": code, "message": message, **extra}}, status)
+Handler = Callable[..., Awaitable[Response]]
 
 
 def unknown_service(error: UnknownService) -> Response:
@@ -47,15 +38,14 @@ def unknown_service(error: UnknownService) -> Response:
 
 def create_app(
     control: Control, *, token: str | None = None, open_changes: bool = True, chaos: bool = False
-) -> QuartTrio:
+) -> App:
     """Build the app.
 
     ``token``: when set, state-changing endpoints and the event stream need
     ``Authorization: Bearer TOKEN``. ``open_changes``: whether changes are allowed without a token
     (only when the API listens on loopback or a Unix socket).
     """
-    app = QuartTrio(__name__, root_path=os.path.dirname(__file__))
-    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    app = App()
 
     def authorized(header: str | None) -> bool:
         if token is None:
@@ -65,8 +55,8 @@ def create_app(
         return hmac.compare_digest(header[len("Bearer ") :].encode(), token.encode())
 
     def guarded(handler: Handler) -> Handler:
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not authorized(request.headers.get("Authorization")):
+        async def wrapper(request: Request, **params: str) -> Response:
+            if not authorized(request.headers.get("authorization")):
                 if token is None:
                     return error_response(
                         403,
@@ -74,15 +64,14 @@ def create_app(
                         "changes need a token when the API listens beyond loopback",
                     )
                 return error_response(401, "unauthorized", "missing or wrong bearer token")
-            body = await request.get_data(as_text=False)
-            if body.strip():
+            if request.body.strip():
                 try:
-                    parsed = json.loads(body)
+                    parsed = json.loads(request.body)
                 except ValueError:
                     return error_response(400, "bad_request", "the body is not valid JSON")
                 if not isinstance(parsed, dict):
                     return error_response(400, "bad_request", "the body must be a JSON object")
-            return await handler(*args, **kwargs)
+            return await handler(request, **params)
 
         wrapper.__name__ = handler.__name__
         return wrapper
@@ -91,72 +80,72 @@ def create_app(
     _register_actions(app, control, guarded)
     if chaos:  # fault injection, for test rigs only (config: chaos.enabled)
         register_chaos(app, control, guarded)
+    frames = _FrameCache()
 
     @app.websocket("/events")
-    async def events() -> None:
+    async def events(request: Request, socket: WebSocket) -> None:
         # Browsers cannot set headers on a websocket: the dashboard passes ?token= instead.
-        header = websocket.headers.get("Authorization")
-        if header is None and "token" in websocket.args:
-            header = f"Bearer {websocket.args['token']}"
+        header = request.headers.get("authorization")
+        if header is None and "token" in request.query:
+            header = f"Bearer {request.query['token']}"
         if token is not None and not authorized(header):
-            await websocket.close(1008, "missing or wrong bearer token")
+            socket.reject(error_response(401, "unauthorized", "missing or wrong bearer token"))
             return
-        await stream_events(control)
+        await stream_events(control, request, socket, frames)
 
     return app
 
 
-def _register_reads(app: QuartTrio, control: Control, *, chaos: bool = False) -> None:
+def _register_reads(app: App, control: Control, *, chaos: bool = False) -> None:
     """Read-only endpoints: open to probes and dashboards."""
-    registry = make_registry(control)
-
-    @app.errorhandler(HTTPException)
-    async def http_error(error: HTTPException) -> Response:
-        code = (error.name or "error").lower().replace(" ", "_")
-        response = error_response(error.code or 500, code, error.description or code)
-        for name, value in error.get_headers():
-            if name.lower() != "content-type":
-                response.headers[name] = value  # Allow on a 405 (RFC 9110)
-        return response
+    registry: Any = None
 
     @app.get("/")
-    async def dashboard() -> Response:
-        page = resources.files("dev8.api").joinpath("dashboard.html").read_text("utf-8")
-        return Response(page, content_type="text/html; charset=utf-8")
+    async def dashboard(request: Request) -> Response:
+        page = resources.files("dev8.api").joinpath("dashboard.html").read_bytes()
+        return Response(200, page, "text/html; charset=utf-8")
 
     @app.get("/openapi.json")
-    async def openapi() -> Response:
+    async def openapi(request: Request) -> Response:
         document = openapi_document()
         if chaos:
             document["paths"].update(CHAOS_PATHS)
         return json_response(document)
 
     @app.get("/health")
-    async def health() -> Response:
+    async def health(request: Request) -> Response:
         healthy, body = control.health()
         return json_response(body, 200 if healthy else 503)
 
     @app.get("/ready")
-    async def ready() -> Response:
+    async def ready(request: Request) -> Response:
         is_ready, body = control.ready()
         return json_response(body, 200 if is_ready else 503)
 
     @app.get("/status")
-    async def status() -> Response:
+    async def status(request: Request) -> Response:
         return json_response(control.status())
 
     @app.get("/connections")
-    async def connections() -> Response:
+    async def connections(request: Request) -> Response:
         return json_response(control.connections())
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(render(registry), content_type=CONTENT_TYPE_LATEST)
+    async def metrics(request: Request) -> Response:
+        # prometheus_client is imported on the first scrape, not at start-up.
+        from prometheus_client import CONTENT_TYPE_LATEST  # noqa: PLC0415
 
-    @app.get("/services/<name>/logs")
-    async def logs(name: str) -> Response:
-        text = request.args.get("lines", "100")
-        since = request.args.get("since", "0")
+        from ..metrics import make_registry, render  # noqa: PLC0415
+
+        nonlocal registry
+        if registry is None:
+            registry = make_registry(control)
+        return Response(200, render(registry), CONTENT_TYPE_LATEST)
+
+    @app.get("/services/{name}/logs")
+    async def logs(request: Request, name: str) -> Response:
+        text = request.query.get("lines", "100")
+        since = request.query.get("since", "0")
         if not text.isdigit() or not 1 <= int(text) <= MAX_LOG_LINES:
             return error_response(
                 400, "bad_request", f"lines must be a whole number from 1 to {MAX_LOG_LINES}"
@@ -170,9 +159,7 @@ def _register_reads(app: QuartTrio, control: Control, *, chaos: bool = False) ->
         return json_response({"service": name, "lines": lines})
 
 
-def _register_actions(
-    app: QuartTrio, control: Control, guarded: Callable[[Handler], Handler]
-) -> None:
+def _register_actions(app: App, control: Control, guarded: Callable[[Handler], Handler]) -> None:
     """State-changing endpoints: each behind ``guarded`` (token and body checks)."""
 
     async def act(name: str, action: Callable[[str], Awaitable[Any]]) -> Response:
@@ -184,29 +171,29 @@ def _register_actions(
             {"service": name, "state": node.state.value, "restarts": node.restarts}
         )
 
-    @app.post("/restart/<service>")
+    @app.post("/restart/{service}")
     @guarded
-    async def restart(service: str) -> Response:
+    async def restart(request: Request, service: str) -> Response:
         return await act(service, control.restart_service)
 
-    @app.post("/services/<name>/restart")
+    @app.post("/services/{name}/restart")
     @guarded
-    async def restart_service(name: str) -> Response:
+    async def restart_service(request: Request, name: str) -> Response:
         return await act(name, control.restart_service)
 
-    @app.post("/services/<name>/stop")
+    @app.post("/services/{name}/stop")
     @guarded
-    async def stop_service(name: str) -> Response:
+    async def stop_service(request: Request, name: str) -> Response:
         return await act(name, control.stop_service)
 
-    @app.post("/services/<name>/start")
+    @app.post("/services/{name}/start")
     @guarded
-    async def start_service(name: str) -> Response:
+    async def start_service(request: Request, name: str) -> Response:
         return await act(name, control.start_service)
 
     @app.post("/reload")
     @guarded
-    async def reload() -> Response:
+    async def reload(request: Request) -> Response:
         try:
             return json_response(await control.reload())
         except ConfigError as error:
@@ -216,20 +203,38 @@ def _register_actions(
 
     @app.post("/secrets/refresh")
     @guarded
-    async def refresh_secrets() -> Response:
+    async def refresh_secrets(request: Request) -> Response:
         try:
             return json_response(await control.refresh_secrets())
         except NotAvailable as error:
             return error_response(409, "not_available", str(error))
 
 
-async def stream_events(control: Control) -> None:
+class _FrameCache:
+    """Each event's websocket frame, built once for however many subscribers send it."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._frames: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._size = size
+
+    def __call__(self, envelope: Envelope) -> bytes:
+        frame = self._frames.get(envelope.seq)
+        if frame is None:
+            frame = self._frames[envelope.seq] = text_frame(envelope.json)
+            if len(self._frames) > self._size:
+                self._frames.popitem(last=False)
+        return frame
+
+
+async def stream_events(
+    control: Control, request: Request, socket: WebSocket, frames: _FrameCache
+) -> None:
     """One websocket subscriber: optional resume point and filters from the query string."""
-    since_text = websocket.args.get("since")
-    kinds = {k for k in websocket.args.get("kind", "").split(",") if k}
-    services = {s for s in websocket.args.get("service", "").split(",") if s}
+    since_text = request.query.get("since")
+    kinds = {k for k in request.query.get("kind", "").split(",") if k}
+    services = {s for s in request.query.get("service", "").split(",") if s}
     if since_text is not None and not since_text.isdigit():
-        await websocket.close(1008, "since must be a whole number")
+        socket.reject(error_response(400, "bad_request", "since must be a whole number"))
         return
     since = int(since_text) if since_text is not None else None
 
@@ -244,30 +249,50 @@ async def stream_events(control: Control) -> None:
 
     # Subscribe before accepting: a client that sees the handshake complete misses nothing after.
     with control.bus.subscribe(since=since, accept=accept) as subscription:
-        await websocket.accept()
+        await socket.accept()
         control.websocket_clients += 1
         try:
-            await _send_events(control, subscription)
+            async with trio.open_nursery() as nursery:
+
+                async def until_closed() -> None:
+                    await socket.wait_closed()  # the client's close, pings, or hang-up
+                    nursery.cancel_scope.cancel()
+
+                async def until_lagged() -> None:
+                    await subscription.wait_lagged()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(until_closed)
+                nursery.start_soon(until_lagged)
+                await _send_events(control, subscription, socket, frames)
+                nursery.cancel_scope.cancel()
         finally:
             control.websocket_clients -= 1
+    if subscription.lagged and socket.close_code is None:
+        with trio.move_on_after(LAGGED_CLOSE_GRACE):
+            await socket.close(
+                CLOSE_LAGGED, f"fell behind; resume with since={subscription.last_seq}"
+            )
 
 
-async def _send_events(control: Control, subscription: Subscription) -> None:
+async def _send_events(
+    control: Control, subscription: Subscription, socket: WebSocket, frames: _FrameCache
+) -> None:
+    """Send what is queued in batches: one socket write for everything pending, up to a cap."""
     if subscription.missed:
         resync = {"kind": "resync", "seq": control.bus.last_seq, "data": control.status()}
-        await websocket.send(json.dumps(resync))
-    async with trio.open_nursery() as nursery:
-
-        async def drop_when_lagged() -> None:
-            await subscription.wait_lagged()
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(drop_when_lagged)
-        with contextlib.suppress(SubscriberLagged):
-            async for envelope in subscription:
-                await websocket.send(json.dumps(envelope.to_dict()))
-        nursery.cancel_scope.cancel()
-    if subscription.lagged:
-        await websocket.close(
-            CLOSE_LAGGED, f"fell behind; resume with since={subscription.last_seq}"
-        )
+        await socket.send_text(json.dumps(resync))
+    try:
+        async for envelope in subscription:
+            batch = [frames(envelope)]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(frames(subscription.receive_nowait()))
+                except trio.WouldBlock:
+                    break
+                except (SubscriberLagged, trio.EndOfChannel):
+                    await socket.send_frames(b"".join(batch))
+                    raise
+            await socket.send_frames(b"".join(batch))
+    except (SubscriberLagged, trio.EndOfChannel):
+        return

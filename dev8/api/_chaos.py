@@ -6,21 +6,19 @@ Registered by ``create_app`` when ``chaos.enabled`` is true; absent (404) otherw
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
-from quart import Response, request
-from quart_trio import QuartTrio
 
 from actors import ChildState
 
 from .. import chaos
 from ..control import Control, UnknownService
+from ._http import App, Request, Response, error_response, json_response
 from ._openapi import error_content, json_content
 
-Handler = Callable[..., Awaitable[Any]]
+Handler = Callable[..., Awaitable[Response]]
 
 #: Crashing the API's own actor cancels the request that asked for it: that one is answered
 #: first (202) and crashed a moment later.
@@ -29,17 +27,17 @@ _SELF_CRASH_DELAY = 0.1
 
 
 def register_chaos(
-    app: QuartTrio,
+    app: App,
     control: Control,
     guarded: Callable[[Handler], Handler],
     *,
     api_path: str = API_PATH,
 ) -> None:
-    """Add ``POST /chaos/actors/<path>/crash`` and ``POST /chaos/services/<name>/signal``."""
+    """Add ``POST /chaos/actors/{path}/crash`` and ``POST /chaos/services/{name}/signal``."""
 
-    @app.post("/chaos/actors/<path:path>/crash")
+    @app.post("/chaos/actors/{path:path}/crash")
     @guarded
-    async def chaos_crash_actor(path: str) -> Response:
+    async def chaos_crash_actor(request: Request, path: str) -> Response:
         node = chaos.find_actor(control, path)
         if path == api_path and node is not None:
             if node.state is not ChildState.RUNNING:
@@ -49,7 +47,7 @@ def register_chaos(
                 await trio.sleep(_SELF_CRASH_DELAY)
                 await chaos.crash_actor(control, path)
 
-            app.add_background_task(crash_later)
+            app.start_soon(crash_later)
             return json_response(
                 {"path": path, "state": node.state.value, "restarts": node.restarts}, 202
             )
@@ -63,11 +61,11 @@ def register_chaos(
             {"path": path, "state": status.state.value, "restarts": status.restarts}
         )
 
-    @app.post("/chaos/services/<name>/signal")
+    @app.post("/chaos/services/{name}/signal")
     @guarded
-    async def chaos_signal_service(name: str) -> Response:
+    async def chaos_signal_service(request: Request, name: str) -> Response:
         try:
-            signum = chaos.parse_signal(request.args.get("signal", ""))
+            signum = chaos.parse_signal(request.query.get("signal", ""))
         except chaos.BadSignal as error:
             return error_response(400, "bad_request", str(error))
         try:
@@ -80,15 +78,6 @@ def register_chaos(
             return _not_running(error)
         signalled = signum.name.removeprefix("SIG")
         return json_response({"service": name, "signal": signalled, "pid": pid})
-
-
-# Not imported from ._app, which imports this module.
-def json_response(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body), status=status, content_type="application/json")
-
-
-def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
-    return json_response({"error": {"code": code, "message": message, **extra}}, status)
 
 
 def _not_running(error: chaos.NotRunning) -> Response:
