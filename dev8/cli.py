@@ -9,22 +9,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 import dev8
 
-from .client import (
-    RETRY_DELAYS,
-    ApiClient,
-    ApiError,
-    Target,
-    Unreachable,
-    UsageError,
-    follow_events,
-    locate,
-)
+if TYPE_CHECKING:  # the client (httpx, trio-websocket) is imported only by operator commands
+    from .client import ApiClient, Target
 from .config import DEFAULT_CONFIG_PATH, ConfigError, config_to_dict, load_config
 
 EXIT_FAILED = 1
@@ -84,9 +76,9 @@ def _add_operator_commands(commands: Any) -> None:
     events.add_argument(
         "--retries",
         type=_whole,
-        default=len(RETRY_DELAYS),
+        default=None,
         metavar="N",
-        help=f"reconnection attempts before giving up (default {len(RETRY_DELAYS)})",
+        help="reconnection attempts before giving up (default: one per step of the back-off)",
     )
     commands.add_parser("reload", parents=[api], help="re-read the config file")
     secrets = commands.add_parser("secrets", help="act on the secrets")
@@ -166,6 +158,8 @@ def _run(path: str) -> int:
 
 def _operate(args: argparse.Namespace) -> int:
     """Run one operator command; every failure is one line on stderr and a non-zero exit."""
+    from .client import ApiClient, ApiError, UsageError, locate  # noqa: PLC0415 - see above
+
     try:
         target = locate(api=args.api, config=args.config, token_file=args.token_file)
         if args.command == "events":
@@ -202,6 +196,8 @@ def _act(client: ApiClient, args: argparse.Namespace) -> int:
 
 
 def _logs(client: ApiClient, args: argparse.Namespace) -> int:
+    from .client import RETRY_DELAYS, Unreachable  # noqa: PLC0415 - see the imports
+
     last = 0
     for entry in client.logs(args.name, lines=args.lines):
         print(entry["line"], flush=True)
@@ -241,6 +237,8 @@ def _secrets(client: ApiClient, _args: argparse.Namespace) -> int:
 
 
 def _chaos(client: ApiClient, args: argparse.Namespace) -> int:
+    from .client import ApiError  # noqa: PLC0415 - see the imports
+
     try:
         if args.chaos_command == "crash":
             result = client.chaos_crash(args.path)
@@ -270,6 +268,10 @@ _COMMANDS: dict[str, Callable[[ApiClient, argparse.Namespace], int]] = {
 
 
 def _events(target: Target, args: argparse.Namespace) -> int:
+    from .client import RETRY_DELAYS, follow_events  # noqa: PLC0415 - see the imports
+
+    retries = len(RETRY_DELAYS) if args.retries is None else args.retries
+
     def emit(event: dict[str, Any]) -> None:
         line = format_event(event) if args.pretty else json.dumps(event)
         print(line, flush=True)
@@ -281,7 +283,7 @@ def _events(target: Target, args: argparse.Namespace) -> int:
             since=args.since,
             kinds=args.kind,
             services=args.service,
-            retry_delays=[RETRY_DELAYS[min(i, len(RETRY_DELAYS) - 1)] for i in range(args.retries)],
+            retry_delays=[RETRY_DELAYS[min(i, len(RETRY_DELAYS) - 1)] for i in range(retries)],
         )
 
     trio.run(follow)

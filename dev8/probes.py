@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
-import httpx
 import trio
 
 from .config import ProbeConfig, ProbeType
@@ -28,10 +27,9 @@ __all__ = [
 ]
 
 #: What a failing check may raise; anything else is a bug and is not hidden as "unhealthy".
-_CHECK_FAILURES = (
+#: httpx's errors join on the first HTTP probe: it is imported then, not at dev8's start-up.
+_CHECK_FAILURES: tuple[type[BaseException], ...] = (
     OSError,
-    httpx.HTTPError,
-    httpx.InvalidURL,
     SshBannerError,
     trio.BrokenResourceError,
 )
@@ -80,8 +78,18 @@ async def _check_process(probe: ProbeConfig, pid: int | None) -> tuple[bool, str
     return True, f"process {pid} is alive ({state})"
 
 
+def _httpx() -> Any:
+    global _CHECK_FAILURES  # noqa: PLW0603 - widened once, on first use
+    import httpx  # noqa: PLC0415 - lazy: see _CHECK_FAILURES
+
+    if httpx.HTTPError not in _CHECK_FAILURES:
+        _CHECK_FAILURES = (*_CHECK_FAILURES, httpx.HTTPError, httpx.InvalidURL)
+    return httpx
+
+
 async def _check_http(probe: ProbeConfig, pid: int | None) -> tuple[bool, str]:
     assert probe.url is not None  # the config requires it for this type
+    httpx = _httpx()
     async with httpx.AsyncClient(
         verify=_unverified_tls(),
         trust_env=False,  # a proxy from the environment must not stand in for the service

@@ -11,6 +11,7 @@ size, idle and request deadlines, and how many connections are held at once.
 from __future__ import annotations
 
 import errno
+import http
 import json
 import logging
 import re
@@ -38,6 +39,7 @@ MAX_CONNECTIONS = 4096
 _RECEIVE = 64 * 1024
 _ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _SERVER = [("server", "dev8")]
+_REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 
 
 @attrs.frozen
@@ -94,9 +96,17 @@ def _compile(pattern: str) -> re.Pattern[str]:
 class App:
     """Routes: ``{name}`` matches one path segment, ``{name:path}`` the rest of the path."""
 
-    def __init__(self, *, max_body: int = MAX_BODY) -> None:
+    def __init__(
+        self,
+        *,
+        max_body: int = MAX_BODY,
+        keep_alive: float = KEEP_ALIVE,
+        request_deadline: float = REQUEST_DEADLINE,
+    ) -> None:
         self.routes: list[Route] = []
         self.max_body = max_body
+        self.keep_alive = keep_alive
+        self.request_deadline = request_deadline
         self._nursery: trio.Nursery | None = None
 
     def route(self, method: str, pattern: str) -> Callable[[Handler], Handler]:
@@ -185,11 +195,30 @@ class App:
     async def _connection(self, stream: trio.abc.Stream, slots: trio.Semaphore) -> None:
         try:
             async with stream:
-                await _HttpConnection(self, stream).run()
+                connection = _HttpConnection(self, stream)
+                await connection.run()
+                if connection.refused:
+                    await _linger(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away
         finally:
             slots.release()
+
+
+async def _linger(stream: trio.abc.Stream, limit: int = 1 << 20) -> None:
+    """Half-close, then discard what the client still sends for a moment.
+
+    Closing with unread input makes the kernel send a reset, which can destroy the refusal we
+    just wrote before the client reads it.
+    """
+    with trio.move_on_after(1):
+        await stream.send_eof()  # type: ignore[attr-defined]
+        discarded = 0
+        while discarded < limit:
+            data = await stream.receive_some(_RECEIVE)
+            if not data:
+                return
+            discarded += len(data)
 
 
 class _Closed(Exception):
@@ -202,11 +231,13 @@ class _HttpConnection:
         self.stream = stream
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self._head_only = False
+        #: Answered with a refusal while the client may still be sending.
+        self.refused = False
 
     async def run(self) -> None:
         try:
             while True:
-                with trio.move_on_after(KEEP_ALIVE) as idle:
+                with trio.move_on_after(self.app.keep_alive) as idle:
                     event = await self._next_event()
                 if idle.cancelled_caught or not isinstance(event, h11.Request):
                     return  # idle too long, or the client hung up
@@ -242,7 +273,7 @@ class _HttpConnection:
             return _too_large(self.app.max_body)
         chunks: list[bytes] = []
         size = 0
-        with trio.move_on_after(REQUEST_DEADLINE):
+        with trio.move_on_after(self.app.request_deadline):
             while True:
                 event = await self._next_event()
                 if isinstance(event, h11.Data):
@@ -293,7 +324,11 @@ class _HttpConnection:
         ]
         if close:
             headers.append(("connection", "close"))
-        data = self.conn.send(h11.Response(status_code=response.status, headers=headers))
+            self.refused = response.status >= 400
+        reason = _REASONS.get(response.status, b"")
+        data = self.conn.send(
+            h11.Response(status_code=response.status, headers=headers, reason=reason)
+        )
         if not self._head_only and response.body:
             data += self.conn.send(h11.Data(data=response.body))
         data += self.conn.send(h11.EndOfMessage())
