@@ -3,7 +3,8 @@
 All decisions happen in one place, serialized by a lock: child exits (reported by the task that
 ran the child) and commands (from the mailbox). A child runs in a shielded cancel scope of its own,
 so a supervisor being stopped does not cancel all its children at once: it stops them one by one,
-in reverse start order, each with its own shutdown ladder.
+in reverse start order, each with its own shutdown ladder (or all at once, each with its own ladder,
+with ``parallel_shutdown`` for children that do not depend on one another).
 """
 
 from __future__ import annotations
@@ -191,8 +192,13 @@ class Supervisor:
         intensity: Intensity = Intensity(),
         rng: random.Random | None = None,
         mailbox_capacity: int = 64,
+        parallel_shutdown: bool = False,
     ) -> None:
+        """``parallel_shutdown``: on shutdown stop every child at once rather than one by one in
+        reverse start order (OTP's rule, for children that depend on those started before them),
+        so a shutdown takes the longest child's shutdown timeout, not their sum."""
         self.name = name
+        self.parallel_shutdown = parallel_shutdown
         self.strategy = strategy
         self.intensity = intensity
         self._bus = bus
@@ -263,6 +269,8 @@ class Supervisor:
     ) -> ChildSpec:
         """This supervisor as a child of another one."""
         if shutdown_timeout is None:
+            # The sum even for a parallel shutdown: children added at runtime may need more than
+            # the longest of today's, and a generous budget costs nothing (it is only a bound).
             shutdown_timeout = sum(c.spec.shutdown_timeout for c in self._children.values()) + 1
         return ChildSpec(
             name=self.name,
@@ -705,9 +713,18 @@ class Supervisor:
         self._publish(ChildStopped(source=self._child_path(child), child=child.spec.name))
 
     async def _stop_all(self) -> None:
-        for child in reversed(list(self._children.values())):
-            if child.state is ChildState.STOPPING:
-                # A stop that our own cancellation interrupted: finish it by its deadline.
-                await self._finish_stop(child)
-            else:
-                await self._stop(child, reason="shutdown")
+        children = list(reversed(self._children.values()))
+        if not self.parallel_shutdown:
+            for child in children:
+                await self._shutdown_one(child)
+            return
+        async with trio.open_nursery() as nursery:
+            for child in children:
+                nursery.start_soon(self._shutdown_one, child)
+
+    async def _shutdown_one(self, child: _Child) -> None:
+        if child.state is ChildState.STOPPING:
+            # A stop that our own cancellation interrupted: finish it by its deadline.
+            await self._finish_stop(child)
+        else:
+            await self._stop(child, reason="shutdown")

@@ -127,6 +127,9 @@ class Dev8:
             bus=self.bus,
             intensity=intensity_of(config.supervisor.intensity),
             rng=self.rng,
+            # Services do not depend on each other: stopping them one by one only adds up
+            # their stop timeouts.
+            parallel_shutdown=True,
         )
         self.factory.services = self.services
         probers = [self.factory.prober_spec(name, config) for name in enabled]

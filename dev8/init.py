@@ -2,9 +2,10 @@
 
 A container's PID 1 (or a subreaper) inherits every orphan and must reap it, or zombies pile up.
 The hazard is reaping a child that trio spawned and is about to wait for: CPython then reports
-exit status 0 for it. So the reaper only collects zombies whose pid is *not* ours, found by
-scanning `/proc`, and reaps nothing at all while a spawn is in flight (trio's `open_process` runs
-`Popen` in a worker thread, so a child can exit before its pid is known to us).
+exit status 0 for it. So the reaper only collects zombies whose pid is *not* ours, found in
+`/proc` (our threads' `children` files), and reaps nothing at all while a spawn is in flight
+(trio's `open_process` runs `Popen` in a worker thread, so a child can exit before its pid is
+known to us).
 
 Everything here runs in the trio thread: the scan-and-reap step has no checkpoint, so no spawn can
 start in the middle of it.
@@ -59,6 +60,8 @@ _PR_SET_CHILD_SUBREAPER = 36
 _FD_LIMIT_CEILING = 1 << 20
 _POLL_INTERVAL = 0.02
 _GONE_STATES = frozenset({"Z", "X", "x"})
+#: Reads of the threads' children files before giving up on them for the full scan.
+_CHILDREN_READ_ATTEMPTS = 3
 
 
 class OwnPids:
@@ -200,10 +203,10 @@ def is_pid1() -> bool:
     return os.getpid() == 1
 
 
-def _read_stat(pid: int) -> tuple[str, int] | None:
+def _read_stat(pid: int, proc: str = "/proc") -> tuple[str, int] | None:
     """(state, ppid) of `pid`, or None if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
@@ -214,22 +217,68 @@ def _read_stat(pid: int) -> tuple[str, int] | None:
     return fields[0].decode(), int(fields[1])
 
 
-def _all_stats() -> dict[int, tuple[str, int]]:
+def _all_stats(proc: str = "/proc") -> dict[int, tuple[str, int]]:
     stats: dict[int, tuple[str, int]] = {}
-    with os.scandir("/proc") as entries:
+    with os.scandir(proc) as entries:
         for entry in entries:
             if entry.name.isdigit():
                 pid = int(entry.name)
-                st = _read_stat(pid)
+                st = _read_stat(pid, proc)
                 if st is not None:
                     stats[pid] = st
     return stats
 
 
-def list_zombie_children() -> list[int]:
-    """Pids of our children that are zombies, from /proc (no wait call: nothing is reaped)."""
+def _read_children(proc: str, tid: str) -> list[int]:
+    with open(f"{proc}/self/task/{tid}/children", "rb") as f:
+        return [int(pid) for pid in f.read().split()]
+
+
+def _own_children(proc: str) -> set[int] | None:
+    """Our children, from each thread's ``children`` file; None if the kernel has no such file.
+
+    A child is listed under the thread that forked it (trio spawns from worker threads), zombies
+    included until reaped; when a thread exits, its children move to another thread without any
+    SIGCHLD. So every thread is read, and the whole read again if the set of threads changed
+    meanwhile: children moving under our feet could otherwise be missed until the next SIGCHLD.
+    """
+    main = str(os.getpid())
+    for _attempt in range(_CHILDREN_READ_ATTEMPTS):
+        try:
+            tasks = os.listdir(f"{proc}/self/task")
+            found = set(_read_children(proc, main))
+        except FileNotFoundError:
+            return None  # no CONFIG_PROC_CHILDREN (or no /proc): scan instead
+        try:
+            for tid in tasks:
+                if tid != main:
+                    found.update(_read_children(proc, tid))
+        except FileNotFoundError:
+            continue  # that thread just exited: its children moved to another one
+        if set(os.listdir(f"{proc}/self/task")) == set(tasks):
+            return found
+    return None  # threads keep coming and going: the scan cannot miss anything
+
+
+def list_zombie_children(*, proc: str = "/proc") -> list[int]:
+    """Pids of our children that are zombies, from /proc (no wait call: nothing is reaped).
+
+    Reads only our own children (one small file per thread, then each child's stat) rather than
+    every process in view: the full scan cost 2-9 ms per SIGCHLD with 90-150 processes, on the
+    event loop, before each restart. Kernels without the ``children`` files get the full scan.
+    """
     me = os.getpid()
-    return sorted(pid for pid, (state, ppid) in _all_stats().items() if state == "Z" and ppid == me)
+    children = _own_children(proc)
+    if children is None:
+        stats = _all_stats(proc).items()
+        return sorted(pid for pid, (state, ppid) in stats if state == "Z" and ppid == me)
+    zombies = []
+    for pid in children:
+        st = _read_stat(pid, proc)
+        # The ppid check guards against a pid reaped and reused since the children were read.
+        if st is not None and st[0] == "Z" and st[1] == me:
+            zombies.append(pid)
+    return sorted(zombies)
 
 
 def list_descendants(root: int) -> list[int]:

@@ -842,6 +842,81 @@ async def test_supervisor_shutdown_during_a_stop_still_kills_the_hanging_child(
     assert tree.now() == 3
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+async def test_shutdown_of_children_ignoring_cancel_serial_by_default_parallel_on_request(
+    autojump_clock: trio.testing.MockClock, parallel: bool
+) -> None:
+    """Two children that ignore cancellation for their whole shutdown timeout: one after the
+    other, in reverse order, by default (OTP's rule); at once with ``parallel_shutdown``."""
+    tree = Tree()
+    a = tree.worker("a", then=Life(cleanup=HANG))
+    b = tree.worker("b", then=Life(cleanup=HANG))
+    specs = [a.spec(shutdown_timeout=2), b.spec(shutdown_timeout=2)]
+    sup = tree.supervisor("sup", specs, parallel_shutdown=parallel)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        nursery.cancel_scope.cancel()
+    if parallel:
+        assert tree.now() == 2  # one shutdown timeout, not two
+        assert sorted(tree.since(0)[4:]) == [
+            (0, "a", "cancelled"),
+            (0, "b", "cancelled"),
+            (2, "a", "killed"),
+            (2, "b", "killed"),
+        ]
+        assert sorted(tree.rec.steps("child_stopping", "child_killed", "child_stopped")) == [
+            (0, "child_stopping", "a"),
+            (0, "child_stopping", "b"),
+            (2, "child_killed", "a"),
+            (2, "child_killed", "b"),
+            (2, "child_stopped", "a"),
+            (2, "child_stopped", "b"),
+        ]
+    else:
+        assert tree.now() == 4
+        assert tree.since(0)[4:] == [
+            (0, "b", "cancelled"),
+            (2, "b", "killed"),
+            (2, "a", "cancelled"),
+            (4, "a", "killed"),
+        ]
+    exits = tree.rec.events(ChildExited)
+    assert sorted((e.child, e.reason, e.abnormal) for e in exits) == [
+        ("a", "shutdown", False),
+        ("b", "shutdown", False),
+    ]
+    assert states(sup.snapshot()) == {"a": "stopped", "b": "stopped"}
+    assert sup.snapshot().state is ChildState.STOPPED
+
+
+async def test_parallel_shutdown_lets_each_child_clean_up_by_its_own_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A child already being stopped keeps its deadline; the others get theirs from the
+    shutdown; a child that cleans up in time is not killed."""
+    tree = Tree()
+    hang = tree.worker("hang", then=Life(cleanup=HANG))
+    slow = tree.worker("slow", then=Life(cleanup=HANG))
+    tidy = tree.worker("tidy", then=Life(cleanup=1))
+    specs = [
+        hang.spec(shutdown_timeout=3),
+        slow.spec(shutdown_timeout=2.5),
+        tidy.spec(shutdown_timeout=5),
+    ]
+    sup = tree.supervisor("sup", specs, parallel_shutdown=True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        nursery.start_soon(sup.stop_child, "hang")
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert tree.now() == 3.5
+    assert tree.of("hang")[2:] == [(0, "cancelled"), (3, "killed")]
+    assert tree.of("slow")[2:] == [(1, "cancelled"), (3.5, "killed")]
+    assert tree.of("tidy")[2:] == [(1, "cancelled"), (2, "cleaned")]
+    assert sorted(k.child for k in tree.rec.events(ChildKilled)) == ["hang", "slow"]
+    assert states(sup.snapshot()) == {"hang": "stopped", "slow": "stopped", "tidy": "stopped"}
+
+
 # -- runtime changes -----------------------------------------------------------------------------
 
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import socket
+import struct
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import trio
 from dev8_harness import free_port
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actors import ChildContext, EventBus, Supervisor
 from dev8.connections import (
@@ -95,6 +99,158 @@ def test_own_socket_inodes_sees_a_new_socket() -> None:
     with socket.socket() as sock:
         inode = Path(f"/proc/self/fd/{sock.fileno()}").readlink().name
         assert int(inode[len("socket:[") : -1]) in own_socket_inodes()
+
+
+# --------------------------------------------------------------------------- what is read
+
+_AUDITED: list[tuple[str, str]] | None = None
+_AUDIT_HOOKED = False
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if _AUDITED is not None and event in ("open", "os.listdir", "os.scandir"):
+        _AUDITED.append((event, str(args[0])))
+
+
+@contextmanager
+def audited() -> Iterator[list[tuple[str, str]]]:
+    """The files opened and directories listed in the block, as CPython's audit events say.
+
+    An audit hook cannot be removed: it is installed once and records only inside this block.
+    """
+    global _AUDITED, _AUDIT_HOOKED  # noqa: PLW0603 - the hook outlives any one test
+    if not _AUDIT_HOOKED:
+        sys.addaudithook(_audit)
+        _AUDIT_HOOKED = True
+    seen: list[tuple[str, str]] = []
+    _AUDITED = seen
+    try:
+        yield seen
+    finally:
+        _AUDITED = None
+
+
+def fake_proc(root: Path, tcp: str, tcp6: str, own_inodes: Iterable[int]) -> Path:
+    """A /proc with these tables and these sockets open in ``self``: fd links as the kernel's."""
+    (root / "net").mkdir(parents=True)
+    (root / "net" / "tcp").write_text(tcp)
+    (root / "net" / "tcp6").write_text(tcp6)
+    fds = root / "self" / "fd"
+    fds.mkdir(parents=True)
+    (fds / "0").symlink_to("/dev/null")
+    (fds / "1").symlink_to("pipe:[4242]")
+    for fd, inode in enumerate(own_inodes, start=3):
+        (fds / str(fd)).symlink_to(f"socket:[{inode}]")
+    return root
+
+
+def test_with_no_port_watched_nothing_is_read(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path / "proc", TCP4, TCP6, [169506])
+    with audited() as seen:
+        assert read_connections({}, proc=str(proc)) == set()
+    assert [path for _, path in seen if path.startswith(str(proc))] == []
+    # Control: a watched port reads both tables, and dev8's sockets for the loopback clients.
+    with audited() as seen:
+        assert read_connections({40979: "web"}, proc=str(proc)) == {
+            Connection("web", 40979, "127.0.0.1:37444")
+        }
+    assert [entry for entry in seen if entry[1].startswith(str(proc))] == [
+        ("open", str(proc / "net" / "tcp")),
+        ("open", str(proc / "net" / "tcp6")),
+        ("os.listdir", str(proc / "self" / "fd")),
+    ]
+
+
+def test_nobody_connected_to_a_watched_port_leaves_our_sockets_unread(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path / "proc", TCP4, TCP6, [169506])
+    # 8080 has a TIME_WAIT row, 2024 a listener: nobody connected, no client end to look for.
+    with audited() as seen:
+        assert read_connections({8080: "code", 2024: "ssh"}, proc=str(proc)) == set()
+    assert [path for _, path in seen if path.startswith(str(proc))] == [
+        str(proc / "net" / "tcp"),
+        str(proc / "net" / "tcp6"),
+    ]
+
+
+def test_the_filtered_read_finds_what_the_full_parse_finds(tmp_path: Path) -> None:
+    own = [169506]
+    proc = fake_proc(tmp_path / "proc", TCP4, TCP6, own)
+    rows = parse_proc_net_tcp(TCP4) + parse_proc_net_tcp(TCP6)
+    # Watched: the server port; a client's ephemeral port (its rows are established too);
+    # ports with no connection; nothing known.
+    for ports in (
+        {40979: "web"},
+        {37914: "odd"},
+        {40979: "web", 37444: "x"},
+        {8080: "c"},
+        {1: "z"},
+    ):
+        expected = service_connections(rows, ports, own_inodes=own)
+        assert read_connections(ports, proc=str(proc)) == expected, ports
+    assert read_connections({37914: "odd"}, proc=str(proc)) == {
+        Connection("odd", 37914, "[::1]:40979")
+    }
+
+
+def _word(packed: bytes) -> str:
+    return "".join(f"{struct.unpack('=I', packed[i : i + 4])[0]:08X}" for i in range(0, 16, 4))
+
+
+def _kernel_address(ip: str) -> str:
+    """An address as /proc/net/tcp* prints it: 32-bit words in host byte order."""
+    if ":" in ip:
+        return _word(socket.inet_pton(socket.AF_INET6, ip))
+    return f"{struct.unpack('=I', socket.inet_aton(ip))[0]:08X}"
+
+
+def render_table(rows: Iterable[TcpRow]) -> str:
+    lines = ["  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid"]
+    for number, row in enumerate(rows):
+        lines.append(
+            f"{number:4d}: {_kernel_address(row.local_ip)}:{row.local_port:04X} "
+            f"{_kernel_address(row.remote_ip)}:{row.remote_port:04X} {row.state:02X} "
+            f"00000000:00000000 00:00000000 00000000     0        0 {row.inode} 1 0 20 4 30 10 -1"
+        )
+    return "\n".join(lines) + "\n"
+
+
+_PORTS = st.sampled_from([22, 2222, 8080, 0x1F90 + 1, 40000, 40001, 65535])
+_V4 = st.sampled_from(["127.0.0.1", "10.0.0.7", "0.0.0.0"])
+_V6 = st.sampled_from(["::1", "2001:db8::5", "::"])
+
+
+def _rows(ips: st.SearchStrategy[str]) -> st.SearchStrategy[list[TcpRow]]:
+    return st.lists(
+        st.builds(
+            TcpRow,
+            local_ip=ips,
+            local_port=_PORTS,
+            remote_ip=ips,
+            remote_port=_PORTS,
+            state=st.sampled_from([0x01, 0x01, 0x06, 0x0A]),
+            inode=st.integers(min_value=0, max_value=20),
+        ),
+        max_size=12,
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    v4=_rows(_V4),
+    v6=_rows(_V6),
+    ports=st.sets(_PORTS, max_size=3),
+    own=st.sets(st.integers(min_value=1, max_value=20), max_size=6),
+)
+def test_filtered_read_equals_the_full_parse_on_any_table(
+    v4: list[TcpRow], v6: list[TcpRow], ports: set[int], own: set[int]
+) -> None:
+    watched = {port: f"svc{port}" for port in ports}
+    with tempfile.TemporaryDirectory() as scratch:
+        proc = fake_proc(Path(scratch) / "proc", render_table(v4), render_table(v6), own)
+        rows = parse_proc_net_tcp(render_table(v4)) + parse_proc_net_tcp(render_table(v6))
+        assert rows == [*v4, *v6]  # the rendering is the kernel's format
+        expected = service_connections(rows, watched, own_inodes=own)
+        assert read_connections(watched, proc=str(proc)) == expected
 
 
 # --------------------------------------------------------------------------- virtual time

@@ -9,8 +9,10 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -330,6 +332,108 @@ async def test_final_sweep_returns_early_when_all_obey_sigterm() -> None:
 
 async def test_final_sweep_with_nothing_left() -> None:
     assert await final_sweep(grace=5.0, own=OwnPids()) == 0
+
+
+# -- finding our zombies without scanning /proc --------------------------------------------------
+
+_AUDITED: list[tuple[str, str]] | None = None
+_AUDIT_HOOKED = False
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if _AUDITED is not None and event in ("open", "os.listdir", "os.scandir"):
+        _AUDITED.append((event, str(args[0])))
+
+
+@contextmanager
+def audited() -> Iterator[list[tuple[str, str]]]:
+    """Files opened and directories listed in the block (CPython's audit events).
+
+    An audit hook cannot be removed: it is installed once and records only inside this block.
+    """
+    global _AUDITED, _AUDIT_HOOKED  # noqa: PLW0603 - the hook outlives any one test
+    if not _AUDIT_HOOKED:
+        sys.addaudithook(_audit)
+        _AUDIT_HOOKED = True
+    seen: list[tuple[str, str]] = []
+    _AUDITED = seen
+    try:
+        yield seen
+    finally:
+        _AUDITED = None
+
+
+def _main_thread_children() -> list[int]:
+    me = os.getpid()
+    return [int(p) for p in Path(f"/proc/self/task/{me}/children").read_text().split()]
+
+
+def _poll_sync(cond: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 5
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_zombies_are_found_under_every_thread_and_nothing_else_is_read() -> None:
+    """A child of a living worker thread is listed under that thread only (trio spawns from
+    worker threads); the child of a thread that has exited moved to another thread."""
+    spawned: list[subprocess.Popen[bytes]] = []
+    release = threading.Event()
+
+    def spawn_and_wait() -> None:
+        spawned.append(subprocess.Popen(["true"]))
+        release.wait(10)
+
+    def spawn_and_exit() -> None:
+        spawned.append(subprocess.Popen(["true"]))
+
+    worker = threading.Thread(target=spawn_and_wait)
+    worker.start()
+    gone = threading.Thread(target=spawn_and_exit)
+    gone.start()
+    gone.join()
+    try:
+        _poll_sync(lambda: len(spawned) == 2 and all(_is_zombie(p.pid) for p in spawned))
+        living, orphaned = spawned
+        assert living.pid not in _main_thread_children()  # only in the worker thread's file
+        with audited() as seen:
+            zombies = list_zombie_children()
+        assert zombies == sorted(p.pid for p in spawned)
+        # Our threads' children files and our children's stat, not every process in /proc.
+        assert ("os.scandir", "/proc") not in seen
+        stats = sorted(path for event, path in seen if path.endswith("/stat"))
+        assert stats == sorted(f"/proc/{p.pid}/stat" for p in spawned)
+        assert all(
+            path.startswith("/proc/self/task") for _, path in seen if not path.endswith("/stat")
+        )
+    finally:
+        release.set()
+        worker.join()
+        for p in spawned:
+            p.wait()
+    assert orphaned.returncode == living.returncode == 0
+    assert list_zombie_children() == []
+
+
+def test_without_children_files_the_whole_of_proc_is_scanned(tmp_path: Path) -> None:
+    """Kernels without CONFIG_PROC_CHILDREN: a /proc whose threads have no ``children`` file
+    (the processes themselves are the real ones, linked in)."""
+    child = subprocess.Popen(["true"])
+    try:
+        _poll_sync(lambda: _is_zombie(child.pid))
+        for task in os.listdir("/proc/self/task"):
+            (tmp_path / "self" / "task" / task).mkdir(parents=True)
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                (tmp_path / name).symlink_to(f"/proc/{name}")
+        with audited() as seen:
+            assert list_zombie_children(proc=str(tmp_path)) == [child.pid]
+        assert ("os.scandir", str(tmp_path)) in seen  # the full scan, not the children files
+        assert list_zombie_children() == [child.pid]  # the real /proc says the same
+    finally:
+        child.wait()
+    assert list_zombie_children(proc=str(tmp_path)) == []
 
 
 async def test_as_real_pid1() -> None:
