@@ -92,7 +92,8 @@ class Subscription:
             self._lot.unpark_all()
             return False
         self._pending.append(envelope)
-        self._lot.unpark_all()
+        if self._lot:  # a receiver is waiting (publishing stays cheap when nobody is)
+            self._lot.unpark_all()
         return True
 
     @property

@@ -64,8 +64,8 @@ class Dev8Collector(Collector):
         )
         yield GaugeMetricFamily(
             "dev8_event_subscribers",
-            "Current event stream subscribers.",
-            value=control.bus.subscriber_count,
+            "Current event stream subscribers (websocket clients and dev8's own).",
+            value=control.bus.subscriber_count + control.websocket_clients,
         )
         yield CounterMetricFamily(
             "dev8_event_subscribers_dropped",

@@ -264,7 +264,7 @@ async def test_unix_socket_is_owner_only_replaces_a_stale_one_and_is_removed(
 
 async def test_the_frame_of_an_event_is_built_once_for_every_subscriber() -> None:
     from actors import Event
-    from dev8.api._app import _FrameCache
+    from dev8.api._events import _FrameCache
 
     bus = EventBus()
     envelope = bus.publish(Event(source="test"))

@@ -81,10 +81,11 @@ IMPORT_STEPS = (
     ("structlog", "import structlog"),
     ("actors", "import actors"),
     ("dev8.config, process, init", "import dev8.config, dev8.process, dev8.init"),
-    ("hypercorn", "import hypercorn.trio"),
-    ("quart_trio (quart, flask, werkzeug, jinja2)", "import quart_trio"),
-    ("prometheus_client", "import prometheus_client"),
-    ("dev8.cli (everything)", "import dev8.cli"),
+    ("h11, wsproto", "import h11, wsproto"),
+    ("dev8.api", "import dev8.api"),
+    ("dev8.cli, dev8.app (all dev8 run imports)", "import dev8.cli, dev8.app"),
+    ("prometheus_client (on the first /metrics)", "import prometheus_client"),
+    ("httpx (on the first HTTP probe)", "import httpx"),
 )
 _RSS_PROBE = """
 import sys, time

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import collections
 import hmac
 import json
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
-import trio
-
-from actors import Envelope, SubscriberLagged, Subscription
-
 from ..config import ConfigError
 from ..control import Control, NotAvailable, UnknownService
 from ._chaos import CHAOS_PATHS, register_chaos
-from ._http import App, Request, Response, WebSocket, error_response, json_response, text_frame
+from ._events import EventStream
+from ._http import App, Request, Response, WebSocket, error_response, json_response
 from ._openapi import openapi_document
 
-#: Websocket close code for a subscriber that fell behind (private range 4000-4999).
-CLOSE_LAGGED = 4001
-#: How long a subscriber cut off for lagging has to read the rest of its last write and the close.
-LAGGED_CLOSE_GRACE = 5.0
 MAX_LOG_LINES = 1000
-#: At most this many queued events go out in one socket write to a subscriber.
-MAX_BATCH = 64
 
 Handler = Callable[..., Awaitable[Response]]
 
@@ -80,7 +70,7 @@ def create_app(
     _register_actions(app, control, guarded)
     if chaos:  # fault injection, for test rigs only (config: chaos.enabled)
         register_chaos(app, control, guarded)
-    frames = _FrameCache()
+    stream = EventStream(control, app)
 
     @app.websocket("/events")
     async def events(request: Request, socket: WebSocket) -> None:
@@ -91,7 +81,7 @@ def create_app(
         if token is not None and not authorized(header):
             socket.reject(error_response(401, "unauthorized", "missing or wrong bearer token"))
             return
-        await stream_events(control, request, socket, frames)
+        await stream.serve(request, socket)
 
     return app
 
@@ -208,91 +198,3 @@ def _register_actions(app: App, control: Control, guarded: Callable[[Handler], H
             return json_response(await control.refresh_secrets())
         except NotAvailable as error:
             return error_response(409, "not_available", str(error))
-
-
-class _FrameCache:
-    """Each event's websocket frame, built once for however many subscribers send it."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self._frames: collections.OrderedDict[int, bytes] = collections.OrderedDict()
-        self._size = size
-
-    def __call__(self, envelope: Envelope) -> bytes:
-        frame = self._frames.get(envelope.seq)
-        if frame is None:
-            frame = self._frames[envelope.seq] = text_frame(envelope.json)
-            if len(self._frames) > self._size:
-                self._frames.popitem(last=False)
-        return frame
-
-
-async def stream_events(
-    control: Control, request: Request, socket: WebSocket, frames: _FrameCache
-) -> None:
-    """One websocket subscriber: optional resume point and filters from the query string."""
-    since_text = request.query.get("since")
-    kinds = {k for k in request.query.get("kind", "").split(",") if k}
-    services = {s for s in request.query.get("service", "").split(",") if s}
-    if since_text is not None and not since_text.isdigit():
-        socket.reject(error_response(400, "bad_request", "since must be a whole number"))
-        return
-    since = int(since_text) if since_text is not None else None
-
-    def accept(envelope: Envelope) -> bool:
-        event = envelope.event
-        if kinds and event.kind not in kinds:
-            return False
-        if services:
-            name = getattr(event, "service", None) or getattr(event, "child", None)
-            return (name or event.source.rsplit("/", 1)[-1]) in services
-        return True
-
-    # Subscribe before accepting: a client that sees the handshake complete misses nothing after.
-    with control.bus.subscribe(since=since, accept=accept) as subscription:
-        await socket.accept()
-        control.websocket_clients += 1
-        try:
-            async with trio.open_nursery() as nursery:
-
-                async def until_closed() -> None:
-                    await socket.wait_closed()  # the client's close, pings, or hang-up
-                    nursery.cancel_scope.cancel()
-
-                async def until_lagged() -> None:
-                    await subscription.wait_lagged()
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(until_closed)
-                nursery.start_soon(until_lagged)
-                await _send_events(control, subscription, socket, frames)
-                nursery.cancel_scope.cancel()
-        finally:
-            control.websocket_clients -= 1
-    if subscription.lagged and socket.close_code is None:
-        with trio.move_on_after(LAGGED_CLOSE_GRACE):
-            await socket.close(
-                CLOSE_LAGGED, f"fell behind; resume with since={subscription.last_seq}"
-            )
-
-
-async def _send_events(
-    control: Control, subscription: Subscription, socket: WebSocket, frames: _FrameCache
-) -> None:
-    """Send what is queued in batches: one socket write for everything pending, up to a cap."""
-    if subscription.missed:
-        resync = {"kind": "resync", "seq": control.bus.last_seq, "data": control.status()}
-        await socket.send_text(json.dumps(resync))
-    try:
-        async for envelope in subscription:
-            batch = [frames(envelope)]
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(frames(subscription.receive_nowait()))
-                except trio.WouldBlock:
-                    break
-                except (SubscriberLagged, trio.EndOfChannel):
-                    await socket.send_frames(b"".join(batch))
-                    raise
-            await socket.send_frames(b"".join(batch))
-    except (SubscriberLagged, trio.EndOfChannel):
-        return

@@ -14,6 +14,7 @@ import errno
 import http
 import json
 import logging
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -129,6 +130,12 @@ class App:
 
         return register
 
+    @property
+    def serving(self) -> object | None:
+        """Which run of ``serve`` is current (None when not serving): tasks started with
+        ``start_soon`` die with it."""
+        return self._nursery
+
     def start_soon(self, function: Callable[[], Awaitable[None]]) -> None:
         """Run ``function`` beside the server, past the request that asked for it."""
         if self._nursery is None:
@@ -201,6 +208,10 @@ class App:
                     await _linger(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away
+        except Exception:
+            # One connection's failure (a bug, a protocol state we did not foresee) ends that
+            # connection only, never the server.
+            log.exception("api_connection_failed")
         finally:
             slots.release()
 
@@ -391,16 +402,19 @@ def text_frame(text: str) -> bytes:
 class WebSocket:
     """The server side of one websocket: accept or reject, send, close; pings answered.
 
-    Sends are cancel-safe: a write interrupted halfway (a stalled client cut off) keeps its
-    unsent tail, which goes out before anything else, so a close frame still arrives whole.
+    Everything written goes through one outgoing buffer, written from the front: frames never
+    interleave, ``write_nowait`` lets one task write to many sockets without a task switch per
+    socket, and a write interrupted halfway (a stalled client cut off) keeps its tail, so a
+    close frame queued after it still arrives whole.
     """
 
     def __init__(self, http: _HttpConnection, key: str) -> None:
         self._http = http
         self._key = key
         self._ws = Connection(ConnectionType.SERVER)
-        self._send_lock = trio.StrictFIFOLock()
-        self._unsent = b""
+        self._out = bytearray()
+        self._fd = -1
+        self._flush_lock = trio.StrictFIFOLock()
         self._peer_gone = trio.Event()
         self.accepted = False
         self.rejection: Response | None = None
@@ -428,10 +442,21 @@ class WebSocket:
         ]
         data = self._http.conn.send(h11.InformationalResponse(status_code=101, headers=headers))
         await self._stream.send_all(data)
+        self._fd = self._stream.socket.fileno()  # type: ignore[attr-defined]
         self.accepted = True
         leftover, _closed = self._http.conn.trailing_data
         if leftover:
             self._ws.receive_data(bytes(leftover))
+        await self.flush()  # what was queued before the handshake
+
+    @property
+    def is_open(self) -> bool:
+        return self._ws.state is ConnectionState.OPEN and not self._peer_gone.is_set()
+
+    @property
+    def unsent(self) -> int:
+        """Bytes queued that the socket has not taken yet."""
+        return len(self._out)
 
     async def send_text(self, text: str) -> None:
         await self.send_frames(text_frame(text))
@@ -440,17 +465,43 @@ class WebSocket:
         """Write already-built frames (``text_frame``), in order with every other send."""
         if self._ws.state is not ConnectionState.OPEN:
             raise trio.ClosedResourceError("the websocket is closing")
-        await self._write(frames)
+        self.write_nowait(frames)
+        await self.flush()
+
+    def write_nowait(self, data: bytes) -> bool:
+        """Queue ``data`` and write what the socket takes now; True when nothing is left queued.
+
+        Before the handshake is done, only queues. Raises ``trio.BrokenResourceError`` when the
+        client is gone.
+        """
+        self._out += data
+        if self._flush_lock.locked() or not self.accepted:
+            return False  # a flush (or the handshake) is pending: it writes in order
+        return self._write_some()
+
+    def _write_some(self) -> bool:
+        if not self._out:
+            return True
+        try:
+            written = os.write(self._fd, self._out)
+        except BlockingIOError:
+            return False
+        except OSError as error:
+            self._out.clear()
+            raise trio.BrokenResourceError(f"the client is gone: {error.strerror}") from None
+        del self._out[:written]
+        return not self._out
+
+    async def flush(self) -> None:
+        """Wait until everything queued is written (cancel-safe: what is left stays queued)."""
+        async with self._flush_lock:
+            while self._out and not self._write_some():
+                await trio.lowlevel.wait_writable(self._stream.socket)  # type: ignore[attr-defined]
+        await trio.lowlevel.checkpoint()
 
     async def _write(self, data: bytes) -> None:
-        async with self._send_lock:
-            pending = memoryview(self._unsent + data)
-            sock = self._stream.socket  # type: ignore[attr-defined]
-            try:
-                while pending:
-                    pending = pending[await sock.send(pending) :]
-            finally:
-                self._unsent = bytes(pending)
+        self.write_nowait(data)
+        await self.flush()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Send a close frame (once), then give the client a moment to answer it."""
