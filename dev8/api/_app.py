@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
+import trio
+
 from ..config import ConfigError
 from ..control import Control, NotAvailable, UnknownService
 from ._chaos import CHAOS_PATHS, register_chaos
@@ -16,6 +18,8 @@ from ._http import App, Request, Response, WebSocket, error_response, json_respo
 from ._openapi import openapi_document
 
 MAX_LOG_LINES = 1000
+#: How long a rendered /status may be served again when no event happened meanwhile.
+STATUS_REUSE = 0.1
 
 Handler = Callable[..., Awaitable[Response]]
 
@@ -112,9 +116,21 @@ def _register_reads(app: App, control: Control, *, chaos: bool = False) -> None:
         is_ready, body = control.ready()
         return json_response(body, 200 if is_ready else 503)
 
+    rendered: tuple[int, float, Response] | None = None
+
     @app.get("/status")
     async def status(request: Request) -> Response:
-        return json_response(control.status())
+        # Agents and dashboards poll this: the body is rendered again only once something
+        # happened (an event) or STATUS_REUSE seconds went by (uptime, probe timings).
+        nonlocal rendered
+        now = trio.current_time()
+        if (
+            rendered is None
+            or rendered[0] != control.bus.last_seq
+            or now - rendered[1] > STATUS_REUSE
+        ):
+            rendered = (control.bus.last_seq, now, json_response(control.status()))
+        return rendered[2]
 
     @app.get("/connections")
     async def connections(request: Request) -> Response:
