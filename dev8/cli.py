@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -150,7 +152,14 @@ def _run(path: str) -> int:
     configure_logging(
         level=config.log.level, environment_id=config.environment_id, user_id=config.user_id
     )
-    return trio.run(Dev8(config, config_path=path).run)
+    code = trio.run(Dev8(config, config_path=path).run)
+    # The tree is down and the processes swept: nothing is left to clean up. Tearing down the
+    # interpreter's modules would only delay the container's exit (about 0.15 s).
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 # ----------------------------------------------------------------------------- operator commands
