@@ -33,7 +33,8 @@ from dev8_harness import (
     write_config,
 )
 
-from dev8.api._http import App, Request, Response, WebSocket, error_response, json_response
+from dev8.api._http import App, Request, Response, error_response, json_response
+from dev8.api._websocket import WebSocket
 from dev8.cli import format_event, format_status
 from dev8.client import (
     ApiError,

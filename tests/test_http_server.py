@@ -22,8 +22,9 @@ import trio.testing
 import trio_websocket
 
 from actors import ChildContext, EventBus
-from dev8.api._http import App, Request, Response, WebSocket, json_response, text_frame
+from dev8.api._http import App, Request, Response, json_response
 from dev8.api._server import serve_api
+from dev8.api._websocket import WebSocket, text_frame
 
 
 def free_port() -> int:

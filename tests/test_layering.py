@@ -92,3 +92,25 @@ def test_only_the_composition_imports_the_api() -> None:
         if bad:
             offenders[rel] = bad
     assert offenders == {}
+
+
+def test_dev8_run_starts_without_the_imports_it_needs_only_later() -> None:
+    """Start-up time is mostly imports: these load on first use (a websocket, an HTTP probe, a
+    scrape, a Key Vault fetch, an operator command), never before the API answers."""
+    import subprocess
+    import sys
+
+    later = [
+        "wsproto",
+        "httpx",
+        "prometheus_client",
+        "trio_websocket",
+        "azure",
+        "importlib.metadata",
+        "dev8.client",
+    ]
+    code = f"import sys, dev8.cli, dev8.app\nprint([m for m in {later!r} if m in sys.modules])"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert result.stdout.strip() == "[]"

@@ -6,7 +6,7 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -14,7 +14,10 @@ from ..config import ConfigError
 from ..control import Control, NotAvailable, UnknownService
 from ._chaos import CHAOS_PATHS, register_chaos
 from ._events import EventStream
-from ._http import App, Request, Response, WebSocket, error_response, json_response
+from ._http import App, Request, Response, error_response, json_response
+
+if TYPE_CHECKING:
+    from ._websocket import WebSocket
 from ._openapi import openapi_document
 
 MAX_LOG_LINES = 1000

@@ -15,13 +15,17 @@ from __future__ import annotations
 import collections
 import json
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 
 from actors import Envelope
 
 from ..control import Control
-from ._http import App, Request, WebSocket, error_response, text_frame
+from ._http import App, Request, error_response
+
+if TYPE_CHECKING:
+    from ._websocket import WebSocket
 
 #: Websocket close code for a subscriber that fell behind (private range 4000-4999).
 CLOSE_LAGGED = 4001
@@ -39,6 +43,8 @@ class _FrameCache:
     def __call__(self, envelope: Envelope) -> bytes:
         frame = self._frames.get(envelope.seq)
         if frame is None:
+            from ._websocket import text_frame  # noqa: PLC0415 - loaded with the first websocket
+
             frame = self._frames[envelope.seq] = text_frame(envelope.json)
             if len(self._frames) > self._size:
                 self._frames.popitem(last=False)
@@ -151,6 +157,8 @@ class EventStream:
                 name = getattr(event, "service", None) or getattr(event, "child", None)
                 return (name or event.source.rsplit("/", 1)[-1]) in services
             return True
+
+        from ._websocket import text_frame  # noqa: PLC0415 - see _FrameCache
 
         control = self._control
         bus = control.bus
