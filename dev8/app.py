@@ -11,6 +11,7 @@ shutdown sequence (stop the tree in reverse order, sweep what is left, exit with
 from __future__ import annotations
 
 import contextlib
+import gc
 import enum
 import ipaddress
 import os
@@ -230,6 +231,10 @@ class Dev8:
                     self.shutdown_requested.set()
 
             await nursery.start(run_tree)
+            # What exists now (modules, classes, the tree) lives as long as dev8: keep it out
+            # of the garbage collector's full passes, which otherwise stall the loop for ms.
+            gc.collect()
+            gc.freeze()
             self.log.info(
                 "dev8_ready", api=str(self.config.api.bind), services=self.services_names()
             )
