@@ -11,8 +11,8 @@ shutdown sequence (stop the tree in reverse order, sweep what is left, exit with
 from __future__ import annotations
 
 import contextlib
-import gc
 import enum
+import gc
 import ipaddress
 import os
 import random

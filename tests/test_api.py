@@ -73,9 +73,7 @@ async def start_api(
     port = free_port()
     ctx = ChildContext(name="api", path="dev8/api", attempt=0, publish=bus.publish)
     await nursery.start(serve_api, ctx, app, f"127.0.0.1:{port}")
-    return Api(
-        f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", bus, services, crash, control
-    )
+    return Api(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", bus, services, crash, control)
 
 
 @pytest.fixture

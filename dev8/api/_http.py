@@ -103,6 +103,7 @@ class App:
         request_deadline: float = REQUEST_DEADLINE,
     ) -> None:
         self.routes: list[Route] = []
+        self._static: dict[tuple[str, str], Route] = {}
         self.max_body = max_body
         self.keep_alive = keep_alive
         self.request_deadline = request_deadline
@@ -110,10 +111,18 @@ class App:
 
     def route(self, method: str, pattern: str) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
-            self.routes.append(Route(pattern, method.upper(), _compile(pattern), handler))
+            self._add(Route(pattern, method.upper(), _compile(pattern), handler))
             return handler
 
         return register
+
+    def _add(self, route: Route) -> None:
+        self.routes.append(route)
+        if "{" not in route.pattern:  # looked up directly, before the patterns
+            served = "GET" if route.method == "WEBSOCKET" else route.method
+            self._static.setdefault((served, route.pattern), route)
+            if served == "GET":
+                self._static.setdefault(("HEAD", route.pattern), route)
 
     def get(self, pattern: str) -> Callable[[Handler], Handler]:
         return self.route("GET", pattern)
@@ -123,7 +132,7 @@ class App:
 
     def websocket(self, pattern: str) -> Callable[[WebsocketHandler], WebsocketHandler]:
         def register(handler: WebsocketHandler) -> WebsocketHandler:
-            self.routes.append(Route(pattern, "WEBSOCKET", _compile(pattern), handler))
+            self._add(Route(pattern, "WEBSOCKET", _compile(pattern), handler))
             return handler
 
         return register
@@ -141,6 +150,9 @@ class App:
         self._nursery.start_soon(function)
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | Response:
+        static = self._static.get((method, path))
+        if static is not None:
+            return static, {}
         allowed: list[str] = []
         for route in self.routes:
             found = route.regex.match(path)
@@ -280,16 +292,24 @@ class _HttpConnection:
         length = _header(head.headers, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.app.max_body:
             return _too_large(self.app.max_body)
+        try:
+            event = self.conn.next_event()
+        except h11.RemoteProtocolError as error:
+            await self._refuse(error)
+        if isinstance(event, h11.EndOfMessage):
+            return b""  # no body, already parsed: no deadline to set up
         chunks: list[bytes] = []
         size = 0
         with trio.move_on_after(self.app.request_deadline):
             while True:
-                event = await self._next_event()
+                if event is h11.NEED_DATA:
+                    event = await self._next_event()
                 if isinstance(event, h11.Data):
                     size += len(event.data)
                     if size > self.app.max_body:
                         return _too_large(self.app.max_body)
                     chunks.append(bytes(event.data))
+                    event = h11.NEED_DATA
                 elif isinstance(event, h11.EndOfMessage):
                     return b"".join(chunks)
                 else:
@@ -300,13 +320,17 @@ class _HttpConnection:
         """Answer one request; True when the connection became a websocket."""
         method = head.method.decode("ascii", "replace")
         self._head_only = method == "HEAD"
-        target = urlsplit(head.target.decode("ascii", "replace"))
-        query = dict(parse_qsl(target.query, keep_blank_values=True)[::-1])
-        request = Request(method, target.path or "/", query, _headers(head.headers))
+        target = head.target.decode("ascii", "replace")
+        if "?" in target or "#" in target:
+            parts = urlsplit(target)
+            path, query = parts.path, dict(parse_qsl(parts.query, keep_blank_values=True)[::-1])
+        else:
+            path, query = target, {}
         body = await self._read_body(head)
         if isinstance(body, Response):
             await self._send(body, close=True)  # the rest of the body is never read
             return False
+        request = Request(method, path or "/", query, _headers(head.headers), body)
         found = self.app.match(method, request.path)
         if isinstance(found, Response):
             await self._send(found)
@@ -315,7 +339,7 @@ class _HttpConnection:
         if route.method == "WEBSOCKET":
             return await self._websocket(route, request, params)
         try:
-            response = await route.handler(attrs.evolve(request, body=body), **params)
+            response = await route.handler(request, **params)
         except Exception:
             log.exception("api_handler_failed: %s %s", method, route.pattern)
             response = error_response(500, "internal_error", "the handler failed; see dev8's log")
