@@ -79,10 +79,13 @@ class _Subscriber:
         """Queue this round's events for this subscriber and write what the socket takes."""
         if self.ended.is_set():
             return
-        fresh = [e for e in envelopes if e.seq > self.joined]
-        if not fresh:
-            return
-        if self.accept is None and len(fresh) == len(envelopes):
+        if envelopes[0].seq > self.joined:
+            fresh = envelopes  # the common case: no copy, and the shared bytes below
+        else:
+            fresh = [e for e in envelopes if e.seq > self.joined]
+            if not fresh:
+                return
+        if self.accept is None and fresh is envelopes:
             data = everything
         else:
             data = b"".join(frames(e) for e in fresh if self.accept is None or self.accept(e))

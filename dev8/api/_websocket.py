@@ -104,10 +104,22 @@ class WebSocket:
         Before the handshake is done, only queues. Raises ``trio.BrokenResourceError`` when the
         client is gone.
         """
-        self._out += data
-        if self._flush_lock.locked() or not self.accepted:
-            return False  # a flush (or the handshake) is pending: it writes in order
-        return self._write_some()
+        if self._out or self._flush_lock.locked() or not self.accepted:
+            self._out += data
+            if self._flush_lock.locked() or not self.accepted:
+                return False  # a flush (or the handshake) is pending: it writes in order
+            return self._write_some()
+        # Nothing queued (the common case): write straight from ``data``, queue only the rest.
+        try:
+            written = os.write(self._fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError as error:
+            raise trio.BrokenResourceError(f"the client is gone: {error.strerror}") from None
+        if written < len(data):
+            self._out += memoryview(data)[written:]
+            return False
+        return True
 
     def _write_some(self) -> bool:
         if not self._out:
