@@ -1,6 +1,6 @@
 """Benchmarks: dev8 against supervisord and Circus, side by side, in one run.
 
-    python3 benchmarks/run.py            # the full suite (about 20 minutes on 2 cores)
+    python3 benchmarks/run.py            # the full suite (about 12 minutes on 2 cores)
     python3 benchmarks/run.py --quick    # the smoke mode: tiny counts, about a minute once the
                                          # venvs exist (benchmarks/.venvs, reused across runs)
 
