@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 and websocket server on trio, with h11 and wsproto doing the protocol work.
+"""A small HTTP/1.1 server on trio, h11 doing the protocol work (websockets: ``_websocket``).
 
 Why not Quart on hypercorn: their per-request machinery cost about 2 ms of CPU per call (dev8
 topped out near 600 requests/s), their imports half of dev8's start-up, and their websocket path
@@ -16,15 +16,12 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
 import h11
 import trio
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("dev8.api")
 
