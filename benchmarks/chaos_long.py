@@ -13,6 +13,7 @@ import argparse
 import os
 import platform
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +28,22 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from test_chaos import FAULT_WEIGHTS, ChaosReport, run_chaos  # noqa: E402
 
 
-def render(report: ChaosReport, *, command: str, started: str) -> str:
+def code_version() -> str:
+    """The commit the run exercised, and whether the working tree differed from it."""
+    repo = HERE.parent
+
+    def git(*args: str) -> str:
+        result = subprocess.run(
+            ["git", *args], cwd=repo, capture_output=True, text=True, check=False, timeout=30
+        )
+        return result.stdout.strip()
+
+    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "actors", "dev8", "tests")
+    return f"{commit} with uncommitted changes" if dirty else commit
+
+
+def render(report: ChaosReport, *, command: str, started: str, code: str) -> str:
     mean = {
         kind: report.recovery_total[kind] / count
         for kind, count in report.faults.items()
@@ -38,6 +54,8 @@ def render(report: ChaosReport, *, command: str, started: str) -> str:
         "",
         f"`{command}` — {started}, {report.duration / 60:.1f} min on {os.cpu_count()} cores "
         f"({platform.system()} {platform.release()}, Python {platform.python_version()}).",
+        "",
+        f"Code: {code}.",
         "",
         "dev8 runs as PID 1 of its own PID and mount namespace (the workspace is an 8 MiB tmpfs), "
         "with two services (`web`: an HTTP server gated by a readiness probe; `worker`: a shell "
@@ -79,6 +97,7 @@ def main() -> int:
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     print(f"chaos seed={seed} rounds={args.rounds}", flush=True)
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    code = code_version()
     began = time.monotonic()
 
     async def go() -> ChaosReport:
@@ -98,7 +117,9 @@ def main() -> int:
         print(f"  {violation}", flush=True)
     command = f"python benchmarks/chaos_long.py --rounds {args.rounds} --seed {seed}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(report, command=command, started=started), encoding="utf-8")
+    args.out.write_text(
+        render(report, command=command, started=started, code=code), encoding="utf-8"
+    )
     print(f"wrote {args.out}", flush=True)
     return 1 if report.violations else 0
 
