@@ -7,13 +7,14 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import trio
+from audit_hook import audited
 from dev8_harness import free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -102,32 +103,6 @@ def test_own_socket_inodes_sees_a_new_socket() -> None:
 
 
 # --------------------------------------------------------------------------- what is read
-
-_AUDITED: list[tuple[str, str]] | None = None
-_AUDIT_HOOKED = False
-
-
-def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if _AUDITED is not None and event in ("open", "os.listdir", "os.scandir"):
-        _AUDITED.append((event, str(args[0])))
-
-
-@contextmanager
-def audited() -> Iterator[list[tuple[str, str]]]:
-    """The files opened and directories listed in the block, as CPython's audit events say.
-
-    An audit hook cannot be removed: it is installed once and records only inside this block.
-    """
-    global _AUDITED, _AUDIT_HOOKED  # noqa: PLW0603 - the hook outlives any one test
-    if not _AUDIT_HOOKED:
-        sys.addaudithook(_audit)
-        _AUDIT_HOOKED = True
-    seen: list[tuple[str, str]] = []
-    _AUDITED = seen
-    try:
-        yield seen
-    finally:
-        _AUDITED = None
 
 
 def fake_proc(root: Path, tcp: str, tcp6: str, own_inodes: Iterable[int]) -> Path:

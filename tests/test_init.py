@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from audit_hook import audited
 
 from dev8.init import (
     OwnPids,
@@ -335,32 +335,6 @@ async def test_final_sweep_with_nothing_left() -> None:
 
 
 # -- finding our zombies without scanning /proc --------------------------------------------------
-
-_AUDITED: list[tuple[str, str]] | None = None
-_AUDIT_HOOKED = False
-
-
-def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if _AUDITED is not None and event in ("open", "os.listdir", "os.scandir"):
-        _AUDITED.append((event, str(args[0])))
-
-
-@contextmanager
-def audited() -> Iterator[list[tuple[str, str]]]:
-    """Files opened and directories listed in the block (CPython's audit events).
-
-    An audit hook cannot be removed: it is installed once and records only inside this block.
-    """
-    global _AUDITED, _AUDIT_HOOKED  # noqa: PLW0603 - the hook outlives any one test
-    if not _AUDIT_HOOKED:
-        sys.addaudithook(_audit)
-        _AUDIT_HOOKED = True
-    seen: list[tuple[str, str]] = []
-    _AUDITED = seen
-    try:
-        yield seen
-    finally:
-        _AUDITED = None
 
 
 def _main_thread_children() -> list[int]:
