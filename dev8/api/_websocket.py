@@ -79,15 +79,6 @@ class WebSocket:
             self._ws.receive_data(bytes(leftover))
         await self.flush()  # what was queued before the handshake
 
-    @property
-    def is_open(self) -> bool:
-        return self._ws.state is ConnectionState.OPEN and not self._peer_gone.is_set()
-
-    @property
-    def unsent(self) -> int:
-        """Bytes queued that the socket has not taken yet."""
-        return len(self._out)
-
     async def send_text(self, text: str) -> None:
         await self.send_frames(text_frame(text))
 
