@@ -15,10 +15,10 @@ from ..control import Control, NotAvailable, UnknownService
 from ._chaos import CHAOS_PATHS, register_chaos
 from ._events import EventStream
 from ._http import App, Request, Response, error_response, json_response
+from ._openapi import openapi_document
 
 if TYPE_CHECKING:
     from ._websocket import WebSocket
-from ._openapi import openapi_document
 
 MAX_LOG_LINES = 1000
 #: How long a rendered /status may be served again when no event happened meanwhile.
