@@ -260,6 +260,8 @@ async def test_stopping_a_service_takes_its_whole_process_group(
     async with open_dev8(config, port=api_port, marker=marker) as dev8:
         await dev8.wait_log(printed("family", "family"), what="the family")
         host = await dev8.dev8_pid()
+        # The leader prints once its children exist; the grandchild may be a moment later.
+        await wait_until(lambda: len(live_descendants(host)) == 4, timeout=5, what="the grandchild")
         members = set(live_descendants(host))
         assert len(members) == 4  # leader, two children, one grandchild
         started = trio.current_time()
