@@ -352,24 +352,25 @@ def _poll_sync(cond: Callable[[], bool]) -> None:
 def test_zombies_are_found_under_every_thread_and_nothing_else_is_read() -> None:
     """A child of a living worker thread is listed under that thread only (trio spawns from
     worker threads); the child of a thread that has exited moved to another thread."""
-    spawned: list[subprocess.Popen[bytes]] = []
+    by_role: dict[str, subprocess.Popen[bytes]] = {}
     release = threading.Event()
 
     def spawn_and_wait() -> None:
-        spawned.append(subprocess.Popen(["true"]))
+        by_role["living"] = subprocess.Popen(["true"])
         release.wait(10)
 
     def spawn_and_exit() -> None:
-        spawned.append(subprocess.Popen(["true"]))
+        by_role["orphaned"] = subprocess.Popen(["true"])
 
     worker = threading.Thread(target=spawn_and_wait)
     worker.start()
     gone = threading.Thread(target=spawn_and_exit)
     gone.start()
     gone.join()
+    spawned = by_role.values()  # the threads may spawn in either order
     try:
-        _poll_sync(lambda: len(spawned) == 2 and all(_is_zombie(p.pid) for p in spawned))
-        living, orphaned = spawned
+        _poll_sync(lambda: len(by_role) == 2 and all(_is_zombie(p.pid) for p in spawned))
+        living, orphaned = by_role["living"], by_role["orphaned"]
         assert living.pid not in _main_thread_children()  # only in the worker thread's file
         with audited() as seen:
             zombies = list_zombie_children()
