@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -443,3 +444,27 @@ async def _reap(run: Dev8Run) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         await process.wait()
+
+
+@contextlib.contextmanager
+def throwaway_user(prefix: str, *, extra_group: bool = False) -> Iterator[pwd.struct_passwd]:
+    """A real non-root user with a free uid and its own group (and, if asked, one supplementary
+    group), removed afterwards. Needs root, as dev8 has in a container."""
+    assert os.geteuid() == 0, "switching identity needs root, as PID 1 of a container has"
+    tag = uuid.uuid4().hex[:8]
+    name, extra = f"{prefix}{tag}", f"{prefix}x{tag}"
+    taken = {entry.pw_uid for entry in pwd.getpwall()}
+    uid = next(u for u in range(23000, 60000) if u not in taken)
+    groups = ["--groups", extra] if extra_group else []
+    with contextlib.ExitStack() as cleanup:
+        if extra_group:
+            subprocess.run(["groupadd", extra], check=True, timeout=30)
+            cleanup.callback(subprocess.run, ["groupdel", extra], check=False, timeout=30)
+        subprocess.run(
+            ["useradd", "--no-create-home", "--home-dir", "/nonexistent-home", "--uid", str(uid),
+             "--user-group", *groups, "--shell", "/bin/sh", name],
+            check=True,
+            timeout=30,
+        )  # fmt: skip
+        cleanup.callback(subprocess.run, ["userdel", name], check=False, timeout=30)
+        yield pwd.getpwnam(name)

@@ -14,13 +14,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
+from dev8_harness import throwaway_user
 
 from actors import ChildContext
 from dev8.init import OwnPids
@@ -34,25 +34,8 @@ IDENTITY_FIELDS = ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapAmb
 @pytest.fixture(scope="module")
 def service_user() -> Iterator[pwd.struct_passwd]:
     """A real non-root user (free uid) in its own group and one supplementary group."""
-    assert os.geteuid() == 0, "dev8 switches identity as root, as PID 1 of a container"
-    tag = uuid.uuid4().hex[:8]
-    name, extra = f"dev8sp{tag}", f"dev8spx{tag}"
-    taken = {entry.pw_uid for entry in pwd.getpwall()}
-    uid = next(u for u in range(24000, 60000) if u not in taken)
-    subprocess.run(["groupadd", extra], check=True, timeout=30)
-    try:
-        subprocess.run(
-            ["useradd", "--no-create-home", "--home-dir", "/nonexistent-home", "--uid", str(uid),
-             "--user-group", "--groups", extra, "--shell", "/bin/sh", name],
-            check=True,
-            timeout=30,
-        )  # fmt: skip
-        try:
-            yield pwd.getpwnam(name)
-        finally:
-            subprocess.run(["userdel", name], check=False, timeout=30)
-    finally:
-        subprocess.run(["groupdel", extra], check=False, timeout=30)
+    with throwaway_user("dev8sp", extra_group=True) as user:
+        yield user
 
 
 def status_of(pid: int) -> dict[str, list[str]]:

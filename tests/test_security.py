@@ -15,8 +15,6 @@ import json
 import os
 import pwd
 import stat
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from dev8_harness import (
     open_dev8,
     python_service,
     run_cli,
+    throwaway_user,
     write_config,
 )
 from test_chaos import descendants
@@ -62,20 +61,8 @@ time.sleep(1000)
 @pytest.fixture(scope="module")
 def workspace_user() -> Iterator[pwd.struct_passwd]:
     """A real non-root user with a free uid, removed afterwards."""
-    assert os.geteuid() == 0, "the security checks run as root, as dev8 does in a container"
-    name = f"dev8sec{uuid.uuid4().hex[:8]}"
-    taken = {entry.pw_uid for entry in pwd.getpwall()}
-    uid = next(u for u in range(23000, 60000) if u not in taken)
-    subprocess.run(
-        ["useradd", "--no-create-home", "--uid", str(uid), "--user-group", "--shell", "/bin/sh",
-         name],
-        check=True,
-        timeout=30,
-    )  # fmt: skip
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run(["userdel", name], check=False, timeout=30)
+    with throwaway_user("dev8sec") as user:
+        yield user
 
 
 def secured_config(
