@@ -16,6 +16,10 @@ class Backoff:
     ones ``min_delay * factor**(n-1)`` up to ``max_delay``, each scaled by a random factor in
     ``[1 - jitter, 1 + jitter]``. Once a child has stayed up ``reset_after`` seconds, the count
     starts again.
+
+    ``floor`` is the least delay of any restart, the first one included: a child that fails at
+    once, with every delay set to 0, is restarted at most ``1 / floor`` times a second instead of
+    as fast as the machine can spawn it. A streak of any length costs only its capped delay.
     """
 
     initial_delay: float = 0.0
@@ -24,16 +28,20 @@ class Backoff:
     factor: float = 2.0
     jitter: float = 0.1
     reset_after: float = 10.0
+    floor: float = 0.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Delay for restart number ``attempt`` (0-based) since the child was last stable."""
         if attempt <= 0:
             base = self.initial_delay
         else:
-            base = min(self.max_delay, self.min_delay * self.factor ** (attempt - 1))
-        if base <= 0 or self.jitter <= 0:
-            return base
-        return min(self.max_delay, base * rng.uniform(1 - self.jitter, 1 + self.jitter))
+            try:
+                base = min(self.max_delay, self.min_delay * self.factor ** (attempt - 1))
+            except OverflowError:  # factor ** 1024 and beyond: long past the cap
+                base = self.max_delay
+        if base > 0 and self.jitter > 0:
+            base = min(self.max_delay, base * rng.uniform(1 - self.jitter, 1 + self.jitter))
+        return max(self.floor, base)
 
 
 @attrs.frozen(kw_only=True)

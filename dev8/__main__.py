@@ -1,5 +1,20 @@
+"""``python -m dev8`` and the ``dev8`` command.
+
+For ``run``, the signals are caught before anything heavy is imported (see dev8.signals): as
+PID 1, one that arrived during the imports would otherwise be lost.
+"""
+
 import sys
 
-from .cli import main
+from .signals import SignalCatcher
 
-sys.exit(main())
+
+def main() -> int:
+    early = SignalCatcher().install() if sys.argv[1:2] == ["run"] else None
+    from .cli import main as cli_main  # noqa: PLC0415 - only once the signals are caught
+
+    return cli_main(early_signals=early)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,7 +16,6 @@ import gc
 import ipaddress
 import os
 import random
-import signal
 from typing import Any
 
 import structlog
@@ -44,7 +43,6 @@ from .connections import ConnectionBoard, make_tracker_spec
 from .control import Control, Hooks
 from .health import HealthBoard
 from .init import (
-    IGNORED_SIGNALS,
     OwnPids,
     become_subreaper,
     final_sweep,
@@ -52,9 +50,15 @@ from .init import (
     raise_fd_limit,
     run_reaper,
 )
-from .logs import log_event
+from .logs import LineWriter, log_event
 from .secrets.runtime import Secrets
 from .services import ServiceFactory, intensity_of, send_signal_to_service
+from .signals import (
+    RELOAD_SIGNALS,
+    SHUTDOWN_SIGNALS,
+    SignalCatcher,
+    signal_name,
+)
 
 
 class ExitCode(enum.IntEnum):
@@ -98,8 +102,14 @@ class Dev8:
         *,
         config_path: str | None = None,
         rng: random.Random | None = None,
+        signals: SignalCatcher | None = None,
+        log_output: LineWriter | None = None,
     ) -> None:
+        """`signals`: a catcher installed before the imports (`dev8 run`); else run() installs
+        one for its own duration."""
         self.config = config
+        self._signals = signals
+        self._log_output = log_output
         self.config_path = config_path
         self.bus = EventBus(history=2000)
         self.bus.add_listener(log_event)
@@ -198,6 +208,7 @@ class Dev8:
                 service_details=self.health.details,
                 connections=self.connections.snapshot,
                 secrets=self.secrets.status if self.secrets else None,
+                log_output=self._log_output.stats if self._log_output else None,
             ),
             supervisors=[self.root, self.services, self.probers],
         )
@@ -210,9 +221,26 @@ class Dev8:
         )
         root_ctx = ChildContext(name="dev8", path="dev8", attempt=0, publish=self.bus.publish)
         tree_done = trio.Event()
+        own_catcher = self._signals is None
+        catcher = self._signals or SignalCatcher().install()
+        try:
+            return await self._run(root_ctx, tree_done, catcher, task_status)
+        finally:
+            catcher.attach(None)
+            if own_catcher:
+                catcher.restore()
+
+    async def _run(
+        self,
+        root_ctx: ChildContext,
+        tree_done: trio.Event,
+        catcher: SignalCatcher,
+        task_status: trio.TaskStatus[Any],
+    ) -> int:
         async with trio.open_nursery() as nursery:
             await nursery.start(run_reaper, self.own)
-            nursery.start_soon(self._watch_signals, nursery)
+            # Signals that arrived during the start-up are acted on before the tree starts.
+            await nursery.start(self._watch_signals, nursery, catcher)
             tree_scope = trio.CancelScope()
 
             async def run_tree(*, task_status: trio.TaskStatus[None]) -> None:
@@ -230,7 +258,10 @@ class Dev8:
                     tree_done.set()
                     self.shutdown_requested.set()
 
-            await nursery.start(run_tree)
+            if self.shutdown_requested.is_set():
+                tree_done.set()  # asked to stop before anything started: nothing to start
+            else:
+                await nursery.start(run_tree)
             # What exists now (modules, classes, the tree) lives as long as dev8: keep it out
             # of the garbage collector's full passes, which otherwise stall the loop for ms.
             gc.collect()
@@ -335,19 +366,45 @@ class Dev8:
         except ConfigError as error:
             self.log.error("reload_rejected", error=str(error))
 
-    async def _watch_signals(self, nursery: trio.Nursery) -> None:
-        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, *IGNORED_SIGNALS)
-        with trio.open_signal_receiver(*handled) as signals:
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if signum in IGNORED_SIGNALS:
-                    self.log.info("signal_received", signal=name, action="ignored")
-                elif signum == signal.SIGHUP:
-                    self.log.info("signal_received", signal=name, action="reload")
-                    nursery.start_soon(self._reload_on_signal)
-                elif not self.shutdown_requested.is_set():
-                    self.log.info("signal_received", signal=name, action="shutdown")
-                    self.shutdown_requested.set()
-                else:
-                    self.log.warning("signal_received", signal=name, action="kill")
-                    self.force.set()
+    async def _watch_signals(
+        self,
+        nursery: trio.Nursery,
+        catcher: SignalCatcher,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Act on every delivery, in order: two SIGTERMs are two, however close together."""
+        token = trio.lowlevel.current_trio_token()
+        arrived = trio.Event()
+
+        def wake() -> None:
+            arrived.set()
+
+        def notify() -> None:  # in the signal handler: only hand over to the trio thread
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(wake)
+
+        catcher.attach(notify)
+        for number in catcher.take():
+            self._act_on_signal(number, nursery, early=True)
+        task_status.started()
+        while True:
+            arrived = trio.Event()
+            for number in catcher.take():
+                self._act_on_signal(number, nursery)
+            await arrived.wait()
+
+    def _act_on_signal(self, number: int, nursery: trio.Nursery, *, early: bool = False) -> None:
+        name = signal_name(number)
+        extra = {"early": True} if early else {}
+        if number in RELOAD_SIGNALS:
+            self.log.info("signal_received", signal=name, action="reload", **extra)
+            nursery.start_soon(self._reload_on_signal)
+        elif number not in SHUTDOWN_SIGNALS:
+            self.log.info("signal_received", signal=name, action="ignored", **extra)
+        elif not self.shutdown_requested.is_set():
+            self.log.info("signal_received", signal=name, action="shutdown", **extra)
+            self.shutdown_requested.set()
+        else:
+            self.log.warning("signal_received", signal=name, action="kill", **extra)
+            self.force.set()

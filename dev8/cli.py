@@ -19,6 +19,7 @@ import dev8
 
 if TYPE_CHECKING:  # the client (httpx, trio-websocket) is imported only by operator commands
     from .client import ApiClient, Target
+    from .signals import SignalCatcher
 from .config import DEFAULT_CONFIG_PATH, ConfigError, config_to_dict, load_config
 
 EXIT_FAILED = 1
@@ -114,7 +115,8 @@ def _lines(text: str) -> int:
     return value
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, early_signals: SignalCatcher | None = None) -> int:
+    """`early_signals`: the catcher ``dev8 run`` installed before its imports (dev8.__main__)."""
     args = _parser().parse_args(argv)
     if args.command == "version":
         print(dev8.__version__)
@@ -134,14 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(config_to_dict(config), indent=2, default=str))
         return 0
     if args.command == "run":
-        return _run(args.config or _default_config_path())
+        return _run(args.config or _default_config_path(), early_signals)
     return _operate(args)
 
 
-def _run(path: str) -> int:
+def _run(path: str, early_signals: SignalCatcher | None = None) -> int:
     # Imported here: the server stack costs the operator commands most of their start-up.
     from .app import Dev8  # noqa: PLC0415
-    from .logs import configure_logging  # noqa: PLC0415
+    from .logs import LOG_FLUSH_TIMEOUT, configure_logging  # noqa: PLC0415
 
     try:
         config = load_config(path)
@@ -149,13 +151,16 @@ def _run(path: str) -> int:
         print(f"dev8: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
 
-    configure_logging(
+    writer = configure_logging(
         level=config.log.level, environment_id=config.environment_id, user_id=config.user_id
     )
-    code = trio.run(Dev8(config, config_path=path).run)
+    dev8_run = Dev8(config, config_path=path, signals=early_signals, log_output=writer)
+    code = trio.run(dev8_run.run)
     # The tree is down and the processes swept: nothing is left to clean up. Tearing down the
     # interpreter's modules would only delay the container's exit (about 0.15 s).
     logging.shutdown()
+    if writer is not None:  # a stalled stdout gets a bounded wait, not the container's exit
+        writer.drain(LOG_FLUSH_TIMEOUT)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()

@@ -358,10 +358,16 @@ def _check_max_delay(
         )
 
 
+#: No restart of a service comes sooner than this, whatever its `backoff` says: a service that
+#: fails at once with every delay 0 would otherwise be respawned as fast as the machine allows.
+RESTART_DELAY_FLOOR = 0.05
+
+
 @attrs.frozen
 class BackoffConfig:
     """Delay before a restart: `initial_delay` first, then from `min_delay` growing by `factor`
-    up to `max_delay`, +/- `jitter` (a fraction); reset after `reset_after` seconds running."""
+    up to `max_delay`, +/- `jitter` (a fraction); reset after `reset_after` seconds running.
+    Never less than `RESTART_DELAY_FLOOR`."""
 
     initial_delay: float = attrs.field(default=0.0, validator=_number(ge=0))
     min_delay: float = attrs.field(default=0.1, validator=_number(ge=0))

@@ -66,6 +66,8 @@ class Hooks:
     service_details: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None
     connections: Callable[[], dict[str, Any]] | None = None
     secrets: Callable[[], dict[str, Any]] | None = None
+    #: dev8's own stdout: lines written, dropped (a stalled or closed reader), last error.
+    log_output: Callable[[], dict[str, Any]] | None = None
 
 
 class Control:
@@ -166,6 +168,8 @@ class Control:
         }
         if self.hooks.secrets is not None:
             body["secrets"] = self.hooks.secrets()
+        if self.hooks.log_output is not None:
+            body["log_output"] = self.hooks.log_output()
         return body
 
     def connections(self) -> dict[str, Any]:

@@ -2,13 +2,14 @@
 
 A container's PID 1 (or a subreaper) inherits every orphan and must reap it, or zombies pile up.
 The hazard is reaping a child that trio spawned and is about to wait for: CPython then reports
-exit status 0 for it. So the reaper only collects zombies whose pid is *not* ours, found in
-`/proc` (our threads' `children` files), and reaps nothing at all while a spawn is in flight
-(trio's `open_process` runs `Popen` in a worker thread, so a child can exit before its pid is
-known to us).
+exit status 0 for it. So the reaper asks the kernel which child exited without collecting it
+(`waitid(P_ALL, WNOWAIT)`), collects only pids that are *not* ours, and reaps nothing at all while
+a spawn is in flight (trio's `open_process` runs `Popen` in a worker thread, so a child can exit
+before its pid is known to us). The work per SIGCHLD is one system call per exited child: it does
+not grow with the number of processes alive in the container.
 
-Everything here runs in the trio thread: the scan-and-reap step has no checkpoint, so no spawn can
-start in the middle of it.
+Everything here runs in the trio thread: the peek-and-reap step has no checkpoint, so no spawn
+can start in the middle of it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from collections.abc import Callable, Iterator
 
 import trio
 
+from .signals import IGNORED_SIGNALS
+
 __all__ = [
     "IGNORED_SIGNALS",
     "OwnPids",
@@ -35,25 +38,6 @@ __all__ = [
     "raise_fd_limit",
     "run_reaper",
 ]
-
-#: The signal policy: TERM and INT shut down, HUP reloads, and these are caught, logged and
-#: ignored (never forwarded: with several services there is no right target; signal a service
-#: through the API instead). By default each would kill or stop a dev8 that is not PID 1 and leave
-#: its services orphaned; as PID 1 the kernel would drop them silently. They are caught rather than
-#: set to SIG_IGN, so services, which start with default dispositions, do not inherit "ignore".
-IGNORED_SIGNALS: tuple[signal.Signals, ...] = (
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGALRM,
-    signal.SIGVTALRM,
-    signal.SIGPROF,
-    signal.SIGIO,
-    signal.SIGPWR,
-    signal.SIGTSTP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-)
 
 _PR_SET_CHILD_SUBREAPER = 36
 #: With an unlimited hard limit, the soft one goes this high (the kernel's nr_open default).
@@ -77,6 +61,9 @@ class OwnPids:
         self._spawning = 0
         self._scan_wanted = False
         self._wake = trio.Event()
+        #: The own zombie the last pass stopped at: the kernel shows it first until trio collects
+        #: it, so whatever exited behind it is reaped once it is gone (no SIGCHLD says so).
+        self._blocked_by: int | None = None
 
     @contextlib.contextmanager
     def spawning(self) -> Iterator[None]:
@@ -99,6 +86,9 @@ class OwnPids:
     def discard(self, pid: int) -> None:
         """Forget `pid` once trio has collected its exit status."""
         self._pids.discard(pid)
+        if pid == self._blocked_by:
+            self._blocked_by = None
+            self.request_scan()
 
     def __contains__(self, pid: object) -> bool:
         return pid in self._pids
@@ -125,21 +115,38 @@ class OwnPids:
     def _reap_orphans(self, on_reaped: Callable[[int, int], None] | None) -> list[int]:
         """Reap every zombie child not ours; callers make sure no spawn is in flight.
 
-        No checkpoint in here, so no spawn can start halfway through.
+        The kernel names one exited child at a time (`WNOWAIT`: still a zombie). One of ours
+        ends the pass: trio collects it, and `discard()` asks for the next pass. No checkpoint in
+        here, so no spawn can start halfway through.
         """
         reaped: list[int] = []
-        for pid in list_zombie_children():
-            if pid in self._pids:
-                continue  # trio will collect it, with its real status
+        while True:
             try:
-                got, status = os.waitpid(pid, os.WNOHANG)
+                peeked = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return reaped  # no child at all
+            if peeked is None:
+                return reaped  # children, but none has exited
+            pid = peeked.si_pid
+            if pid in self._pids:
+                self._blocked_by = pid  # trio will collect it, with its real status
+                return reaped
+            try:
+                result = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
             except ChildProcessError:
                 continue  # someone else collected it meanwhile
-            if got == pid:
-                reaped.append(pid)
-                if on_reaped is not None:
-                    on_reaped(pid, os.waitstatus_to_exitcode(status))
-        return reaped
+            if result is None:
+                continue
+            reaped.append(pid)
+            if on_reaped is not None:
+                on_reaped(pid, _returncode(result))
+
+
+def _returncode(result: os.waitid_result) -> int:
+    """subprocess-style: the exit status, or minus the signal that ended it."""
+    if result.si_code == os.CLD_EXITED:
+        return result.si_status
+    return -result.si_status
 
 
 async def run_reaper(

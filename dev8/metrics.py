@@ -84,6 +84,13 @@ class Dev8Collector(Collector):
             "Connected event stream clients.",
             value=float(connections.get("websocketClients", 0)),
         )
+        if control.hooks.log_output is not None:
+            output = control.hooks.log_output()
+            yield CounterMetricFamily(
+                "dev8_log_lines_dropped",
+                "dev8's own log lines lost to a stalled, closed or full stdout.",
+                value=float(output["lines_dropped"]),
+            )
 
 
 def make_registry(control: Control) -> CollectorRegistry:

@@ -2,8 +2,8 @@
 
 Spawn in a new session (so the process group can be signalled as a whole), as the configured
 user, with output captured line by line; exit code 0 is a normal end, anything else raises
-``ProcessExited`` so the supervisor sees an abnormal exit. Stopping is a ladder: the stop signal to
-the group, ``stop_timeout`` to comply, then SIGKILL to the group.
+``ProcessExited`` so the supervisor sees an abnormal exit. Stopping is a ladder: the stop signal
+(then SIGCONT) to the group, ``stop_timeout`` for the whole group to comply, then SIGKILL to it.
 """
 
 from __future__ import annotations
@@ -258,28 +258,46 @@ async def _supervise(
 
 
 async def _stop(process: trio.Process, settings: ProcessSettings, log: Any) -> None:
-    """The stop ladder: stop signal to the group, wait, SIGKILL to the group."""
+    """The stop ladder, for the whole group: the stop signal (and SIGCONT, so a stopped process
+    can act on it), up to ``stop_timeout`` for the leader *and* its helpers to end, then SIGKILL
+    to whatever is left of the group."""
+    pgid = process.pid
     if process.returncode is None:
-        _signal_group(process.pid, settings.stop_signal)
+        _ask_group_to_stop(pgid, settings.stop_signal)
         with trio.move_on_after(settings.stop_timeout):
             await process.wait()
-        if process.returncode is None:
-            log.warning("stop_timeout_kill", pid=process.pid, stop_timeout=settings.stop_timeout)
-    _signal_group(process.pid, signal.SIGKILL)
+            await _wait_group_gone(pgid)
+        if process.returncode is None or _signal_group(pgid, 0):
+            log.warning("stop_timeout_kill", pid=pgid, stop_timeout=settings.stop_timeout)
+    _signal_group(pgid, signal.SIGKILL)
     await process.wait()
 
 
 async def _clear_group(pgid: int, settings: ProcessSettings, log: Any) -> None:
-    """SIGTERM to what is left of the group, ``stop_timeout`` to go, then SIGKILL."""
-    if not _signal_group(pgid, signal.SIGTERM):
+    """SIGTERM (and SIGCONT) to what is left of the group, ``stop_timeout`` to go, then SIGKILL."""
+    if not _ask_group_to_stop(pgid, signal.SIGTERM):
         return  # nobody left: the usual case
     with trio.move_on_after(settings.stop_timeout):
-        # Not our children (their parent is gone): nothing tells us when they exit.
-        while _signal_group(pgid, 0):  # noqa: ASYNC110
-            await trio.sleep(_GROUP_POLL_INTERVAL)
+        await _wait_group_gone(pgid)
         return
     log.warning("leftovers_killed", pgid=pgid, stop_timeout=settings.stop_timeout)
     _signal_group(pgid, signal.SIGKILL)
+
+
+def _ask_group_to_stop(pgid: int, sig: int) -> bool:
+    """`sig`, then SIGCONT: a stopped (state T) process would otherwise never see `sig`."""
+    if not _signal_group(pgid, sig):
+        return False
+    if sig not in (signal.SIGKILL, signal.SIGCONT):
+        _signal_group(pgid, signal.SIGCONT)
+    return True
+
+
+async def _wait_group_gone(pgid: int) -> None:
+    """Until nobody is left in the group (zombies count until the reaper collects them)."""
+    # Helpers are not our children (their parent is the leader): nothing tells us when they exit.
+    while _signal_group(pgid, 0):  # noqa: ASYNC110
+        await trio.sleep(_GROUP_POLL_INTERVAL)
 
 
 def _signal_group(pgid: int, sig: int) -> bool:

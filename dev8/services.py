@@ -20,7 +20,7 @@ import trio
 from actors import Backoff, ChildContext, ChildSpec, ChildState, Intensity, Restart, Supervisor
 
 from .builtins import SecretGetter, expand
-from .config import BackoffConfig, Config, IntensityConfig, ServiceConfig
+from .config import RESTART_DELAY_FLOOR, BackoffConfig, Config, IntensityConfig, ServiceConfig
 from .health import HealthBoard, make_prober_spec
 from .init import OwnPids
 from .probes import start_when_ready
@@ -29,7 +29,7 @@ from .secrets import load_env_file
 
 
 def backoff_of(config: BackoffConfig) -> Backoff:
-    return Backoff(**attrs.asdict(config))
+    return Backoff(**attrs.asdict(config), floor=RESTART_DELAY_FLOOR)
 
 
 def intensity_of(config: IntensityConfig) -> Intensity:
