@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import resource
 import select
@@ -62,7 +63,7 @@ class OwnPids:
         self._scan_wanted = False
         self._wake = trio.Event()
         #: The own zombie the last pass stopped at: the kernel shows it first until trio collects
-        #: it, so whatever exited behind it is reaped once it is gone (no SIGCHLD says so).
+        #: it, so the reaper looks again shortly, and at once when `discard()` says it is gone.
         self._blocked_by: int | None = None
 
     @contextlib.contextmanager
@@ -120,6 +121,7 @@ class OwnPids:
         here, so no spawn can start halfway through.
         """
         reaped: list[int] = []
+        self._blocked_by = None
         while True:
             try:
                 peeked = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -171,7 +173,14 @@ async def run_reaper(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(forward_signals)
             while True:
-                await own._wait_scan_turn()
+                blocked = own._blocked_by is not None
+                with trio.move_on_after(_POLL_INTERVAL if blocked else math.inf) as waiting:
+                    await own._wait_scan_turn()
+                if waiting.cancelled_caught:
+                    # One of ours hid the zombies behind it: look again once trio collected it,
+                    # even if no SIGCHLD comes (the others may have exited at the same moment).
+                    own.request_scan()
+                    continue
                 own._reap_orphans(on_reaped)
 
 
