@@ -637,6 +637,23 @@ def test_a_hard_link_to_a_root_file_is_never_read_into_the_users_files(
             assert b"root-only-material" not in path.read_bytes(), path
 
 
+def test_a_name_swapped_for_a_hard_link_after_the_read_gets_no_chown(
+    home: Path, user: pwd.struct_passwd, tmp_path: Path
+) -> None:
+    """The mode/owner fix of an unchanged file re-checks what the name is now."""
+    from dev8.secrets.atomic import fix_metadata, open_dir
+    from dev8.secrets.errors import SecretInputError
+
+    private = tmp_path / "root-private"
+    private.write_text("root only\n")
+    private.chmod(0o600)
+    os.link(private, home / ".git-credentials")  # swapped in after dev8 read the user's file
+    with open_dir(home, enforce_leaf=False) as dir_fd, pytest.raises(SecretInputError) as refused:
+        fix_metadata(dir_fd, ".git-credentials", mode=0o600, owner=owner_of(user))
+    assert refused.value.reason == "wrong_owner"
+    assert (private.stat().st_uid, stat.S_IMODE(private.stat().st_mode)) == (0, 0o600)
+
+
 def ssh_key_pair(directory: Path) -> tuple[str, str]:
     key = directory / "id_ed25519"
     subprocess.run(

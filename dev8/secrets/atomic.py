@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +28,7 @@ TEMP_PREFIX = ".dev8-tmp-"
 #: A file dev8 merges into is read whole or not at all (over this, it is left alone).
 MAX_READ_BYTES = MAX_USER_FILE_BYTES
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 @attrs.frozen
@@ -131,9 +132,19 @@ def write_atomic(
 
 
 def fix_metadata(dir_fd: int, name: str, *, mode: int, owner: Owner | None) -> None:
-    """Put mode and owner right on an existing file whose content is already right."""
+    """Put mode and owner right on an existing file whose content is already right.
+
+    The name may have been swapped since it was read: a chown goes only to a regular file that is
+    not a hard link to someone else's (root's ``/etc/shadow`` must never become the user's).
+    """
     fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SecretInputError(name, "not_a_regular_file")
+        expected = owner.uid if owner is not None and _should_chown(owner) else os.geteuid()
+        if info.st_nlink > 1 and info.st_uid != expected:
+            raise SecretInputError(name, "wrong_owner")
         _fix_fd(fd, mode, owner)
     finally:
         os.close(fd)
