@@ -451,6 +451,8 @@ async def test_user_files_are_read_without_links_fifos_devices_foreign_owners_or
     os.mkfifo(home / ".config/dev8/fifo.env")
     os.chown(home / ".config/dev8/fifo.env", uid, user.pw_gid)
     os.link(root_only, home / ".config/dev8/hardlink.env")  # a hard link to root's file
+    os.mknod(home / ".config/dev8/device.env", stat.S_IFCHR | 0o600, os.makedev(1, 5))
+    os.chown(home / ".config/dev8/device.env", uid, user.pw_gid)
     put(home, ".config/dev8/big.env", b"x" * 4097, user)
     os.symlink(tmp_path, home / ".linked")  # a directory on the way is a link
     (tmp_path / "inside").write_text("B=2\n")
@@ -463,6 +465,7 @@ async def test_user_files_are_read_without_links_fifos_devices_foreign_owners_or
         ".config/dev8/link.env": "symlink",
         ".config/dev8/zero.env": "symlink",
         ".config/dev8/fifo.env": "not_a_regular_file",
+        ".config/dev8/device.env": "not_a_regular_file",
         ".config/dev8/hardlink.env": "wrong_owner",
         ".config/dev8/big.env": "too_large",
         ".linked/inside": "symlink",
