@@ -140,7 +140,7 @@ def _runs_as_workspace_user(user: str | None, config: Config) -> bool:
     if os.geteuid() != 0:
         return target == os.geteuid()
     workspace = _uid_of(config.workspace.user)
-    return target is not None and target == workspace and target != 0
+    return target is not None and target == workspace
 
 
 async def send_signal_to_service(services: Supervisor, name: str, signum: int) -> bool:
