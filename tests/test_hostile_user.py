@@ -560,6 +560,30 @@ async def test_unusable_variables_are_refused_by_name_and_services_still_start(
     assert big not in repr(events)
 
 
+REFUSED = {
+    "LD_PRELOAD": "dangerous_name", "LD_LIBRARY_PATH": "dangerous_name",
+    "LD_AUDIT": "dangerous_name", "GLIBC_TUNABLES": "dangerous_name",
+    "GCONV_PATH": "dangerous_name", "MALLOC_CHECK_": "dangerous_name",
+    "BASH_ENV": "dangerous_name", "ENV": "dangerous_name", "BASH_FUNC_ls": "dangerous_name",
+    "PYTHONSTARTUP": "dangerous_name", "NODE_OPTIONS": "dangerous_name",
+    "JAVA_TOOL_OPTIONS": "dangerous_name", "HOME": "reserved_name", "USER": "reserved_name",
+    "DEV8_API_TOKEN": "reserved_name",
+}  # fmt: skip
+#: The user's own business in their own services.
+ACCEPTED = ("PATH", "EDITOR", "TMPDIR", "PYTHONPATH", "AZURE_CLIENT_ID", "GIT_AUTHOR_NAME")
+
+
+def test_the_refused_names_and_the_accepted_ones() -> None:
+    from dev8.secrets import parse_custom_env
+
+    checked = parse_custom_env(json.dumps(dict.fromkeys([*REFUSED, *ACCEPTED], "v")))
+    assert {r.name: r.reason for r in checked.refused} == REFUSED
+    assert sorted(checked.variables) == sorted(ACCEPTED)
+    # The same names in the dotenv form, and a name no shell could load is only dropped.
+    dotenv = "".join(f"{name}=v\n" for name in [*REFUSED, *ACCEPTED, "not-a-name"])
+    assert parse_custom_env(dotenv) == checked
+
+
 ALPHABET = "ab Z09_#'\"$`\\\r\n\t=;!*?é€{}[]"
 
 
