@@ -129,7 +129,7 @@ class Dev8:
             own=self.own,
             health=self.health,
             get_secret=self.secrets.get if self.secrets else None,
-            env_file=self.secrets.injector.env_file_path if self.secrets else None,
+            custom_env=self.secrets.injector.custom_env if self.secrets else None,
         )
         enabled = [name for name, service in config.services.items() if service.enabled]
         self.services = Supervisor(

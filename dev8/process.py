@@ -29,6 +29,14 @@ from .init import OwnPids
 _MAX_LINE = 16 * 1024
 _DRAIN_AFTER_EXIT = 0.5
 _GROUP_POLL_INTERVAL = 0.02
+#: dev8's own environment that no service may inherit: its settings, and every credential the
+#: Azure SDK (azure-identity, MSAL) reads. With ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER`` (App
+#: Service, Container Apps), ``MSI_*`` (older App Service, Cloud Shell), ``IMDS_ENDPOINT`` (Arc)
+#: or a federated token file, a service could mint dev8's own Key Vault tokens.
+_STRIPPED_PREFIXES = ("DEV8_", "AZURE_", "IDENTITY_", "MSI_", "IMDS_", "MSAL_")
+_STRIPPED_NAMES = frozenset(
+    {"SYSTEM_OIDCREQUESTURI", "SYSTEM_ACCESSTOKEN", "AZUREPS_HOST_ENVIRONMENT", "REGION_NAME"}
+)
 
 
 class ProcessExited(Exception):
@@ -167,7 +175,7 @@ def _environment(settings: ProcessSettings, identity: _Identity | None) -> dict[
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith("DEV8_") and not key.startswith("AZURE_")
+        if not key.startswith(_STRIPPED_PREFIXES) and key not in _STRIPPED_NAMES
     }
     if identity is not None:
         env.update(

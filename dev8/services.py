@@ -3,15 +3,18 @@
 Built-ins are expanded first (``dev8.builtins``); the process actor is gated by the readiness
 probe, so "started" means "ready" and the supervisor's ``start_timeout`` covers a service that
 never becomes ready. Services get the workspace's custom environment (from secrets) at every
-start, so a restart picks up rotated values.
+start, so a restart picks up rotated values. Those values are the ones dev8 fetched and checked
+(``Injector.custom_env``), never the user-editable ``secrets.env``, and only services that run as
+the workspace user get them: the user controls them, so they never reach root's sshd or a
+service of another user.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
-from pathlib import Path
+import pwd
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -25,7 +28,6 @@ from .health import HealthBoard, make_prober_spec
 from .init import OwnPids
 from .probes import start_when_ready
 from .process import OutputRing, ProcessSettings, run_process
-from .secrets import load_env_file
 
 
 def backoff_of(config: BackoffConfig) -> Backoff:
@@ -43,8 +45,8 @@ class ServiceFactory:
     own: OwnPids
     health: HealthBoard
     get_secret: SecretGetter | None = None
-    #: The custom environment file written by the secret injector, if any.
-    env_file: Path | None = None
+    #: The custom environment variables the secrets rotator holds, checked (None: no secrets).
+    custom_env: Callable[[], Mapping[str, str]] | None = None
     outputs: dict[str, OutputRing] = attrs.field(factory=dict)
     #: The supervisor of the process actors (set once it exists: probers restart through it).
     services: Supervisor | None = None
@@ -65,11 +67,11 @@ class ServiceFactory:
             else (config.workspace.user if as_root else None)
         )
         output = self.outputs.setdefault(name, OutputRing())
-        env_file = self.env_file
+        custom_env = self.custom_env if _runs_as_workspace_user(user, config) else None
 
         async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
             extra = await builtin.prepare()
-            custom = load_env_file(env_file) if env_file is not None else {}
+            custom = custom_env() if custom_env is not None else {}
             settings = ProcessSettings(
                 command=service.command,
                 env={**custom, **service.env, **extra},
@@ -119,6 +121,26 @@ class ServiceFactory:
             return None
 
         return pid_of
+
+
+def _uid_of(user: str) -> int | None:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+def _runs_as_workspace_user(user: str | None, config: Config) -> bool:
+    """Whether a service running as ``user`` (None: as dev8 itself) is the workspace user's.
+
+    As root, the workspace user is ``workspace.user``; otherwise dev8 runs as that user already
+    and services run as it too. Decided by uid, so an alias of root is root.
+    """
+    target = os.geteuid() if user is None else _uid_of(user)
+    if os.geteuid() != 0:
+        return target == os.geteuid()
+    workspace = _uid_of(config.workspace.user)
+    return target is not None and target == workspace
 
 
 async def send_signal_to_service(services: Supervisor, name: str, signum: int) -> bool:

@@ -6,12 +6,13 @@ import json
 import os
 import stat
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from dev8.secrets import Injector, Owner, SecretValue, load_env_file
+from dev8.secrets import Injector, Owner, SecretValue
 from dev8.secrets.atomic import TEMP_PREFIX, atomic_write
 from dev8.secrets.render import (
     normalize_key_text,
@@ -70,6 +71,23 @@ def injector(home: Path, **kwargs: object) -> Injector:
     return Injector(**options)  # type: ignore[arg-type]
 
 
+def as_user(home: Path) -> None:
+    """What a test put in the home belongs to the user, as the user's own files do."""
+    for path in [home, *home.rglob("*")]:
+        os.lchown(path, UID, GID)
+
+
+def sourced(env_file: Path, names: Iterable[str]) -> dict[str, str]:
+    """What a POSIX shell that sources the env file sees, as a login shell does."""
+    out = subprocess.run(
+        ["sh", "-c", '. "$1" && exec env -0', "sh", str(env_file)], capture_output=True,
+        check=True, timeout=30, env={"PATH": os.environ["PATH"]},
+    ).stdout  # fmt: skip
+    pairs = [item.decode().partition("=") for item in out.split(b"\0") if item]
+    wanted = set(names)
+    return {name: value for name, _, value in pairs if name in wanted}
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.lstat().st_mode)
 
@@ -77,7 +95,8 @@ def mode(path: Path) -> int:
 def test_writes_every_file_with_content_mode_and_owner(
     home: Path, keys: dict[str, tuple[str, str]]
 ) -> None:
-    result = injector(home).inject(full_set(keys))
+    inj = injector(home)
+    result = inj.inject(full_set(keys))
 
     expected = {
         home / ".git-credentials": 0o600,
@@ -112,7 +131,8 @@ def test_writes_every_file_with_content_mode_and_owner(
     assert (home / ".ssh/id_ed25519.pub").read_text() == public
     key_type, blob = public.split()[:2]
     assert (home / ".ssh/authorized_keys").read_text() == f"{key_type} {blob} dev8-managed\n"
-    assert load_env_file(home / ".config/dev8/secrets.env") == {"FOO": "bar", "N": "3"}
+    assert inj.custom_env() == {"FOO": "bar", "N": "3"}
+    assert sourced(home / ".config/dev8/secrets.env", ["FOO", "N"]) == inj.custom_env()
     assert not list(home.rglob(TEMP_PREFIX + "*"))
 
 
@@ -215,6 +235,7 @@ def test_user_settings_survive_a_merge(home: Path) -> None:
     )
     (home / ".ssh").mkdir(mode=0o755)
     (home / ".ssh/authorized_keys").write_text("ssh-ed25519 AAAAUSERKEY laptop\n")
+    as_user(home)
 
     inj = injector(home)
     inj.inject({"github_token": sv("github-token-alice", "ghp_NEW")})
@@ -248,6 +269,7 @@ def test_authorized_keys_keeps_user_keys_and_replaces_ours(
 ) -> None:
     (home / ".ssh").mkdir(mode=0o775)
     (home / ".ssh/authorized_keys").write_text("ssh-ed25519 AAAAUSERKEY laptop\n")
+    as_user(home)
     inj = injector(home)
     _ed_priv, ed_pub = keys["ed25519"]
     inj.inject({"ssh_public_key": sv("p", ed_pub)})
@@ -323,12 +345,12 @@ def test_env_file_is_loadable_by_shells_and_services(home: Path, tmp_path: Path)
               "DOLLAR": "$HOME `x`"}  # fmt: skip
     profile_dir = tmp_path / "profile.d"
     profile_dir.mkdir()
-    result = injector(home, profile_dir=profile_dir).inject(
-        {"custom_env_vars": sv("e", json.dumps({**tricky, "bad-name": "x"}))}
-    )
+    inj = injector(home, profile_dir=profile_dir)
+    result = inj.inject({"custom_env_vars": sv("e", json.dumps({**tricky, "bad-name": "x"}))})
     env_file = home / ".config/dev8/secrets.env"
     assert env_file in result.written
-    assert load_env_file(env_file) == tricky
+    assert inj.custom_env() == tricky
+    assert sourced(env_file, tricky) == tricky
     # A login shell goes through the profile.d hook.
     hook = profile_dir / "dev8-secrets.sh"
     assert mode(hook) == 0o644
@@ -344,14 +366,15 @@ def test_env_file_is_loadable_by_shells_and_services(home: Path, tmp_path: Path)
 
 def test_dotenv_format_is_accepted(home: Path) -> None:
     text = '# comment\nexport A=1\nB = "two words"\nC=three words\nnot a line\n'
-    injector(home).inject({"custom_env_vars": sv("e", text)})
-    assert load_env_file(home / ".config/dev8/secrets.env") == {
-        "A": "1", "B": "two words", "C": "three words",
-    }  # fmt: skip
+    inj = injector(home)
+    inj.inject({"custom_env_vars": sv("e", text)})
+    assert inj.custom_env() == {"A": "1", "B": "two words", "C": "three words"}
+    assert sourced(home / ".config/dev8/secrets.env", "ABC") == inj.custom_env()
 
 
 def test_bytes_that_are_not_utf8_survive_a_gitconfig_merge(home: Path) -> None:
     (home / ".gitconfig").write_bytes(b"[alias]\n\tx = \xff\xfe\n")
+    as_user(home)
     injector(home).inject({"github_token": sv("t", "ghp_X")})
     assert (home / ".gitconfig").read_bytes().startswith(b"[alias]\n\tx = \xff\xfe\n[user]\n")
 

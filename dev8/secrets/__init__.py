@@ -5,16 +5,19 @@ Values never leave this package except into the files written for the workspace 
 repr, log line, event and error carries names and versions only.
 """
 
-from pathlib import Path as _Path
-
 from .atomic import Owner as Owner
 from .atomic import atomic_write as atomic_write
+from .custom_env import CustomEnv as CustomEnv
+from .custom_env import RefusedVariable as RefusedVariable
+from .custom_env import parse_custom_env as parse_custom_env
 from .errors import MissingSecretError as MissingSecretError
 from .errors import SecretFetchError as SecretFetchError
+from .errors import SecretInputError as SecretInputError
 from .errors import SecretsConfigError as SecretsConfigError
 from .errors import SecretsError as SecretsError
 from .events import SecretFetched as SecretFetched
 from .events import SecretFetchFailed as SecretFetchFailed
+from .events import SecretInputRefused as SecretInputRefused
 from .events import SecretRotated as SecretRotated
 from .events import SecretsInjected as SecretsInjected
 from .injector import InjectionResult as InjectionResult
@@ -25,7 +28,6 @@ from .providers import NullProvider as NullProvider
 from .providers import SecretProvider as SecretProvider
 from .providers import SecretValue as SecretValue
 from .providers import build_provider as build_provider
-from .render import parse_env_file as parse_env_file
 from .rotator import FetchFailure as FetchFailure
 from .rotator import RefreshResult as RefreshResult
 from .rotator import Rotator as Rotator
@@ -33,12 +35,3 @@ from .rotator import RotatorStats as RotatorStats
 from .settings import ROLES as ROLES
 from .settings import SecretsConfig as SecretsConfig
 from .settings import secrets_config_from as secrets_config_from
-
-
-def load_env_file(path: str | _Path) -> dict[str, str]:
-    """The custom env vars the injector wrote, for a service's environment ({} if none)."""
-    try:
-        text = _Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    return parse_env_file(text)

@@ -10,7 +10,6 @@ target and fsyncing the directory, so a crash at any instant leaves the old or t
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import secrets
 import stat
@@ -20,27 +19,22 @@ from pathlib import Path
 
 import attrs
 
+from .errors import SecretInputError
+from .userfiles import MAX_USER_FILE_BYTES, read_at
+from .userfiles import UserFile as Existing
+
 #: Temporary files start with this; a crash can leave one behind, the next write removes it.
 TEMP_PREFIX = ".dev8-tmp-"
-MAX_READ_BYTES = 1024 * 1024
+#: A file dev8 merges into is read whole or not at all (over this, it is left alone).
+MAX_READ_BYTES = MAX_USER_FILE_BYTES
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 @attrs.frozen
 class Owner:
     """Who the written files belong to (applied only when dev8 runs as root)."""
 
-    uid: int
-    gid: int
-
-
-@attrs.frozen
-class Existing:
-    """A regular file found at the target name."""
-
-    data: bytes = attrs.field(repr=False)
-    mode: int
     uid: int
     gid: int
 
@@ -83,31 +77,22 @@ def open_dir(
         os.close(fd)
 
 
-def read_existing(dir_fd: int, name: str) -> Existing | None:
-    """The regular file at ``name``, or None if there is none (a symlink counts as none)."""
+def read_existing(dir_fd: int, name: str, *, owner_uid: int | None = None) -> Existing | None:
+    """The whole regular file at ``name``, or None if there is none (a symlink counts as none:
+    the rename will replace the link itself).
+
+    Anything else that is not a regular file (owned by ``owner_uid`` when given, or root's own
+    with a single link, within :data:`MAX_READ_BYTES`) raises :class:`SecretInputError`: a file
+    is never rewritten from a partial or foreign read.
+    """
     try:
-        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        if e.errno == errno.ELOOP:  # a symlink: the rename will replace the link itself
+        return read_at(
+            dir_fd, name, owner_uid=owner_uid, max_bytes=MAX_READ_BYTES, root_single_link_ok=True
+        )
+    except SecretInputError as e:
+        if e.reason == "symlink":
             return None
         raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise IsADirectoryError(f"{name} exists and is not a regular file")
-        chunks = []
-        remaining = MAX_READ_BYTES
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 65536))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return Existing(b"".join(chunks), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
-    finally:
-        os.close(fd)
 
 
 def write_atomic(
@@ -147,9 +132,19 @@ def write_atomic(
 
 
 def fix_metadata(dir_fd: int, name: str, *, mode: int, owner: Owner | None) -> None:
-    """Put mode and owner right on an existing file whose content is already right."""
+    """Put mode and owner right on an existing file whose content is already right.
+
+    The name may have been swapped since it was read: a chown goes only to a regular file that is
+    not a hard link to someone else's (root's ``/etc/shadow`` must never become the user's).
+    """
     fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SecretInputError(name, "not_a_regular_file")
+        expected = owner.uid if owner is not None and _should_chown(owner) else os.geteuid()
+        if info.st_nlink > 1 and info.st_uid != expected:
+            raise SecretInputError(name, "wrong_owner")
         _fix_fd(fd, mode, owner)
     finally:
         os.close(fd)

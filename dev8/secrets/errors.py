@@ -40,3 +40,22 @@ class MissingSecretError(SecretsError):
 
     def __reduce__(self) -> tuple[type[MissingSecretError], tuple[tuple[str, ...]]]:
         return (type(self), (self.names,))
+
+
+class SecretInputError(SecretsError):
+    """One item's input is unusable: a file in the user's home or a secret's content.
+
+    It fails that item only (its file is left exactly as it was) and names the item and a short
+    reason class (``too_large``, ``not_a_regular_file``, ``wrong_owner``, ``symlink``,
+    ``too_deeply_nested``, ...), never a value. Injection failures of this kind appear in
+    ``InjectionResult.failed`` with the reason as their error class, so a pass that met one is not
+    ``ok``.
+    """
+
+    def __init__(self, item: str, reason: str) -> None:
+        self.item = item
+        self.reason = reason
+        super().__init__(f"{item}: refused ({reason})")
+
+    def __reduce__(self) -> tuple[type[SecretInputError], tuple[str, str]]:
+        return (type(self), (self.item, self.reason))

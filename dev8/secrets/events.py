@@ -51,3 +51,19 @@ class SecretsInjected(Event):
     paths: tuple[str, ...]
     roles: tuple[str, ...]
     duration: float
+
+
+@attrs.frozen(kw_only=True)
+class SecretInputRefused(Event):
+    """dev8 refused one piece of input and went on with the rest.
+
+    ``item`` is a file path (a file in the user's home it would not read or rewrite) or a custom
+    environment variable's name; never a value.
+    """
+
+    kind: ClassVar[str] = "secret_input_refused"
+    role: str
+    item: str
+    #: too_large, not_a_regular_file, wrong_owner, symlink, too_deeply_nested, nul_byte,
+    #: not_utf8, dangerous_name, reserved_name, ...
+    reason: str

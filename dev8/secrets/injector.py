@@ -15,6 +15,9 @@ from pathlib import Path, PurePosixPath
 
 import attrs
 import structlog
+import trio
+
+from actors import Event
 
 from .atomic import (
     Owner,
@@ -26,15 +29,18 @@ from .atomic import (
     remove_stale_temps,
     write_atomic,
 )
+from .custom_env import parse_custom_env
+from .errors import SecretInputError
+from .events import SecretInputRefused
 from .providers import SecretValue
 from .render import (
     PROFILE_HOOK,
     SSH_KEY_FILE_NAMES,
     normalize_key_text,
-    parse_custom_env,
     public_key_line,
     render_authorized_keys,
     render_copilot_hosts,
+    render_derived_public_key,
     render_env_file,
     render_gh_hosts,
     render_git_credentials,
@@ -56,9 +62,14 @@ class InjectionResult:
     written: tuple[Path, ...] = ()
     fixed: tuple[Path, ...] = ()
     unchanged: tuple[Path, ...] = ()
-    #: (path, error class) of files that could not be written; their old content stays.
+    #: (path, error class) of files that could not be written; their old content stays. Bad
+    #: input (a user's file dev8 will not read or rewrite, a secret it cannot parse) has the
+    #: :class:`SecretInputError` reason as its class: ``too_large``, ``wrong_owner``, ...
     failed: tuple[tuple[Path, str], ...] = ()
     duration: float = 0.0
+    #: Everything refused in this injection (files and custom environment variables), as
+    #: published: what a counter of bad input counts.
+    refused: tuple[SecretInputRefused, ...] = ()
 
     @property
     def changed(self) -> tuple[Path, ...]:
@@ -67,6 +78,7 @@ class InjectionResult:
 
 @attrs.frozen
 class _Planned:
+    role: str
     parts: tuple[str, ...]
     name: str
     mode: int
@@ -87,6 +99,7 @@ class Injector:
         git_user_email: str | None = None,
         env_file: str = ".config/dev8/secrets.env",
         profile_dir: str | os.PathLike[str] | None = None,
+        publish: Callable[[Event], object] | None = None,
     ) -> None:
         self.home = Path(home)
         self.owner = owner
@@ -97,10 +110,18 @@ class Injector:
         self.env_file = PurePosixPath(env_file)
         self.profile_dir = Path(profile_dir) if profile_dir is not None else None
         self._swept: set[tuple[str, ...]] = set()
+        self._publish = publish
+        self._custom_env: Mapping[str, str] = {}
+        self._refused: list[SecretInputRefused] = []
 
     @classmethod
     def from_config(
-        cls, config: SecretsConfig, *, home: str | os.PathLike[str], owner: Owner | None
+        cls,
+        config: SecretsConfig,
+        *,
+        home: str | os.PathLike[str],
+        owner: Owner | None,
+        publish: Callable[[Event], object] | None = None,
     ) -> Injector:
         return cls(
             home=home,
@@ -111,12 +132,41 @@ class Injector:
             git_user_email=config.git_user_email,
             env_file=config.env_file,
             profile_dir=config.profile_dir,
+            publish=publish,
         )
 
     @property
     def env_file_path(self) -> Path:
-        """The env file services should load (see :func:`dev8.secrets.load_env_file`)."""
+        """The env file the user's login shells load. Services never read it: the user can edit
+        it, and some services run as root (see :meth:`custom_env`)."""
         return self.home / self.env_file
+
+    def custom_env(self) -> dict[str, str]:
+        """The custom environment variables as last fetched and checked, for the services that
+        run as the workspace user ({} before the secret was ever fetched)."""
+        return dict(self._custom_env)
+
+    def _expected_uid(self) -> int:
+        """Who the files dev8 merges into must belong to (a hard link to root's is refused)."""
+        if self.owner is not None and os.geteuid() == 0:
+            return self.owner.uid
+        return os.geteuid()
+
+    def _refuse(self, role: str, item: str, reason: str) -> None:
+        event = SecretInputRefused(source="dev8/secrets", role=role, item=item, reason=reason)
+        self._refused.append(event)
+        log.warning("secrets.input_refused", role=role, item=item, reason=reason)
+        if self._publish is None:
+            return
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:  # a worker thread (or no trio at all): hand it to the loop
+            try:
+                trio.from_thread.run_sync(self._publish, event)
+            except RuntimeError:  # a plain synchronous caller
+                self._publish(event)
+            return
+        self._publish(event)
 
     def inject(self, secrets: Mapping[str, SecretValue | None]) -> InjectionResult:
         """Write every file whose content or mode must change. Blocking, a few ms."""
@@ -125,6 +175,7 @@ class Injector:
         fixed: list[Path] = []
         unchanged: list[Path] = []
         failed: list[tuple[Path, str]] = []
+        self._refused = []
         with ExitStack() as stack:
             dirs: dict[tuple[str, ...], int] = {}
             to_sync: set[tuple[str, ...]] = set()
@@ -141,6 +192,10 @@ class Injector:
                             remove_stale_temps(dirs[item.parts])
                             self._swept.add(item.parts)
                     outcome = self._apply(dirs[item.parts], item)
+                except SecretInputError as e:
+                    failed.append((path, e.reason))
+                    self._refuse(item.role, str(path), e.reason)
+                    continue
                 except (OSError, ValueError) as e:
                     failed.append((path, _error_class(e)))
                     log.warning("secrets.inject.failed", path=str(path), error=_error_class(e))
@@ -158,7 +213,7 @@ class Injector:
             self._write_profile_hook()
         result = InjectionResult(
             tuple(written), tuple(fixed), tuple(unchanged), tuple(failed),
-            time.perf_counter() - start,
+            time.perf_counter() - start, tuple(self._refused),
         )  # fmt: skip
         log.info(
             "secrets.injected",
@@ -171,9 +226,13 @@ class Injector:
         return result
 
     def _apply(self, dir_fd: int, item: _Planned) -> str:
-        existing = read_existing(dir_fd, item.name)
+        # The whole file, the user's and no one else's, or nothing: never rewritten from a part.
+        existing = read_existing(dir_fd, item.name, owner_uid=self._expected_uid())
         old_text = existing.data.decode("utf-8", "surrogateescape") if existing else None
-        new_data = item.render(old_text).encode("utf-8", "surrogateescape")
+        try:
+            new_data = item.render(old_text).encode("utf-8", "surrogateescape")
+        except RecursionError:  # YAML or JSON nested beyond what a parser can take
+            raise SecretInputError(item.name, "too_deeply_nested") from None
         if existing is not None and existing.data == new_data:
             if needs_metadata_fix(existing, mode=item.mode, owner=self.owner):
                 fix_metadata(dir_fd, item.name, mode=item.mode, owner=self.owner)
@@ -194,18 +253,18 @@ class Injector:
             tok = token.strip()
             user = self.github_user or "x-access-token"
             plan.append(
-                _Planned((), ".git-credentials", 0o600,
+                _Planned("github_token", (), ".git-credentials", 0o600,
                          lambda old: render_git_credentials(old, host=host, user=user, token=tok))
             )  # fmt: skip
             plan.append(
-                _Planned((".config", "gh"), "hosts.yml", 0o600,
+                _Planned("github_token", (".config", "gh"), "hosts.yml", 0o600,
                          lambda old: render_gh_hosts(old, host=host, token=tok,
                                                      user=self.github_user))
             )  # fmt: skip
         if token is not None or self.git_user_name or self.git_user_email:
             helper = token is not None and bool(token.strip())
             plan.append(
-                _Planned((), ".gitconfig", 0o600,
+                _Planned("github_token", (), ".gitconfig", 0o600,
                          lambda old: render_gitconfig(old, host=host, user_name=self.git_user_name,
                                                       user_email=self.git_user_email,
                                                       credential_helper=helper))
@@ -214,18 +273,33 @@ class Injector:
         if copilot is not None and copilot.strip():
             ctok = copilot.strip()
             plan.append(
-                _Planned((".config", "github-copilot"), "hosts.json", 0o600,
+                _Planned("copilot_token", (".config", "github-copilot"), "hosts.json", 0o600,
                          lambda old: render_copilot_hosts(old, host=host, token=ctok,
                                                           user=self.github_user))
             )  # fmt: skip
         plan.extend(self._plan_ssh(value("ssh_private_key"), value("ssh_public_key")))
         custom = value("custom_env_vars")
         if custom is not None:
-            variables = parse_custom_env(custom)
-            text = render_env_file(variables)
-            *parts, name = self.env_file.parts
-            plan.append(_Planned(tuple(parts), name, 0o600, lambda _old: text))
+            plan.append(self._plan_custom_env(custom))
         return plan
+
+    def _plan_custom_env(self, secret: str) -> _Planned:
+        """Check the variables now (services get them from memory), then write the env file."""
+        *parts, name = self.env_file.parts
+        try:
+            checked = parse_custom_env(secret)
+        except SecretInputError as e:
+            reason = e.reason
+
+            def refuse(_old: str | None) -> str:  # the file and the values in memory stay
+                raise SecretInputError(name, reason)
+
+            return _Planned("custom_env_vars", tuple(parts), name, 0o600, refuse)
+        for refused in checked.refused:
+            self._refuse("custom_env_vars", refused.name, refused.reason)
+        self._custom_env = dict(checked.variables)
+        text = render_env_file(checked.variables)
+        return _Planned("custom_env_vars", tuple(parts), name, 0o600, lambda _old: text)
 
     def _plan_ssh(self, private: str | None, public: str | None) -> list[_Planned]:
         private = normalize_key_text(private) if private and private.strip() else None
@@ -234,15 +308,21 @@ class Injector:
         base = SSH_KEY_FILE_NAMES.get(key_type or "")
         plan: list[_Planned] = []
         if private is not None and base is not None:
-            plan.append(_Planned((".ssh",), base, 0o600, lambda _old: private))
+            plan.append(_Planned("ssh_private_key", (".ssh",), base, 0o600, lambda _old: private))
         line = public_key_line(private, public)
         if line is None:
             return plan
         if base is not None:
-            pub_text = public if public is not None else f"{line} dev8\n"
-            plan.append(_Planned((".ssh",), base + ".pub", 0o644, lambda _old: pub_text))
+            # Without a public key secret (absent, or its fetch failed) a .pub that already holds
+            # the key stays as it is: a failed fetch changes no file.
+            pub_text = public
+            plan.append(
+                _Planned("ssh_public_key", (".ssh",), base + ".pub", 0o644,
+                         lambda old: pub_text if pub_text is not None
+                         else render_derived_public_key(old, line=line))
+            )  # fmt: skip
         plan.append(
-            _Planned((".ssh",), "authorized_keys", 0o600,
+            _Planned("ssh_public_key", (".ssh",), "authorized_keys", 0o600,
                      lambda old: render_authorized_keys(old, public_line=line))
         )  # fmt: skip
         return plan

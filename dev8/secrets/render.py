@@ -12,7 +12,7 @@ import json
 import re
 import shlex
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -190,7 +190,10 @@ def render_copilot_hosts(existing: str | None, *, host: str, token: str, user: s
 
 
 def _load_mapping(text: str | None, *, yaml_format: bool) -> dict[Any, Any]:
-    """The file's mapping; an unreadable file is replaced (it could not have worked anyway)."""
+    """The file's mapping; an unreadable file is replaced (it could not have worked anyway).
+
+    One nested too deeply raises ``RecursionError``: the injector leaves such a file alone.
+    """
     if not text or not text.strip():
         return {}
     try:
@@ -270,6 +273,16 @@ def public_key_line(private: str | None, public: str | None) -> str | None:
     return openssh_public_from_private(private) if private else None
 
 
+def render_derived_public_key(existing: str | None, *, line: str) -> str:
+    """``id_*.pub`` when no public key secret came: derived from the private key, unless the file
+    already holds that same key (with the user's own comment), which is then kept as it is."""
+    if existing is not None:
+        fields = existing.split()
+        if len(fields) >= 2 and f"{fields[0]} {fields[1]}" == line:
+            return existing
+    return f"{line} dev8\n"
+
+
 def render_authorized_keys(existing: str | None, *, public_line: str) -> str:
     """``authorized_keys`` with our one marked key; the user's own keys stay untouched."""
     kept = [
@@ -285,69 +298,15 @@ def render_authorized_keys(existing: str | None, *, public_line: str) -> str:
 # ---- custom environment ----------------------------------------------------------------------
 
 
-def parse_custom_env(value: str) -> dict[str, str]:
-    """The custom env vars secret: a JSON object, or ``KEY=VALUE`` lines (dotenv style).
-
-    Names that are not shell identifiers are dropped (a shell could not load them anyway).
-    """
-    stripped = value.strip()
-    pairs: Iterable[tuple[str, Any]]
-    if stripped.startswith("{"):
-        try:
-            loaded = json.loads(stripped)
-        except ValueError:
-            loaded = None
-        if isinstance(loaded, dict):
-            pairs = loaded.items()
-            return {
-                str(k): v if isinstance(v, str) else json.dumps(v)
-                for k, v in pairs
-                if _ENV_NAME.match(str(k)) and v is not None
-            }
-    return _parse_dotenv(value)
-
-
-def _parse_dotenv(text: str) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for line in text.splitlines():
-        match = re.match(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)$", line)
-        if match is None:
-            continue
-        raw = match.group(2).strip()
-        try:
-            words = shlex.split(raw, comments=True, posix=True)
-        except ValueError:
-            words = [raw]
-        result[match.group(1)] = " ".join(words)
-    return result
-
-
 def render_env_file(variables: Mapping[str, str]) -> str:
-    """POSIX-shell text (``export K='v'``) that login shells source and :func:`parse_env_file`
-    reads back for services."""
+    """POSIX-shell text (``export K='v'``) that the user's login shells source (services get the
+    values dev8 holds, never this file's)."""
     header = "# Written by dev8 from the workspace's custom env vars secret. Do not edit.\n"
     return header + "".join(
         f"export {name}={shlex.quote(val)}\n"
         for name, val in variables.items()
         if _ENV_NAME.match(name)
     )
-
-
-def parse_env_file(text: str) -> dict[str, str]:
-    """``KEY=VALUE`` assignments (optionally ``export``-ed, shell-quoted, ``#`` comments)."""
-    try:
-        tokens = shlex.split(text, comments=True, posix=True)
-    except ValueError:  # unbalanced quotes: take what the line-based reading gives
-        tokens = [line.strip() for line in text.splitlines() if "=" in line]
-    result: dict[str, str] = {}
-    for word in tokens:
-        if word == "export" or "=" not in word:
-            continue
-        name, _, val = word.partition("=")
-        name = name.removeprefix("export ").strip()
-        if _ENV_NAME.match(name):
-            result[name] = val
-    return result
 
 
 PROFILE_HOOK = """\

@@ -54,7 +54,9 @@ class Secrets:
             if entry is not None:
                 owner = Owner(entry.pw_uid, entry.pw_gid)
         # The workspace directory is the workspace user's home: git, gh, ssh look there.
-        injector = Injector.from_config(settings, home=Path(config.workspace.dir), owner=owner)
+        injector = Injector.from_config(
+            settings, home=Path(config.workspace.dir), owner=owner, publish=publish
+        )
         provider = build_provider(settings)
         rotator = Rotator.from_config(
             settings, provider=provider, injector=injector, publish=publish, source="dev8/secrets"
