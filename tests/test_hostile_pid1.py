@@ -665,3 +665,72 @@ async def test_reaping_does_not_scan_proc_whatever_the_number_of_live_processes(
     assert found["zombies"] == []
     # The kernel said who exited: no stat file of any of the live orphans was read.
     assert found["opened_proc"] == []
+
+
+ROUNDS_TOGETHER = 10
+# Leaves a zombie child behind when it exits 5: that zombie is orphaned (to PID 1) at the very
+# moment this process itself becomes a zombie.
+LEAVES_A_ZOMBIE = (
+    "import os\n"
+    "if os.fork() == 0:\n"
+    "    os._exit(3)\n"
+    "os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)  # exited, not collected: a zombie\n"
+    "os._exit(5)\n"
+)
+# PID 1 again: a child of ours exits 5 at the moment its own child (orphaned, so ours to reap)
+# is already a zombie. The kernel lists ours first; trio collects it only once both are zombies;
+# the reaper must still find the orphan with no SIGCHLD left to wake it, even while ours is
+# still in OwnPids (as during a service's stop).
+EXITING_TOGETHER = f"""\
+import json, os, subprocess, sys
+from functools import partial
+import trio
+sys.path.insert(0, {str(REPO_ROOT)!r})
+from dev8.init import OwnPids, run_reaper, list_zombie_children
+
+def state(pid):
+    data = open(f"/proc/{{pid}}/stat", "rb").read()
+    return data[data.rfind(b")") + 2 :].split()[0].decode()
+
+async def main():
+    own = OwnPids()
+    reaped = []
+    codes = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(run_reaper, own, on_reaped=lambda pid, rc: reaped.append(rc)))
+        for round in range({ROUNDS_TOGETHER}):
+            # Spawned from this thread (trio would use a worker), so that the kernel lists it
+            # before the orphan it leaves: both under this thread, ours first.
+            with own.spawning():
+                proc = subprocess.Popen([sys.executable, "-c", {LEAVES_A_ZOMBIE!r}])
+                own.add(proc.pid)
+            with trio.fail_after(10):
+                # Both are zombies, and the reaper's pass on their SIGCHLD stopped at ours.
+                while state(proc.pid) != "Z" or own._blocked_by != proc.pid:
+                    await trio.sleep(0.005)
+            codes.append(proc.wait())  # collected, as trio would
+            with trio.fail_after(10):
+                while len(reaped) <= round:
+                    await trio.sleep(0.005)
+            own.discard(proc.pid)
+        result = {{"codes": codes, "reaped": reaped, "zombies": list_zombie_children()}}
+        nursery.cancel_scope.cancel()
+    print(json.dumps(result), flush=True)
+
+trio.run(main)
+"""
+
+
+async def test_a_zombie_of_ours_never_hides_an_orphan_that_exited_with_it() -> None:
+    with fail_after(120, "the rounds"):
+        result = await trio.run_process(
+            [*UNSHARE_PID1, sys.executable, "-c", EXITING_TOGETHER],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    found = json.loads(result.stdout.decode().splitlines()[-1])
+    assert found["codes"] == [5] * ROUNDS_TOGETHER  # ours: never stolen by the reaper
+    assert found["reaped"] == [3] * ROUNDS_TOGETHER  # theirs: each found without a discard
+    assert found["zombies"] == []
