@@ -763,3 +763,33 @@ async def test_a_zombie_of_ours_never_hides_an_orphan_that_exited_with_it() -> N
     assert found["codes"] == [5] * ROUNDS_TOGETHER  # ours: never stolen by the reaper
     assert found["reaped"] == [3] * ROUNDS_TOGETHER  # theirs: each found without a discard
     assert found["zombies"] == []
+
+
+async def test_services_start_with_a_clean_signal_mask_and_default_dispositions(
+    tmp_path: Path, api_port: int, marker: str
+) -> None:
+    """dev8 catches nearly every signal from its first lines: none of that reaches a service
+    (exec resets caught signals; nothing is blocked; Python's own SIG_IGN of PIPE and XFSZ is
+    undone at spawn)."""
+    config = write_config(
+        tmp_path / "dev8.yaml",
+        {
+            "masks": shell_service(
+                "exec grep -E '^Sig(Blk|Ign):' /proc/self/status", marker, restart="transient"
+            )
+        },
+        port=api_port,
+    )
+    async with open_dev8(config, port=api_port, prefix=UNSHARE_PID1, marker=marker) as dev8:
+        blocked = await dev8.wait_log(
+            lambda e: e.get("service") == "masks" and str(e.get("message")).startswith("SigBlk"),
+            what="the service's SigBlk",
+        )
+        ignored = await dev8.wait_log(
+            lambda e: e.get("service") == "masks" and str(e.get("message")).startswith("SigIgn"),
+            what="the service's SigIgn",
+        )
+        assert int(blocked["message"].split()[1], 16) == 0
+        assert int(ignored["message"].split()[1], 16) == 0
+        await dev8.signal(signal.SIGTERM)
+        assert await dev8.wait_exit(20) == 0
