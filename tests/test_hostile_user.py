@@ -20,6 +20,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -126,7 +127,15 @@ def facts(path: Path) -> tuple[bytes, int, int, int]:
 
 
 def environ_of(pid: int) -> dict[str, str]:
-    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    """The environment ``pid`` was started with. Right after an exec the kernel shows an empty
+    one until the new program's stack is set up: a bounded poll waits that out."""
+    deadline = time.monotonic() + 10
+    while True:
+        data = Path(f"/proc/{pid}/environ").read_bytes()
+        if data or time.monotonic() > deadline:
+            break
+        time.sleep(0.001)  # a bounded poll of another process's exec
+    entries = data.split(b"\0")
     return dict(entry.decode("utf-8", "replace").split("=", 1) for entry in entries if entry)
 
 
