@@ -1,7 +1,6 @@
 """dev8: the workspace supervisor that runs as PID 1 in every workspace container."""
 
 import functools
-from typing import Any
 
 
 @functools.cache
@@ -15,7 +14,7 @@ def _version() -> str:
         return "0.0.0+unknown"
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> str:  # no `typing` here: `dev8 run` catches signals after this
     if name == "__version__":
         return _version()
     raise AttributeError(f"module 'dev8' has no attribute {name!r}")

@@ -11,6 +11,7 @@ otherwise; on its own, use `auth="password"`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -107,13 +108,30 @@ def codeserver_env(settings: CodeServerSettings, password: str | None) -> dict[s
 def prepare_codeserver_dirs(settings: CodeServerSettings, uid: int, gid: int) -> None:
     """Create the state dirs owned by the user code-server runs as (root creates the parents).
 
+    Below the workspace (the user's, writable by them) every component is opened with
+    ``O_NOFOLLOW`` relative to its parent's fd: a link planted anywhere on the way
+    (``.dev8/code-server -> /etc``) fails the start instead of redirecting a mkdir and a chown.
     Blocking; call from `trio.to_thread.run_sync`.
     """
     for directory in (settings.user_data_dir, settings.extensions_dir):
-        directory.mkdir(parents=True, exist_ok=True)
-        # O_NOFOLLOW: a link planted in the user-writable workspace must not redirect a chown.
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
+            base, parts = (
+                settings.workspace_dir,
+                directory.relative_to(settings.workspace_dir).parts,
+            )
+        except ValueError:  # configured outside the workspace: the operator's tree
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            base, parts = directory.parent, (directory.name,)
+        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in parts:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                child = os.open(
+                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                )
+                os.close(fd)
+                fd = child
             os.fchown(fd, uid, gid)
             os.fchmod(fd, 0o700)
         finally:

@@ -29,6 +29,11 @@ _LEVELS["error"] = logging.ERROR
 
 #: Lines waiting for a slow stdout; beyond this they are dropped (and counted).
 LOG_QUEUE_LINES = 10_000
+#: The share of the queue the services' output may fill: dev8's own lines (signals, exits,
+#: restarts) keep the rest, so a service flooding its output cannot crowd them out.
+BULK_SHARE = 0.8
+#: Loggers whose lines are bulk: the services' output (dev8.process.SERVICE_OUTPUT_LOGGER).
+BULK_LOGGERS = frozenset({"dev8.output"})
 #: At exit, how long the lines still queued may take to reach stdout.
 LOG_FLUSH_TIMEOUT = 2.0
 #: Lines written in one system call at most (fewer calls when the reader is fast).
@@ -45,6 +50,9 @@ class LineWriter:
     def __init__(self, fd: int, *, capacity: int = LOG_QUEUE_LINES) -> None:
         self._fd = fd
         self._queue: queue.Queue[bytes] = queue.Queue(maxsize=capacity)
+        self._bulk_limit = int(capacity * BULK_SHARE)
+        #: The same sink for bulk lines (the services' output), which may use only part of it.
+        self.bulk = _BulkSink(self)
         self._lock = threading.Lock()
         self._dropped = 0
         self._written = 0
@@ -53,8 +61,10 @@ class LineWriter:
         self._thread = threading.Thread(target=self._run, name="dev8-log-writer", daemon=True)
         self._thread.start()
 
-    def write(self, text: str) -> int:
+    def write(self, text: str, *, bulk: bool = False) -> int:
         try:
+            if bulk and self._queue.qsize() >= self._bulk_limit:
+                raise queue.Full
             self._queue.put_nowait(text.encode("utf-8", errors="replace"))
         except queue.Full:
             with self._lock:
@@ -129,6 +139,19 @@ class LineWriter:
             self._written += lines
 
 
+class _BulkSink:
+    """`LineWriter.write(..., bulk=True)` as a file-like object, for structlog's WriteLogger."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        self._writer = writer
+
+    def write(self, text: str) -> int:
+        return self._writer.write(text, bulk=True)
+
+    def flush(self) -> None:
+        """Nothing to do (see LineWriter.flush)."""
+
+
 def configure_logging(
     *,
     level: str = "info",
@@ -162,7 +185,7 @@ def configure_logging(
     structlog.configure(
         processors=[*shared, *render],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.WriteLoggerFactory(output),
+        logger_factory=_logger_factory(output, writer),
         cache_logger_on_first_use=False,
     )
     # Libraries (azure, httpx) and dev8.api log through the standard library: same JSON lines.
@@ -179,6 +202,18 @@ def configure_logging(
     for noisy in ("azure", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return writer
+
+
+def _logger_factory(output: Any, writer: LineWriter | None) -> Any:
+    """structlog's WriteLogger on `output`; the services' output on the writer's bulk sink."""
+
+    def make(*args: Any) -> structlog.WriteLogger:
+        name = args[0] if args else None
+        if writer is not None and name in BULK_LOGGERS:
+            return structlog.WriteLogger(writer.bulk)  # type: ignore[arg-type]
+        return structlog.WriteLogger(output)
+
+    return make
 
 
 def log_event(envelope: Envelope) -> None:

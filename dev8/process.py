@@ -26,6 +26,8 @@ from actors import ChildContext
 
 from .init import OwnPids
 
+#: The logger of the services' output lines (dev8's own lines use "dev8.process").
+SERVICE_OUTPUT_LOGGER = "dev8.output"
 _MAX_LINE = 16 * 1024
 _DRAIN_AFTER_EXIT = 0.5
 _GROUP_POLL_INTERVAL = 0.02
@@ -247,9 +249,11 @@ async def _supervise(
 ) -> int:
     try:
         async with trio.open_nursery() as nursery:
+            # The service's own lines: the first a stalled stdout drops (dev8.logs).
+            output_log = structlog.get_logger(SERVICE_OUTPUT_LOGGER).bind(service=ctx.name)
             for stream, name in ((process.stdout, "stdout"), (process.stderr, "stderr")):
                 if stream is not None:
-                    nursery.start_soon(_pump, stream, name, log, output)
+                    nursery.start_soon(_pump, stream, name, output_log, output)
             task_status.started({"pid": process.pid})
             returncode = await process.wait()
             # Output still in the pipes is drained; a grandchild holding them open is not waited.

@@ -57,6 +57,7 @@ from actors import (
     Supervisor,
 )
 from dev8.config import RESTART_DELAY_FLOOR, BackoffConfig
+from dev8.logs import BULK_SHARE, LineWriter
 from dev8.services import backoff_of
 from dev8.signals import REALTIME_SIGNALS, signal_name
 
@@ -156,6 +157,26 @@ async def send_delivered(pid: int, sig: int) -> bool:
     return True
 
 
+def main_thread_cpu_ns(pid: int) -> int:
+    """Nanoseconds the main thread of `pid` has run on a CPU (0 once it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+async def main_thread_ran(pid: int, ns: int) -> None:
+    """Until the main thread of `pid` has run `ns` more on a CPU (or is gone).
+
+    After a delivery, CPython runs the Python-level handler at its next bytecode in the main
+    thread: a few milliseconds of running make sure it did, however busy the machine.
+    """
+    start = main_thread_cpu_ns(pid)
+    with fail_after(30, f"the main thread of {pid} to run"):
+        while 0 < main_thread_cpu_ns(pid) < start + ns:  # noqa: ASYNC110 - no notification
+            await trio.sleep(0.001)
+
+
 async def host_pid_of(marker: str, what: str) -> int:
     """The host pid of the one live process carrying `marker` (a service seen from outside)."""
     await wait_until(lambda: len(pids_with_marker(marker)) == 1, timeout=10, what=what)
@@ -241,6 +262,33 @@ async def test_a_closed_stalled_or_full_stdout_never_stops_supervision_or_shutdo
         if read_fd is not None:
             os.close(read_fd)
     assert pids_with_marker(marker) == []
+
+
+def test_a_flooding_service_cannot_crowd_out_dev8s_own_lines() -> None:
+    """The services' output may fill only part of the queue: with stdout stalled, dev8's own
+    lines (signals, exits) still get in after a flood of bulk lines was dropped."""
+    read_fd, write_fd = os.pipe()
+    try:
+        os.set_blocking(write_fd, False)
+        with contextlib.suppress(BlockingIOError):
+            while True:  # a reader that stalled: its pipe is full
+                os.write(write_fd, b"x" * 65536)
+        os.set_blocking(write_fd, True)
+        writer = LineWriter(write_fd, capacity=100)
+        for i in range(1000):
+            writer.write(f"service line {i}\n", bulk=True)
+        flooded = writer.stats()
+        assert flooded["lines_dropped"] >= 1000 - 100
+        assert flooded["lines_queued"] <= 100 * BULK_SHARE
+        for i in range(10):
+            writer.write(f"dev8 line {i}\n")
+        assert writer.stats()["lines_dropped"] == flooded["lines_dropped"]  # none of ours
+        assert writer.stats()["lines_queued"] >= flooded["lines_queued"] + 10 - 1
+    finally:
+        os.close(read_fd)  # the writer thread's blocked write fails (EPIPE) and it goes on
+        assert writer.drain(10.0)  # every queued line tried (and failed) before the fd goes
+        assert writer.stats()["last_error"] == "EPIPE"
+        os.close(write_fd)
 
 
 # ----------------------------------------------------------------------------- 11, 12: backoff
@@ -398,7 +446,7 @@ async def test_a_sigterm_during_the_imports_is_not_lost_as_pid1(
             os.kill(host, signal.SIGTERM)
             assert await run.wait_exit(30) == 0
             early = run.messages("signal_received", signal="SIGTERM")
-            assert [(e["action"], e.get("early")) for e in early] == [("shutdown", True)]
+            assert [e["action"] for e in early] == ["shutdown"]
     finally:
         with trio.CancelScope(shield=True):
             await _reap(run)
@@ -503,8 +551,9 @@ while True:
 async def test_two_sigterms_together_skip_to_the_kill(
     tmp_path: Path, api_port: int, marker: str, count: int
 ) -> None:
-    """Each SIGTERM is sent once the kernel has delivered the one before (else the kernel merges
-    them), microseconds apart, while the loop is busy: every delivery counts."""
+    """Each SIGTERM is sent once the one before was delivered and handed to the Python handler
+    (else the kernel or CPython merges them), a few milliseconds apart, while the loop is busy in
+    one synchronous stretch: every delivery counts, not every wake-up of the loop."""
     stop_timeout = 60.0
     config = write_config(
         tmp_path / "dev8.yaml",
@@ -522,8 +571,13 @@ async def test_two_sigterms_together_skip_to_the_kill(
         sent = 0
         while sent < count and await send_delivered(host, signal.SIGTERM):
             sent += 1
+            # Long enough for CPython to hand the delivery to dev8's handler, far too short for
+            # the loop to finish the synchronous stretch it is in (thousands of lines).
+            await main_thread_ran(host, 5_000_000)
         assert sent >= 2
+        # One SIGTERM would wait out the stubborn service's 60 s: the second skipped to the kill.
         assert await dev8.wait_exit(stop_timeout / 3) == 0
+    # The flood fills the log queue, but only its bulk share: dev8's own lines all got through.
     ours = [e for e in dev8.logs() if e.get("service") != "flood"]  # parsed once: it is long
     actions = [
         e["action"]
@@ -640,3 +694,102 @@ async def test_reaping_does_not_scan_proc_whatever_the_number_of_live_processes(
     assert found["zombies"] == []
     # The kernel said who exited: no stat file of any of the live orphans was read.
     assert found["opened_proc"] == []
+
+
+ROUNDS_TOGETHER = 10
+# Leaves a zombie child behind when it exits 5: that zombie is orphaned (to PID 1) at the very
+# moment this process itself becomes a zombie.
+LEAVES_A_ZOMBIE = (
+    "import os\n"
+    "if os.fork() == 0:\n"
+    "    os._exit(3)\n"
+    "os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)  # exited, not collected: a zombie\n"
+    "os._exit(5)\n"
+)
+# PID 1 again: a child of ours exits 5 at the moment its own child (orphaned, so ours to reap)
+# is already a zombie. The kernel lists ours first; trio collects it only once both are zombies;
+# the reaper must still find the orphan with no SIGCHLD left to wake it, even while ours is
+# still in OwnPids (as during a service's stop).
+EXITING_TOGETHER = f"""\
+import json, os, subprocess, sys
+from functools import partial
+import trio
+sys.path.insert(0, {str(REPO_ROOT)!r})
+from dev8.init import OwnPids, run_reaper, list_zombie_children
+
+def state(pid):
+    data = open(f"/proc/{{pid}}/stat", "rb").read()
+    return data[data.rfind(b")") + 2 :].split()[0].decode()
+
+async def main():
+    own = OwnPids()
+    reaped = []
+    codes = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(run_reaper, own, on_reaped=lambda pid, rc: reaped.append(rc)))
+        for round in range({ROUNDS_TOGETHER}):
+            # Spawned from this thread (trio would use a worker), so that the kernel lists it
+            # before the orphan it leaves: both under this thread, ours first.
+            with own.spawning():
+                proc = subprocess.Popen([sys.executable, "-c", {LEAVES_A_ZOMBIE!r}])
+                own.add(proc.pid)
+            with trio.fail_after(10):
+                # Both are zombies, and the reaper's pass on their SIGCHLD stopped at ours.
+                while state(proc.pid) != "Z" or own._blocked_by != proc.pid:
+                    await trio.sleep(0.005)
+            codes.append(proc.wait())  # collected, as trio would
+            with trio.fail_after(10):
+                while len(reaped) <= round:
+                    await trio.sleep(0.005)
+            own.discard(proc.pid)
+        result = {{"codes": codes, "reaped": reaped, "zombies": list_zombie_children()}}
+        nursery.cancel_scope.cancel()
+    print(json.dumps(result), flush=True)
+
+trio.run(main)
+"""
+
+
+async def test_a_zombie_of_ours_never_hides_an_orphan_that_exited_with_it() -> None:
+    with fail_after(120, "the rounds"):
+        result = await trio.run_process(
+            [*UNSHARE_PID1, sys.executable, "-c", EXITING_TOGETHER],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    found = json.loads(result.stdout.decode().splitlines()[-1])
+    assert found["codes"] == [5] * ROUNDS_TOGETHER  # ours: never stolen by the reaper
+    assert found["reaped"] == [3] * ROUNDS_TOGETHER  # theirs: each found without a discard
+    assert found["zombies"] == []
+
+
+async def test_services_start_with_a_clean_signal_mask_and_default_dispositions(
+    tmp_path: Path, api_port: int, marker: str
+) -> None:
+    """dev8 catches nearly every signal from its first lines: none of that reaches a service
+    (exec resets caught signals; nothing is blocked; Python's own SIG_IGN of PIPE and XFSZ is
+    undone at spawn)."""
+    config = write_config(
+        tmp_path / "dev8.yaml",
+        {
+            "masks": shell_service(
+                "exec grep -E '^Sig(Blk|Ign):' /proc/self/status", marker, restart="transient"
+            )
+        },
+        port=api_port,
+    )
+    async with open_dev8(config, port=api_port, prefix=UNSHARE_PID1, marker=marker) as dev8:
+        blocked = await dev8.wait_log(
+            lambda e: e.get("service") == "masks" and str(e.get("message")).startswith("SigBlk"),
+            what="the service's SigBlk",
+        )
+        ignored = await dev8.wait_log(
+            lambda e: e.get("service") == "masks" and str(e.get("message")).startswith("SigIgn"),
+            what="the service's SigIgn",
+        )
+        assert int(blocked["message"].split()[1], 16) == 0
+        assert int(ignored["message"].split()[1], 16) == 0
+        await dev8.signal(signal.SIGTERM)
+        assert await dev8.wait_exit(20) == 0

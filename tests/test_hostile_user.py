@@ -20,6 +20,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -126,7 +127,15 @@ def facts(path: Path) -> tuple[bytes, int, int, int]:
 
 
 def environ_of(pid: int) -> dict[str, str]:
-    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    """The environment ``pid`` was started with. Right after an exec the kernel shows an empty
+    one until the new program's stack is set up: a bounded poll waits that out."""
+    deadline = time.monotonic() + 10
+    while True:
+        data = Path(f"/proc/{pid}/environ").read_bytes()
+        if data or time.monotonic() > deadline:
+            break
+        time.sleep(0.001)  # a bounded poll of another process's exec
+    entries = data.split(b"\0")
     return dict(entry.decode("utf-8", "replace").split("=", 1) for entry in entries if entry)
 
 
@@ -679,6 +688,33 @@ def test_a_name_swapped_for_a_hard_link_after_the_read_gets_no_chown(
         fix_metadata(dir_fd, ".git-credentials", mode=0o600, owner=owner_of(user))
     assert refused.value.reason == "wrong_owner"
     assert (private.stat().st_uid, stat.S_IMODE(private.stat().st_mode)) == (0, 0o600)
+
+
+def test_code_servers_state_dirs_are_not_made_through_the_users_links(
+    home: Path, user: pwd.struct_passwd, tmp_path: Path
+) -> None:
+    from dev8.codeserver import CodeServerSettings, prepare_codeserver_dirs
+
+    state = home / ".dev8" / "code-server"
+    settings = CodeServerSettings(
+        workspace_dir=home, user_data_dir=state / "data", extensions_dir=state / "extensions"
+    )
+    target = tmp_path / "roots"  # somewhere only root writes
+    target.mkdir(mode=0o755)
+    put(home, ".dev8/placeholder", b"", user)
+    state.symlink_to(target)
+    with pytest.raises(OSError):  # noqa: PT011 - ENOTDIR or ELOOP, by the kernel's choice
+        prepare_codeserver_dirs(settings, user.pw_uid, user.pw_gid)
+    assert list(target.iterdir()) == []
+    assert target.stat().st_uid == 0
+
+    state.unlink()
+    prepare_codeserver_dirs(settings, user.pw_uid, user.pw_gid)  # the normal case still works
+    for directory in (state / "data", state / "extensions"):
+        info = directory.lstat()
+        assert (stat.S_ISDIR(info.st_mode), info.st_uid, stat.S_IMODE(info.st_mode)) == (
+            True, user.pw_uid, 0o700,
+        )  # fmt: skip
 
 
 def ssh_key_pair(directory: Path) -> tuple[str, str]:
