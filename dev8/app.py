@@ -55,6 +55,7 @@ from .init import (
 from .logs import log_event
 from .secrets.runtime import Secrets
 from .services import ServiceFactory, intensity_of, send_signal_to_service
+from .storage import placement, prepare_strict_home
 
 
 class ExitCode(enum.IntEnum):
@@ -113,6 +114,16 @@ class Dev8:
         self._reload_lock = trio.Lock()
         self.control: Control | None = None
 
+        # Blocking (a probe file), so here, before trio runs; the result is cached.
+        self.placement = placement(config.workspace.dir, as_root=os.geteuid() == 0)
+        self._storage_error: str | None = None
+        if self.placement.relocated:
+            try:
+                prepare_strict_home(
+                    self.placement, config.workspace.user, config.secrets.github_host
+                )
+            except (OSError, KeyError) as e:
+                self._storage_error = f"{type(e).__name__}: {e}"
         self.secrets = Secrets.build(config, publish=self.bus.publish)
         self.health = HealthBoard()
         self.factory = ServiceFactory(
@@ -184,6 +195,12 @@ class Dev8:
         self.log.info("dev8_starting", pid=os.getpid(), pid1=pid1, subreaper=subreaper, max_fds=fds)
         if fds_before != fds:
             self.log.info("fd_limit_raised", soft_before=fds_before, soft=fds)
+        storage = self.placement.storage.to_status()
+        if self.placement.relocated:
+            storage["strictFilesIn"] = str(self.placement.credentials_home.parent)
+        self.log.info("storage_detected", storage=storage)
+        if self._storage_error is not None:
+            self.log.error("storage_prepare_failed", error=self._storage_error)
         control = Control(
             bus=self.bus,
             root=self.root,
@@ -198,6 +215,7 @@ class Dev8:
                 service_details=self.health.details,
                 connections=self.connections.snapshot,
                 secrets=self.secrets.status if self.secrets else None,
+                storage=lambda: storage,
             ),
             supervisors=[self.root, self.services, self.probers],
         )

@@ -32,6 +32,7 @@ from .sshd import (
     sshd_command,
     write_sshd_config,
 )
+from .storage import mirror_authorized_keys, placement
 
 #: Fetches a secret's current value by name (None when absent).
 SecretGetter = Callable[[str], Awaitable[str | None]]
@@ -88,13 +89,16 @@ def _with_defaults(
 
 def sshd_builtin(name: str, service: ServiceConfig, config: Config, *, own: OwnPids) -> Builtin:
     options = service.sshd
-    key_dir = Path(config.workspace.dir) / ".dev8" / "ssh"
+    # On storage that keeps no modes (SMB) the host keys and authorized keys live in /run/dev8.
+    where = placement(config.workspace.dir, as_root=_as_root())
+    key_dir = where.host_key_dir
     config_path = runtime_dir(config) / f"{name}_config"
     login_user = config.workspace.user if _as_root() else pwd.getpwuid(os.geteuid()).pw_name
     settings = SshdSettings(
         port=options.port,
         listen_address=options.listen,
         host_keys=host_key_paths(key_dir),
+        authorized_keys_files=where.authorized_keys_files,
         allowed_user=login_user,
     )
     banner = ProbeConfig(type="ssh-banner", port=options.port, interval=10.0, timeout=5.0)
@@ -112,7 +116,7 @@ def sshd_builtin(name: str, service: ServiceConfig, config: Config, *, own: OwnP
 
     def prepare_blocking() -> None:
         state = key_dir.parent
-        if _as_root() and not state.exists():
+        if _as_root() and not where.relocated and not state.exists():
             # The workspace's .dev8 belongs to the user (code-server keeps state there too);
             # only the host keys below it are root's.
             entry = pwd.getpwnam(config.workspace.user)
@@ -120,7 +124,10 @@ def sshd_builtin(name: str, service: ServiceConfig, config: Config, *, own: OwnP
             os.chown(state, entry.pw_uid, entry.pw_gid)
         ensure_host_keys(key_dir)
         write_sshd_config(settings, config_path)
-        prepare_sshd_runtime(login_user)
+        # Modes cannot be fixed in a workspace that keeps none: sshd reads copies instead.
+        prepare_sshd_runtime(login_user, own_home=not where.relocated)
+        if where.relocated:
+            mirror_authorized_keys(where, login_user)
 
     async def prepare() -> dict[str, str]:
         # ssh-keygen and usermod are spawned and waited outside trio: the reaper must hold off.

@@ -66,6 +66,8 @@ class Hooks:
     service_details: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None
     connections: Callable[[], dict[str, Any]] | None = None
     secrets: Callable[[], dict[str, Any]] | None = None
+    #: the workspace's storage (dev8.storage): its kind and whether file modes hold.
+    storage: Callable[[], dict[str, Any]] | None = None
 
 
 class Control:
@@ -166,6 +168,8 @@ class Control:
         }
         if self.hooks.secrets is not None:
             body["secrets"] = self.hooks.secrets()
+        if self.hooks.storage is not None:
+            body["storage"] = self.hooks.storage()
         return body
 
     def connections(self) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import os
 import pwd
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -14,6 +13,7 @@ import trio
 
 from actors import Backoff, ChildContext, ChildSpec, Event, Intensity, Restart
 
+from ..storage import placement
 from .atomic import Owner
 from .injector import Injector
 from .providers import SecretProvider, build_provider
@@ -54,7 +54,9 @@ class Secrets:
             if entry is not None:
                 owner = Owner(entry.pw_uid, entry.pw_gid)
         # The workspace directory is the workspace user's home: git, gh, ssh look there.
-        injector = Injector.from_config(settings, home=Path(config.workspace.dir), owner=owner)
+        # On storage that keeps no modes (SMB) root keeps them in /run/dev8 (dev8.storage).
+        home = placement(config.workspace.dir, as_root=os.geteuid() == 0).credentials_home
+        injector = Injector.from_config(settings, home=home, owner=owner)
         provider = build_provider(settings)
         rotator = Rotator.from_config(
             settings, provider=provider, injector=injector, publish=publish, source="dev8/secrets"
