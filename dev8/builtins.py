@@ -8,6 +8,7 @@ code-server's state directories and password). Anything set in the service's own
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 from collections.abc import Awaitable, Callable
@@ -169,7 +170,12 @@ def codeserver_builtin(
 
     async def prepare() -> dict[str, str]:
         entry = _user_entry(config, name)
-        await trio.to_thread.run_sync(prepare_codeserver_dirs, settings, entry.pw_uid, entry.pw_gid)
+        modes_hold = placement(config.workspace.dir, as_root=_as_root()).storage.modes_hold
+        await trio.to_thread.run_sync(
+            functools.partial(
+                prepare_codeserver_dirs, settings, entry.pw_uid, entry.pw_gid, modes_hold=modes_hold
+            )
+        )
         password = None
         if settings.auth == "password":
             if get_secret is None:

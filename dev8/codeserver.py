@@ -104,10 +104,13 @@ def codeserver_env(settings: CodeServerSettings, password: str | None) -> dict[s
     return {}
 
 
-def prepare_codeserver_dirs(settings: CodeServerSettings, uid: int, gid: int) -> None:
+def prepare_codeserver_dirs(
+    settings: CodeServerSettings, uid: int, gid: int, *, modes_hold: bool = True
+) -> None:
     """Create the state dirs owned by the user code-server runs as (root creates the parents).
 
-    Blocking; call from `trio.to_thread.run_sync`.
+    On storage that keeps no modes (`modes_hold=False`, an SMB share: see dev8.storage) a
+    refused chown or chmod is expected and ignored. Blocking; call from `trio.to_thread.run_sync`.
     """
     for directory in (settings.user_data_dir, settings.extensions_dir):
         directory.mkdir(parents=True, exist_ok=True)
@@ -116,5 +119,8 @@ def prepare_codeserver_dirs(settings: CodeServerSettings, uid: int, gid: int) ->
         try:
             os.fchown(fd, uid, gid)
             os.fchmod(fd, 0o700)
+        except PermissionError:
+            if modes_hold:
+                raise
         finally:
             os.close(fd)
