@@ -114,7 +114,7 @@ class Dev8:
         self._reload_lock = trio.Lock()
         self.control: Control | None = None
 
-        # Blocking (a probe file), so here, before trio runs; the result is cached.
+        # Blocking (a probe file), so here, before trio runs.
         self.placement = placement(config.workspace.dir, as_root=os.geteuid() == 0)
         self._storage_error: str | None = None
         if self.placement.relocated:
@@ -124,13 +124,16 @@ class Dev8:
                 )
             except (OSError, KeyError) as e:
                 self._storage_error = f"{type(e).__name__}: {e}"
-        self.secrets = Secrets.build(config, publish=self.bus.publish)
+        self.secrets = Secrets.build(
+            config, publish=self.bus.publish, home=self.placement.credentials_home
+        )
         self.health = HealthBoard()
         self.factory = ServiceFactory(
             own=self.own,
             health=self.health,
             get_secret=self.secrets.get if self.secrets else None,
             env_file=self.secrets.injector.env_file_path if self.secrets else None,
+            placement=self.placement,
         )
         enabled = [name for name, service in config.services.items() if service.enabled]
         self.services = Supervisor(

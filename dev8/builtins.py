@@ -33,7 +33,7 @@ from .sshd import (
     sshd_command,
     write_sshd_config,
 )
-from .storage import mirror_authorized_keys, placement
+from .storage import Placement, Storage, mirror_authorized_keys, workspace_placement
 
 #: Fetches a secret's current value by name (None when absent).
 SecretGetter = Callable[[str], Awaitable[str | None]]
@@ -88,10 +88,19 @@ def _with_defaults(
     )
 
 
-def sshd_builtin(name: str, service: ServiceConfig, config: Config, *, own: OwnPids) -> Builtin:
+def _placement(config: Config, where: Placement | None) -> Placement:
+    """What dev8 found at start (dev8.storage), else the workspace as where modes hold."""
+    if where is not None:
+        return where
+    return workspace_placement(Storage(path=config.workspace.dir, fs_type="", modes_hold=True))
+
+
+def sshd_builtin(
+    name: str, service: ServiceConfig, config: Config, *, own: OwnPids, where: Placement | None
+) -> Builtin:
     options = service.sshd
     # On storage that keeps no modes (SMB) the host keys and authorized keys live in /run/dev8.
-    where = placement(config.workspace.dir, as_root=_as_root())
+    where = _placement(config, where)
     key_dir = where.host_key_dir
     config_path = runtime_dir(config) / f"{name}_config"
     login_user = config.workspace.user if _as_root() else pwd.getpwuid(os.geteuid()).pw_name
@@ -140,7 +149,12 @@ def sshd_builtin(name: str, service: ServiceConfig, config: Config, *, own: OwnP
 
 
 def codeserver_builtin(
-    name: str, service: ServiceConfig, config: Config, *, get_secret: SecretGetter | None
+    name: str,
+    service: ServiceConfig,
+    config: Config,
+    *,
+    get_secret: SecretGetter | None,
+    where: Placement | None,
 ) -> Builtin:
     options = service.code_server
     state = Path(config.workspace.dir) / ".dev8" / "code-server"
@@ -170,7 +184,7 @@ def codeserver_builtin(
 
     async def prepare() -> dict[str, str]:
         entry = _user_entry(config, name)
-        modes_hold = placement(config.workspace.dir, as_root=_as_root()).storage.modes_hold
+        modes_hold = _placement(config, where).storage.modes_hold
         await trio.to_thread.run_sync(
             functools.partial(
                 prepare_codeserver_dirs, settings, entry.pw_uid, entry.pw_gid, modes_hold=modes_hold
@@ -199,10 +213,15 @@ def expand(
     *,
     own: OwnPids,
     get_secret: SecretGetter | None = None,
+    placement: Placement | None = None,
 ) -> Builtin:
-    """The effective service config and its preparation; plain services pass through."""
+    """The effective service config and its preparation; plain services pass through.
+
+    `placement`: where files that need strict modes live (dev8.storage); None keeps them all in
+    the workspace.
+    """
     if service.builtin == "sshd":
-        return sshd_builtin(name, service, config, own=own)
+        return sshd_builtin(name, service, config, own=own, where=placement)
     if service.builtin == "code-server":
-        return codeserver_builtin(name, service, config, get_secret=get_secret)
+        return codeserver_builtin(name, service, config, get_secret=get_secret, where=placement)
     return Builtin(service=service, prepare=_nothing)

@@ -14,7 +14,6 @@ at by system-wide configuration, and a root-owned copy of the user's own authori
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import pwd
 import stat
@@ -34,6 +33,7 @@ __all__ = [
     "placement",
     "prepare_strict_home",
     "probe_modes",
+    "workspace_placement",
 ]
 
 #: What the kernel calls an SMB mount in /proc/self/mountinfo.
@@ -146,22 +146,26 @@ class Placement:
         return self.authorized_keys_dir is not None
 
 
-@functools.cache
+def workspace_placement(storage: Storage) -> Placement:
+    """Everything in the workspace, as where modes hold."""
+    workspace = Path(storage.path)
+    return Placement(
+        storage=storage,
+        host_key_dir=workspace / ".dev8" / "ssh",
+        authorized_keys_files=(".ssh/authorized_keys",),
+        credentials_home=workspace,
+    )
+
+
 def placement(workspace_dir: str, *, as_root: bool, strict_root: Path = STRICT_ROOT) -> Placement:
-    """Detected once per workspace (the probe is blocking; later calls are free).
+    """Where the strict files go for this workspace. Blocking (the probe): once, at start.
 
     Only root can keep files where the user cannot change them, so a non-root dev8 (a local
     run) keeps everything in the workspace, as do workspaces whose modes hold.
     """
     storage = detect_storage(workspace_dir)
-    workspace = Path(workspace_dir)
     if storage.modes_hold or not as_root:
-        return Placement(
-            storage=storage,
-            host_key_dir=workspace / ".dev8" / "ssh",
-            authorized_keys_files=(".ssh/authorized_keys",),
-            credentials_home=workspace,
-        )
+        return workspace_placement(storage)
     return Placement(
         storage=storage,
         host_key_dir=strict_root / "ssh-host-keys",

@@ -6,6 +6,7 @@ import os
 import pwd
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -13,7 +14,6 @@ import trio
 
 from actors import Backoff, ChildContext, ChildSpec, Event, Intensity, Restart
 
-from ..storage import placement
 from .atomic import Owner
 from .injector import Injector
 from .providers import SecretProvider, build_provider
@@ -40,8 +40,18 @@ class Secrets:
     provider_kind: str
 
     @classmethod
-    def build(cls, config: Config, *, publish: Callable[[Event], object]) -> Secrets | None:
-        """None when no provider is configured (a local run)."""
+    def build(
+        cls,
+        config: Config,
+        *,
+        publish: Callable[[Event], object],
+        home: Path | None = None,
+    ) -> Secrets | None:
+        """None when no provider is configured (a local run).
+
+        `home`: where the credential files go, by default the workspace (the user's home);
+        /run/dev8/home on storage that keeps no modes (dev8.storage).
+        """
         settings = config.secrets
         if settings.provider == "none":
             return None
@@ -54,9 +64,9 @@ class Secrets:
             if entry is not None:
                 owner = Owner(entry.pw_uid, entry.pw_gid)
         # The workspace directory is the workspace user's home: git, gh, ssh look there.
-        # On storage that keeps no modes (SMB) root keeps them in /run/dev8 (dev8.storage).
-        home = placement(config.workspace.dir, as_root=os.geteuid() == 0).credentials_home
-        injector = Injector.from_config(settings, home=home, owner=owner)
+        injector = Injector.from_config(
+            settings, home=Path(config.workspace.dir) if home is None else home, owner=owner
+        )
         provider = build_provider(settings)
         rotator = Rotator.from_config(
             settings, provider=provider, injector=injector, publish=publish, source="dev8/secrets"
