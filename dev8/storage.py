@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import structlog
 
 __all__ = [
     "SMB_FS_TYPES",
@@ -43,6 +44,7 @@ STRICT_ROOT = Path("/run/dev8")
 #: The most an authorized_keys file may hold; more is refused rather than truncated.
 MAX_AUTHORIZED_KEYS = 256 * 1024
 _MOUNTINFO = Path("/proc/self/mountinfo")
+log = structlog.get_logger("dev8.storage")
 
 
 @attrs.frozen
@@ -237,11 +239,22 @@ def mirror_authorized_keys(where: Placement, user: str, home: Path | None = None
     """Copy the user's ``~/.ssh/authorized_keys`` to where sshd reads it (root-owned, 0644).
 
     Blocking; runs before every sshd start. sshd reads the copy at each login, so the copy is
-    what counts until the next start (``POST /restart/ssh`` after changing the file).
+    what counts until the next start (``POST /restart/ssh`` after changing the file). A file
+    that is not a plain file (a planted link) or is too large gives an empty copy and a warning
+    naming it: sshd still starts, and the injected key still lets the user in.
     """
     assert where.authorized_keys_dir is not None
     home = Path(pwd.getpwnam(user).pw_dir) if home is None else home
-    data = _read_user_file(home, (".ssh", "authorized_keys"), MAX_AUTHORIZED_KEYS)
+    try:
+        data = _read_user_file(home, (".ssh", "authorized_keys"), MAX_AUTHORIZED_KEYS)
+    except (OSError, ValueError) as e:
+        log.warning(
+            "storage.authorized_keys_skipped",
+            path=str(home / ".ssh" / "authorized_keys"),
+            error=type(e).__name__,
+            reason=str(e) if isinstance(e, ValueError) else e.strerror,
+        )
+        data = None
     _strict_dir(where.authorized_keys_dir.parent, 0o755)
     _strict_dir(where.authorized_keys_dir, 0o755)
     target = where.authorized_keys_dir / user
