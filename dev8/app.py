@@ -59,6 +59,7 @@ from .signals import (
     SignalCatcher,
     signal_name,
 )
+from .storage import placement, prepare_strict_home
 
 
 class ExitCode(enum.IntEnum):
@@ -123,13 +124,26 @@ class Dev8:
         self._reload_lock = trio.Lock()
         self.control: Control | None = None
 
-        self.secrets = Secrets.build(config, publish=self.bus.publish)
+        # Blocking (a probe file), so here, before trio runs.
+        self.placement = placement(config.workspace.dir, as_root=os.geteuid() == 0)
+        self._storage_error: str | None = None
+        if self.placement.relocated:
+            try:
+                prepare_strict_home(
+                    self.placement, config.workspace.user, config.secrets.github_host
+                )
+            except (OSError, KeyError) as e:
+                self._storage_error = f"{type(e).__name__}: {e}"
+        self.secrets = Secrets.build(
+            config, publish=self.bus.publish, home=self.placement.credentials_home
+        )
         self.health = HealthBoard()
         self.factory = ServiceFactory(
             own=self.own,
             health=self.health,
             get_secret=self.secrets.get if self.secrets else None,
             custom_env=self.secrets.injector.custom_env if self.secrets else None,
+            placement=self.placement,
         )
         enabled = [name for name, service in config.services.items() if service.enabled]
         self.services = Supervisor(
@@ -194,6 +208,12 @@ class Dev8:
         self.log.info("dev8_starting", pid=os.getpid(), pid1=pid1, subreaper=subreaper, max_fds=fds)
         if fds_before != fds:
             self.log.info("fd_limit_raised", soft_before=fds_before, soft=fds)
+        storage = self.placement.storage.to_status()
+        if self.placement.relocated:
+            storage["strictFilesIn"] = str(self.placement.credentials_home.parent)
+        self.log.info("storage_detected", storage=storage)
+        if self._storage_error is not None:
+            self.log.error("storage_prepare_failed", error=self._storage_error)
         control = Control(
             bus=self.bus,
             root=self.root,
@@ -209,6 +229,7 @@ class Dev8:
                 connections=self.connections.snapshot,
                 secrets=self.secrets.status if self.secrets else None,
                 log_output=self._log_output.stats if self._log_output else None,
+                storage=lambda: storage,
             ),
             supervisors=[self.root, self.services, self.probers],
         )

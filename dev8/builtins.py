@@ -8,6 +8,7 @@ code-server's state directories and password). Anything set in the service's own
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from .sshd import (
     sshd_command,
     write_sshd_config,
 )
+from .storage import Placement, Storage, mirror_authorized_keys, workspace_placement
 
 #: Fetches a secret's current value by name (None when absent).
 SecretGetter = Callable[[str], Awaitable[str | None]]
@@ -86,15 +88,27 @@ def _with_defaults(
     )
 
 
-def sshd_builtin(name: str, service: ServiceConfig, config: Config, *, own: OwnPids) -> Builtin:
+def _placement(config: Config, where: Placement | None) -> Placement:
+    """What dev8 found at start (dev8.storage), else the workspace as where modes hold."""
+    if where is not None:
+        return where
+    return workspace_placement(Storage(path=config.workspace.dir, fs_type="", modes_hold=True))
+
+
+def sshd_builtin(
+    name: str, service: ServiceConfig, config: Config, *, own: OwnPids, where: Placement | None
+) -> Builtin:
     options = service.sshd
-    key_dir = Path(config.workspace.dir) / ".dev8" / "ssh"
+    # On storage that keeps no modes (SMB) the host keys and authorized keys live in /run/dev8.
+    where = _placement(config, where)
+    key_dir = where.host_key_dir
     config_path = runtime_dir(config) / f"{name}_config"
     login_user = config.workspace.user if _as_root() else pwd.getpwuid(os.geteuid()).pw_name
     settings = SshdSettings(
         port=options.port,
         listen_address=options.listen,
         host_keys=host_key_paths(key_dir),
+        authorized_keys_files=where.authorized_keys_files,
         allowed_user=login_user,
     )
     banner = ProbeConfig(type="ssh-banner", port=options.port, interval=10.0, timeout=5.0)
@@ -112,7 +126,7 @@ def sshd_builtin(name: str, service: ServiceConfig, config: Config, *, own: OwnP
 
     def prepare_blocking() -> None:
         state = key_dir.parent
-        if _as_root() and not state.exists():
+        if _as_root() and not where.relocated and not state.exists():
             # The workspace's .dev8 belongs to the user (code-server keeps state there too);
             # only the host keys below it are root's.
             entry = pwd.getpwnam(config.workspace.user)
@@ -120,7 +134,10 @@ def sshd_builtin(name: str, service: ServiceConfig, config: Config, *, own: OwnP
             os.chown(state, entry.pw_uid, entry.pw_gid)
         ensure_host_keys(key_dir)
         write_sshd_config(settings, config_path)
-        prepare_sshd_runtime(login_user)
+        # Modes cannot be fixed in a workspace that keeps none: sshd reads copies instead.
+        prepare_sshd_runtime(login_user, own_home=not where.relocated)
+        if where.relocated:
+            mirror_authorized_keys(where, login_user)
 
     async def prepare() -> dict[str, str]:
         # ssh-keygen and usermod are spawned and waited outside trio: the reaper must hold off.
@@ -132,7 +149,12 @@ def sshd_builtin(name: str, service: ServiceConfig, config: Config, *, own: OwnP
 
 
 def codeserver_builtin(
-    name: str, service: ServiceConfig, config: Config, *, get_secret: SecretGetter | None
+    name: str,
+    service: ServiceConfig,
+    config: Config,
+    *,
+    get_secret: SecretGetter | None,
+    where: Placement | None,
 ) -> Builtin:
     options = service.code_server
     state = Path(config.workspace.dir) / ".dev8" / "code-server"
@@ -162,7 +184,12 @@ def codeserver_builtin(
 
     async def prepare() -> dict[str, str]:
         entry = _user_entry(config, name)
-        await trio.to_thread.run_sync(prepare_codeserver_dirs, settings, entry.pw_uid, entry.pw_gid)
+        modes_hold = _placement(config, where).storage.modes_hold
+        await trio.to_thread.run_sync(
+            functools.partial(
+                prepare_codeserver_dirs, settings, entry.pw_uid, entry.pw_gid, modes_hold=modes_hold
+            )
+        )
         password = None
         if settings.auth == "password":
             if get_secret is None:
@@ -186,10 +213,15 @@ def expand(
     *,
     own: OwnPids,
     get_secret: SecretGetter | None = None,
+    placement: Placement | None = None,
 ) -> Builtin:
-    """The effective service config and its preparation; plain services pass through."""
+    """The effective service config and its preparation; plain services pass through.
+
+    `placement`: where files that need strict modes live (dev8.storage); None keeps them all in
+    the workspace.
+    """
     if service.builtin == "sshd":
-        return sshd_builtin(name, service, config, own=own)
+        return sshd_builtin(name, service, config, own=own, where=placement)
     if service.builtin == "code-server":
-        return codeserver_builtin(name, service, config, get_secret=get_secret)
+        return codeserver_builtin(name, service, config, get_secret=get_secret, where=placement)
     return Builtin(service=service, prepare=_nothing)

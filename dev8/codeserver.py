@@ -105,13 +105,18 @@ def codeserver_env(settings: CodeServerSettings, password: str | None) -> dict[s
     return {}
 
 
-def prepare_codeserver_dirs(settings: CodeServerSettings, uid: int, gid: int) -> None:
+def prepare_codeserver_dirs(
+    settings: CodeServerSettings, uid: int, gid: int, *, modes_hold: bool = True
+) -> None:
     """Create the state dirs owned by the user code-server runs as (root creates the parents).
 
     Below the workspace (the user's, writable by them) every component is opened with
     ``O_NOFOLLOW`` relative to its parent's fd: a link planted anywhere on the way
     (``.dev8/code-server -> /etc``) fails the start instead of redirecting a mkdir and a chown.
     Blocking; call from `trio.to_thread.run_sync`.
+
+    On storage that keeps no modes (`modes_hold=False`, an SMB share: see dev8.storage) a
+    refused chown or chmod is expected and ignored.
     """
     for directory in (settings.user_data_dir, settings.extensions_dir):
         try:
@@ -134,5 +139,8 @@ def prepare_codeserver_dirs(settings: CodeServerSettings, uid: int, gid: int) ->
                 fd = child
             os.fchown(fd, uid, gid)
             os.fchmod(fd, 0o700)
+        except PermissionError:
+            if modes_hold:
+                raise
         finally:
             os.close(fd)

@@ -68,6 +68,8 @@ class Hooks:
     secrets: Callable[[], dict[str, Any]] | None = None
     #: dev8's own stdout: lines written, dropped (a stalled or closed reader), last error.
     log_output: Callable[[], dict[str, Any]] | None = None
+    #: the workspace's storage (dev8.storage): its kind and whether file modes hold.
+    storage: Callable[[], dict[str, Any]] | None = None
 
 
 class Control:
@@ -170,6 +172,8 @@ class Control:
             body["secrets"] = self.hooks.secrets()
         if self.hooks.log_output is not None:
             body["log_output"] = self.hooks.log_output()
+        if self.hooks.storage is not None:
+            body["storage"] = self.hooks.storage()
         return body
 
     def connections(self) -> dict[str, Any]:

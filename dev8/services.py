@@ -28,6 +28,7 @@ from .health import HealthBoard, make_prober_spec
 from .init import OwnPids
 from .probes import start_when_ready
 from .process import OutputRing, ProcessSettings, run_process
+from .storage import Placement
 
 
 def backoff_of(config: BackoffConfig) -> Backoff:
@@ -50,14 +51,23 @@ class ServiceFactory:
     outputs: dict[str, OutputRing] = attrs.field(factory=dict)
     #: The supervisor of the process actors (set once it exists: probers restart through it).
     services: Supervisor | None = None
+    #: Where files that need strict modes live (dev8.storage); None: all in the workspace.
+    placement: Placement | None = None
 
     def effective(self, name: str, config: Config) -> ServiceConfig:
         """The service's config with its built-in defaults filled in."""
-        return expand(name, config.services[name], config, own=self.own).service
+        return expand(
+            name, config.services[name], config, own=self.own, placement=self.placement
+        ).service
 
     def process_spec(self, name: str, config: Config) -> ChildSpec:
         builtin = expand(
-            name, config.services[name], config, own=self.own, get_secret=self.get_secret
+            name,
+            config.services[name],
+            config,
+            own=self.own,
+            get_secret=self.get_secret,
+            placement=self.placement,
         )
         service = builtin.service
         as_root = os.geteuid() == 0

@@ -246,14 +246,17 @@ def _generate_key(directory: Path, key: Path, kind: str, extra: tuple[str, ...])
         os.replace(tmp_key, key)
 
 
-def prepare_sshd_runtime(user: str, *, privsep_dir: Path = PRIVSEP_DIR) -> None:
+def prepare_sshd_runtime(
+    user: str, *, privsep_dir: Path = PRIVSEP_DIR, own_home: bool = True
+) -> None:
     """Make the host ready for a key login as `user`; sshd refuses silently otherwise.
 
     As root: creates sshd's privilege-separation dir, and unlocks an account that `useradd`
     left locked (`!` in /etc/shadow) with `*` (no password can ever match; keys still work:
     with `UsePAM no` sshd refuses locked accounts). For the user, in any case it has the rights
     to: home not group/world-writable, `~/.ssh` 0700 and `~/.ssh/authorized_keys` 0600 (created
-    empty when missing), owned by the user, as StrictModes requires. Blocking.
+    empty when missing), owned by the user, as StrictModes requires (not with `own_home=False`:
+    a workspace that keeps no modes, see dev8.storage). Blocking.
     """
     entry = pwd.getpwnam(user)
     is_root = os.geteuid() == 0
@@ -270,6 +273,8 @@ def prepare_sshd_runtime(user: str, *, privsep_dir: Path = PRIVSEP_DIR) -> None:
                 capture_output=True,
                 stdin=subprocess.DEVNULL,
             )
+    if not own_home:
+        return
     home = Path(entry.pw_dir)
     home_mode = home.stat().st_mode
     if home_mode & 0o022:

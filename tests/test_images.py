@@ -10,6 +10,8 @@ capabilities the Kubernetes example grants.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -35,6 +37,10 @@ CONTAINERS = REPO / "containers"
 OS_IMAGE = "localhost/dev8-os:trixie"
 BASE_IMAGE = "localhost/dev8-test/base:latest"
 PYTHON_IMAGE = "localhost/dev8-test/python:latest"
+NODEJS_IMAGE = "localhost/dev8-test/nodejs:latest"
+GOLANG_IMAGE = "localhost/dev8-test/golang:latest"
+#: The extension the tests pack with @vscode/vsce (tests/vsce) and pre-install.
+TEST_EXTENSION = "dev8-test.hello"
 CACHE_DIR = os.environ.get("DEV8_IMAGE_CACHE", "/var/cache/dev8-images")
 DEV8_UID = 1000
 BUILD_TIMEOUT = 1800.0  # a cold build compiles code-server's native modules on 2 cores
@@ -86,13 +92,39 @@ def _ca_bundle() -> str | None:
     return None
 
 
-def build(dockerfile: str, tag: str, base: str) -> None:
+def build(
+    dockerfile: str, tag: str, base: str, *, context: Path = REPO, build_args: tuple[str, ...] = ()
+) -> None:
     """Build an image from the repository root (podman's layer cache makes a rebuild quick)."""
     args = ["build", "--network", "host", "--format", "docker", "--build-arg", f"BASE_IMAGE={base}"]
+    for arg in build_args:
+        args += ["--build-arg", arg]
     ca = _ca_bundle()
     if ca is not None:
         args += ["--secret", f"id=ca-bundle,src={ca}"]
-    podman(*args, "-f", str(CONTAINERS / dockerfile), "-t", tag, str(REPO), timeout=BUILD_TIMEOUT)
+    dockerfile_path = context / "containers" / dockerfile
+    podman(*args, "-f", str(dockerfile_path), "-t", tag, str(context), timeout=BUILD_TIMEOUT)
+
+
+def default_extensions(image: str) -> list[str]:
+    """The EXTENSIONS build argument's default in a language image's Dockerfile."""
+    text = (CONTAINERS / image / "Dockerfile").read_text()
+    found = re.search(r'^ARG EXTENSIONS="([^"]*)"', text, re.MULTILINE)
+    assert found is not None, f"{image}/Dockerfile has no ARG EXTENSIONS"
+    return found.group(1).split()
+
+
+def run_in(image: str, project: Path, script: str, timeout: float = 300) -> str:
+    """Run a bash script as dev8 in a throwaway container with `project` as /workspace."""
+    _own(project, 0o755)
+    for path in project.rglob("*"):
+        os.chown(path, DEV8_UID, DEV8_UID)
+    return podman(
+        "run", "--rm", "--network", "none", *_ulimits(), "--user", "dev8",
+        "--workdir", "/workspace", "--volume", f"{project}:/workspace",
+        "--entrypoint", "/bin/bash", image, "-c", "set -euo pipefail\n" + script,
+        timeout=timeout,
+    ).stdout  # fmt: skip
 
 
 def _k8s_workspace_container() -> dict[str, Any]:
@@ -185,9 +217,15 @@ def _own(path: Path, mode: int) -> None:
     path.chmod(mode)
 
 
-@pytest.fixture(scope="module")
-def workspace(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
-    root = tmp_path_factory.mktemp("image")
+@contextlib.contextmanager
+def running_workspace(
+    root: Path, image: str, *, mount: Callable[[Path], Path] | None = None
+) -> Iterator[Workspace]:
+    """A workspace container from `image`, with its volume, key and secrets under `root`.
+
+    `mount(dir)` may put something in front of the workspace directory (a bindfs mount) and
+    returns what to mount at /workspace.
+    """
     client = root / "client"
     client.mkdir(mode=0o700)
     key = client / "id_ed25519"
@@ -209,13 +247,20 @@ def workspace(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
     caps = _k8s_workspace_container()["securityContext"]["capabilities"]
     name = f"dev8-test-{uuid.uuid4().hex[:8]}"
-    workspace = Workspace(name, ws, key, client / "known_hosts", token)
+    volume = mount(ws) if mount is not None else ws
+    workspace = Workspace(name, volume, key, client / "known_hosts", token)
     try:
-        _start(workspace, caps["add"], secret_dir, base_image)
+        _start(workspace, caps["add"], secret_dir, image)
         yield workspace
     finally:
         # Also after a failed start: `podman run` leaves a created container behind.
         podman("rm", "--force", "--volumes", "--time", "0", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def workspace(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    with running_workspace(tmp_path_factory.mktemp("image"), base_image) as workspace:
+        yield workspace
 
 
 def _start(workspace: Workspace, caps: list[str], secret_dir: Path, image: str) -> None:
@@ -287,6 +332,8 @@ def test_health_and_ready_answer_and_the_healthcheck_agrees(workspace: Workspace
     status = json.loads(workspace.http("GET", 9000, "/status")[1])
     assert (status["environment_id"], status["user_id"]) == ("env-test", "user-test")
     assert status["pid"] == 1
+    assert status["storage"]["modesHold"] is True  # a local directory: nothing moves
+    assert status["storage"]["kind"] == "posix"
     # The image's HEALTHCHECK, run by podman inside the container.
     assert podman("healthcheck", "run", workspace.name, check=False).returncode == 0
 
@@ -375,18 +422,274 @@ def test_python_image_runs_its_toolchain(
 ) -> None:
     build("python/Dockerfile", PYTHON_IMAGE, base_image)
     project = tmp_path_factory.mktemp("pyproject")
-    sample = "def test_sum() -> None:\n    assert sum([1, 2]) == 3\n"
-    (project / "test_sample.py").write_text(sample)
-    _own(project, 0o755)
-    script = (
-        "python3 -m pytest -q -p no:cacheprovider && black --check --quiet test_sample.py"
-        " && pipx --version && poetry --version && python3 -m venv /tmp/venv && echo venv-ok"
+    (project / "test_sample.py").write_text(
+        "def test_sum() -> None:\n    assert sum([1, 2]) == 3\n"
     )
-    result = podman(
-        "run", "--rm", "--network", "none", *_ulimits(), "--user", "dev8",
-        "--workdir", "/workspace", "--volume", f"{project}:/workspace",
-        "--entrypoint", "/bin/bash", PYTHON_IMAGE, "-c", script,
-        timeout=120,
+    # A planted problem for flake8: an unused import (F401).
+    (project / "planted.py").write_text("import os\n\n\ndef f():\n    return 1\n")
+    notebook = {
+        "cells": [{"cell_type": "code", "execution_count": None, "id": "c1", "metadata": {},
+                   "outputs": [], "source": ["print('cell says', 6 * 7)"]}],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                    "language": "python"}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }  # fmt: skip
+    (project / "nb.ipynb").write_text(json.dumps(notebook))
+    out = run_in(
+        PYTHON_IMAGE,
+        project,
+        """
+        python3 -m pytest -q -p no:cacheprovider test_sample.py
+        black --check --quiet test_sample.py
+        pipx --version && poetry --version
+        python3 -m venv /tmp/venv && echo venv-ok
+        if lint=$(flake8 planted.py); then echo "flake8 found nothing"; exit 1; fi
+        echo "flake8: $lint"
+        ipython --colors=NoColor -c 'print("ipython says", 6 * 7)'
+        jupyter execute --inplace nb.ipynb 2>&1
+        python3 -c 'import json; nb = json.load(open("nb.ipynb"));
+        print("notebook:", "".join(nb["cells"][0]["outputs"][0]["text"]).strip())'
+        mkdir pipenv-project && cd pipenv-project
+        PIPENV_VENV_IN_PROJECT=1 PIPENV_YES=1 pipenv --python /usr/bin/python3 >/dev/null 2>&1
+        PIPENV_VENV_IN_PROJECT=1 pipenv run python -c 'import sys; print("pipenv venv", sys.prefix)'
+        """.replace("\n        ", "\n"),
+    )
+    assert "1 passed" in out
+    assert "venv-ok" in out
+    assert "planted.py:1:1: F401 'os' imported but unused" in out
+    assert "ipython says 42" in out
+    assert "notebook: cell says 42" in out  # a kernel started and ran the cell
+    assert "pipenv venv /workspace/pipenv-project/.venv" in out
+    assert (project / "pipenv-project" / "Pipfile").is_file()
+
+
+def test_golang_image_builds_and_staticcheck_finds_a_planted_problem(
+    base_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    build("golang/Dockerfile", GOLANG_IMAGE, base_image)
+    project = tmp_path_factory.mktemp("goproject")
+    (project / "go.mod").write_text("module example.com/hello\n\ngo 1.24\n")
+    # SA4006: a value assigned and never used.
+    (project / "main.go").write_text(
+        'package main\n\nimport "fmt"\n\nfunc compute() int { return 1 }\n\n'
+        'func main() {\n\tx := compute()\n\tx = 42\n\tfmt.Println("go says", x)\n}\n'
+    )
+    out = run_in(
+        GOLANG_IMAGE,
+        project,
+        """
+        export GOPROXY=off GOCACHE=/tmp/gocache
+        go build -o /tmp/hello . && /tmp/hello
+        go vet ./... && echo vet-ok
+        gopls version >/dev/null && dlv version >/dev/null && echo gopls-dlv-ok
+        if found=$(staticcheck ./...); then echo "staticcheck found nothing"; exit 1; fi
+        echo "staticcheck: $found"
+        """.replace("\n        ", "\n"),
+    )
+    assert "go says 42" in out
+    assert "vet-ok" in out
+    assert "gopls-dlv-ok" in out
+    assert "main.go:8:2: this value of x is never used (SA4006)" in out
+
+
+def _vsce(cache: Path) -> Path:
+    """@vscode/vsce installed from tests/vsce's lock (cached by the lock's hash)."""
+    lock = REPO / "tests" / "vsce" / "package-lock.json"
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
+    prefix = cache / f"vsce-{digest}"
+    vsce = prefix / "node_modules" / ".bin" / "vsce"
+    if not vsce.exists():
+        staging = cache / f".vsce-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        try:
+            for name in ("package.json", "package-lock.json"):
+                shutil.copy(REPO / "tests" / "vsce" / name, staging / name)
+            _run(
+                ["npm", "ci", "--omit=dev", "--omit=optional", "--ignore-scripts", "--no-fund",
+                 "--no-audit", "--loglevel=error", "--prefix", str(staging)],
+                timeout=600,
+            )  # fmt: skip
+            with contextlib.suppress(OSError):  # another run made it meanwhile
+                staging.rename(prefix)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return vsce
+
+
+@pytest.fixture(scope="module")
+def test_vsix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A minimal extension (one setting), packed by @vscode/vsce."""
+    assert shutil.which("npm"), "install npm (scripts/setup does)"
+    source = tmp_path_factory.mktemp("extension")
+    publisher, name = TEST_EXTENSION.split(".")
+    manifest = {
+        "name": name, "publisher": publisher, "version": "0.0.1", "license": "MIT",
+        "displayName": "dev8 test extension", "description": "Made by dev8's image test.",
+        "engines": {"vscode": "^1.80.0"},
+        "contributes": {"configuration": {"title": "dev8 test", "properties": {
+            "dev8Test.greeting": {"type": "string", "default": "hello", "description": "A setting."}
+        }}},
+    }  # fmt: skip
+    (source / "package.json").write_text(json.dumps(manifest))
+    (source / "README.md").write_text("# dev8 test extension\n")
+    (source / "LICENSE").write_text("MIT\n")
+    vsix = tmp_path_factory.mktemp("vsix") / f"{TEST_EXTENSION}-0.0.1.vsix"
+    vsce = _vsce(Path(CACHE_DIR))
+    result = subprocess.run(
+        [str(vsce), "package", "--allow-missing-repository", "--out", str(vsix)],
+        cwd=source, capture_output=True, text=True, timeout=120, check=False,
+        stdin=subprocess.DEVNULL,
     )  # fmt: skip
-    assert "1 passed" in result.stdout
-    assert result.stdout.rstrip().endswith("venv-ok")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return vsix
+
+
+NODE_TOOLS_SCRIPT = """
+cd "$(mktemp -d /workspace/node.XXXXXX)"
+cat > hello.ts <<'EOF'
+interface Answer { n: number }
+const a: Answer = { n: 6 * 7 };
+console.log(`tsx says ${a.n}`);
+EOF
+tsx hello.ts
+
+export PM2_HOME=$PWD/pm2
+echo 'console.log("app up"); setInterval(() => {}, 1000);' > app.js
+pm2 start app.js --name dev8-app >/dev/null
+online() {
+    pm2 jlist | python3 -c 'import json, sys
+apps = json.load(sys.stdin)
+up = [a for a in apps if a["name"] == "dev8-app" and a["pm2_env"]["status"] == "online"]
+sys.exit(0 if up else 1)'
+}
+for _ in $(seq 200); do online && break; sleep 0.05; done
+online && echo "pm2 lists dev8-app online"
+pm2 kill >/dev/null
+
+mkdir watched
+echo 'console.log("script version 1")' > watched/run.js
+nodemon --watch watched watched/run.js > nodemon.log 2>&1 &
+nodemon_pid=$!
+wait_for() {
+    for _ in $(seq 300); do grep -q "$1" nodemon.log && return 0; sleep 0.05; done
+    cat nodemon.log
+    return 1
+}
+wait_for "script version 1"
+echo 'console.log("script version 2")' > watched/run.js
+wait_for "script version 2"
+kill "$nodemon_pid"
+grep -q "restarting due to changes" nodemon.log && echo "nodemon restarted on change"
+
+pnpm --version && yarn --version && tsc --version
+"""
+
+
+def test_nodejs_image_runs_its_tools_and_preinstalls_extensions(
+    base_image: str, test_vsix: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # The build context: the repository's containers/ with the packed extension in
+    # containers/extensions, as a user would drop a .vsix there; the seed's own list stays.
+    context = tmp_path_factory.mktemp("context")
+    shutil.copytree(CONTAINERS, context / "containers")
+    shutil.copy(test_vsix, context / "containers" / "extensions" / test_vsix.name)
+    extensions = [*default_extensions("nodejs"), TEST_EXTENSION]
+    build(
+        "nodejs/Dockerfile", NODEJS_IMAGE, base_image, context=context,
+        build_args=(f"EXTENSIONS={' '.join(extensions)}",),
+    )  # fmt: skip
+    with running_workspace(tmp_path_factory.mktemp("nodejs"), NODEJS_IMAGE) as workspace:
+        state = "/workspace/.dev8/code-server"
+        listed = podman(
+            "exec", "--user", "dev8", workspace.name, "code-server", "--list-extensions",
+            "--show-versions", "--extensions-dir", f"{state}/extensions",
+            "--user-data-dir", f"{state}/data",
+        ).stdout.split()  # fmt: skip
+        assert f"{TEST_EXTENSION}@0.0.1" in listed
+        # Installed at the first start, by code-server as dev8, into the workspace volume.
+        installed = workspace.dir / ".dev8" / "code-server" / "extensions"
+        manifest = installed / f"{TEST_EXTENSION}-0.0.1" / "package.json"
+        assert json.loads(manifest.read_text())["publisher"] == "dev8-test"
+        assert manifest.stat().st_uid == DEV8_UID
+        assert (installed / ".dev8-preinstalled").read_text().split() == [test_vsix.name]
+        # The seed's extensions could not be fetched here (no Open VSX): named, not hidden.
+        missing = podman(
+            "exec", workspace.name, "cat", "/opt/code-server/preinstalled/MISSING"
+        ).stdout.split()
+        assert missing == default_extensions("nodejs")
+
+        out = podman(
+            "exec", "--user", "dev8", "--workdir", "/workspace", workspace.name,
+            "bash", "-c", "set -euo pipefail\n" + NODE_TOOLS_SCRIPT, timeout=180,
+        ).stdout  # fmt: skip
+    assert "tsx says 42" in out
+    assert "pm2 lists dev8-app online" in out
+    assert "nodemon restarted on change" in out
+    assert re.search(r"^10\.\d+\.\d+$", out, re.MULTILINE)  # pnpm
+    assert re.search(r"^1\.22\.\d+$", out, re.MULTILINE)  # yarn
+    assert "Version 5." in out  # tsc
+
+
+def _bindfs_like_smb(directory: Path) -> Path:
+    """Mount `directory` as Azure Files shows a share: every file 0777, owned by dev8, chmod
+    and chown accepted and ignored."""
+    mount = directory.with_name(directory.name + "-smb")
+    mount.mkdir()
+    _run(
+        ["bindfs", "-o", "allow_other", "--perms=0777", f"--force-user={DEV8_UID}",
+         f"--force-group={DEV8_UID}", "--chmod-ignore", "--chown-ignore", str(directory),
+         str(mount)],
+        timeout=30,
+    )  # fmt: skip
+    return mount
+
+
+def test_a_workspace_on_smb_like_storage_keeps_ssh_and_git_working(
+    base_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    assert shutil.which("bindfs"), "install bindfs (scripts/setup does)"
+    root = tmp_path_factory.mktemp("smb")
+    root.chmod(0o755)  # the container's dev8 reaches the mount through it
+    mounts: list[Path] = []
+
+    def mount(directory: Path) -> Path:
+        mounts.append(_bindfs_like_smb(directory))
+        return mounts[-1]
+
+    try:
+        with running_workspace(root, base_image, mount=mount) as workspace:
+            status = json.loads(workspace.http("GET", 9000, "/status")[1])
+            assert status["storage"]["kind"] == "fixed-modes", status["storage"]
+            assert status["storage"]["modesHold"] is False
+            assert status["storage"]["fsType"].startswith("fuse")
+            logged = [
+                json.loads(line)
+                for line in podman("logs", workspace.name).stdout.splitlines()
+                if '"storage_detected"' in line
+            ]
+            assert logged[0]["storage"]["kind"] == "fixed-modes"
+
+            # A real login (sshd's StrictModes would refuse ~/.ssh/authorized_keys here) and a
+            # real credential lookup, as git push makes it.
+            assert workspace.ssh("id -un").stdout.strip() == "dev8"
+            filled = workspace.ssh(
+                "cd && printf 'protocol=https\\nhost=github.com\\n\\n' | git credential fill"
+            ).stdout
+            assert "password=ghp_" in filled
+            token = filled.split("password=", 1)[1].split()[0]
+            workspace.ssh(f"printf '{filled}\\n' | git credential approve")
+            # The secrets and host keys live where modes hold, none in the share.
+            in_share = "".join(
+                p.read_text(errors="replace") for p in workspace.dir.rglob("*") if p.is_file()
+            )
+            assert token not in in_share
+            assert not list(workspace.dir.rglob("ssh_host_*"))
+            modes = podman(
+                "exec", workspace.name, "stat", "-c", "%a %U %n",
+                "/run/dev8/home/.git-credentials", "/run/dev8/ssh-host-keys/ssh_host_ed25519_key",
+            ).stdout.split("\n")  # fmt: skip
+            assert modes[0] == "600 dev8 /run/dev8/home/.git-credentials"
+            assert modes[1] == "600 root /run/dev8/ssh-host-keys/ssh_host_ed25519_key"
+    finally:
+        for mounted in mounts:
+            _run(["umount", str(mounted)], timeout=30, check=False)

@@ -40,8 +40,18 @@ class Secrets:
     provider_kind: str
 
     @classmethod
-    def build(cls, config: Config, *, publish: Callable[[Event], object]) -> Secrets | None:
-        """None when no provider is configured (a local run)."""
+    def build(
+        cls,
+        config: Config,
+        *,
+        publish: Callable[[Event], object],
+        home: Path | None = None,
+    ) -> Secrets | None:
+        """None when no provider is configured (a local run).
+
+        `home`: where the credential files go, by default the workspace (the user's home);
+        /run/dev8/home on storage that keeps no modes (dev8.storage).
+        """
         settings = config.secrets
         if settings.provider == "none":
             return None
@@ -55,7 +65,10 @@ class Secrets:
                 owner = Owner(entry.pw_uid, entry.pw_gid)
         # The workspace directory is the workspace user's home: git, gh, ssh look there.
         injector = Injector.from_config(
-            settings, home=Path(config.workspace.dir), owner=owner, publish=publish
+            settings,
+            home=Path(config.workspace.dir) if home is None else home,
+            owner=owner,
+            publish=publish,
         )
         provider = build_provider(settings)
         rotator = Rotator.from_config(
