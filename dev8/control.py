@@ -19,6 +19,7 @@ import dev8
 from actors import ChildState, EventBus, NodeStatus, Supervisor, UnknownChild
 
 from .process import OutputRing
+from .secrets.errors import SecretsRefreshFailed
 
 
 class UnknownService(LookupError):
@@ -30,6 +31,20 @@ class UnknownService(LookupError):
 
 class NotAvailable(Exception):
     """The feature asked for is not configured in this workspace."""
+
+
+class ActionFailed(Exception):
+    """An action ran and did not succeed: answered with ``status`` and a JSON error, never 500.
+
+    ``details`` is JSON-ready and holds no secret value.
+    """
+
+    def __init__(self, status: int, code: str, message: str, details: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = dict(details)
 
 
 def format_uptime(seconds: float) -> str:
@@ -66,6 +81,10 @@ class Hooks:
     service_details: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None
     connections: Callable[[], dict[str, Any]] | None = None
     secrets: Callable[[], dict[str, Any]] | None = None
+    #: Required secrets the services still wait for ({name, reason, ...} each); [] once ready.
+    secrets_waiting: Callable[[], list[dict[str, Any]]] | None = None
+    #: The rotator's counters (a ``RotatorStats``), for /metrics.
+    secrets_stats: Callable[[], Any] | None = None
 
 
 class Control:
@@ -121,16 +140,22 @@ class Control:
             for name, node in self.service_nodes().items()
         }
 
+    def secrets_waiting(self) -> list[dict[str, Any]]:
+        return self.hooks.secrets_waiting() if self.hooks.secrets_waiting else []
+
     def health(self) -> tuple[bool, dict[str, Any]]:
         nodes = self.service_nodes()
         ready = self.readiness()
-        healthy = all(ready.values())
-        body = {
+        waiting = self.secrets_waiting()
+        healthy = all(ready.values()) and not waiting
+        body: dict[str, Any] = {
             "healthy": healthy,
             "lastCheck": iso_now(),
             "services": {name: node.state.value for name, node in nodes.items()},
             "uptime": format_uptime(self.uptime()),
         }
+        if waiting:  # the services wait for these before they start
+            body["waitingForSecrets"] = waiting
         return healthy, body
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
@@ -166,6 +191,9 @@ class Control:
         }
         if self.hooks.secrets is not None:
             body["secrets"] = self.hooks.secrets()
+        waiting = self.secrets_waiting()
+        if waiting:
+            body["waitingForSecrets"] = waiting
         return body
 
     def connections(self) -> dict[str, Any]:
@@ -206,7 +234,12 @@ class Control:
     async def refresh_secrets(self) -> dict[str, Any]:
         if self.hooks.refresh_secrets is None:
             raise NotAvailable("no secret provider is configured")
-        return await self.hooks.refresh_secrets()
+        try:
+            return await self.hooks.refresh_secrets()
+        except SecretsRefreshFailed as failure:
+            raise ActionFailed(
+                failure.status, failure.code, failure.message, failure.details
+            ) from None
 
     async def crash_actor(self, path: str) -> NodeStatus:
         """Fault injection: make the actor at ``path`` (``dev8/services/web``) fail."""
