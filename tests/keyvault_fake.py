@@ -367,7 +367,7 @@ class FakeKeyVault:
             message = self._fail_body_message
         if status is not None:
             headers = self._challenge() if status == 401 else {}
-            if status == 429:
+            if status == 429 or (status == 503 and self.retry_after != "0"):
                 headers["Retry-After"] = self.retry_after
             handler.send_json(status, {"error": {"code": "Injected", "message": message}}, headers)
             return

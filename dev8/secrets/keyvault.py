@@ -149,6 +149,9 @@ class KeyVaultProvider:
         outcome: SecretValue | _Failed | None = _Failed("timeout")
         with trio.move_on_after(self._fetch_timeout):
             async with self._limiter:
+                wait = self.throttled_for  # a call that finished meanwhile may have been told
+                if wait > 0:
+                    raise SecretFetchError(name, "throttled", None, round(wait, 3))
                 outcome = await trio.to_thread.run_sync(
                     self._get_sync, name, started, abandon_on_cancel=True, limiter=self._threads
                 )
