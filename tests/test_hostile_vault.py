@@ -269,9 +269,9 @@ async def test_a_hung_vault_cannot_starve_the_next_pass(vault: FakeKeyVault) -> 
     )
     try:
         assert await provider.get(NAMES[0]) is not None
-        vault.hang(times=4)  # the four calls the limiter lets through stay held
+        vault.hang(times=len(NAMES))  # these stay held; later requests are answered
         first = await fetch_all(provider)
-        assert sorted(first.values()) == ["busy", "timeout", "timeout", "timeout", "timeout"]
+        assert set(first.values()) == {"timeout"}
         before = len(vault.authenticated_requests())
         second = await fetch_all(provider)  # at once: the held threads are still blocked
         assert second == {name: f"value of {name}" for name in NAMES}

@@ -112,7 +112,7 @@ class KeyVaultProvider:
         verify_challenge_resource: bool = True,
         credential: Any = None,
         connection_verify: str | bool | None = None,
-        max_threads: int = 4,
+        max_threads: int = 8,
         max_abandoned: int = 16,
     ) -> None:
         self.vault_url = vault_url
