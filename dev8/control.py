@@ -208,19 +208,34 @@ class Control:
 
     # -- acting ---------------------------------------------------------------------------------
 
+    def _services_started(self) -> None:
+        """While the services wait for required secrets their supervisor takes no commands."""
+        waiting = self.secrets_waiting()
+        if waiting and self.services.snapshot().state is not ChildState.RUNNING:
+            names = ", ".join(str(entry.get("name")) for entry in waiting)
+            raise ActionFailed(
+                409,
+                "waiting_for_secrets",
+                f"the services have not started: they wait for required secret(s) {names}",
+                {"waitingForSecrets": waiting},
+            )
+
     async def restart_service(self, name: str) -> NodeStatus:
+        self._services_started()
         try:
             return await self.services.restart_child(name, reason="manual")
         except UnknownChild as error:
             raise UnknownService(name, error.known) from None
 
     async def stop_service(self, name: str) -> NodeStatus:
+        self._services_started()
         try:
             return await self.services.stop_child(name)
         except UnknownChild as error:
             raise UnknownService(name, error.known) from None
 
     async def start_service(self, name: str) -> NodeStatus:
+        self._services_started()
         try:
             return await self.services.start_child(name)
         except UnknownChild as error:

@@ -5,6 +5,7 @@ counted at the fake. Each test failed on commit adf7061.
 
 from __future__ import annotations
 
+import email.utils
 import os
 import random
 import sys
@@ -126,6 +127,26 @@ async def test_an_answer_is_sent_once_and_reported_as_it_was(
     assert len(vault.authenticated_requests()) - before == 1
     assert time.monotonic() - started < 5  # well inside fetch_timeout
     assert caught.value.retry_after == (float(retry_after) if retry_after else None)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("1e12", 3600.0), ("inf", None), ("nan", None), ("-5", None), ("soon", None),
+     ("http-date+60", 60.0)],
+)  # fmt: skip
+async def test_an_untrusted_retry_after_is_clamped_or_ignored(
+    vault: FakeKeyVault, provider: KeyVaultProvider, header: str, expected: float | None
+) -> None:
+    if header == "http-date+60":
+        header = email.utils.formatdate(time.time() + 60, usegmt=True)
+    vault.throttle(header)
+    with pytest.raises(SecretFetchError) as caught:
+        await provider.get(NAMES[1])
+    assert (caught.value.reason, caught.value.status) == ("throttled", 429)
+    if expected is None:
+        assert caught.value.retry_after is None
+    else:
+        assert caught.value.retry_after == pytest.approx(expected, abs=2.0)
 
 
 async def test_retry_after_holds_every_request_until_it_has_passed(
@@ -383,6 +404,10 @@ async def test_a_missing_required_secret_holds_the_services_not_the_workspace(
         assert github in error["message"]
         assert error["ok"] is False
         assert error["failed"]["github_token"]["reason"] == "missing"
+        restart = await run.http.post("/services/app/restart")
+        assert restart.status_code == 409, restart.text
+        assert restart.json()["error"]["code"] == "waiting_for_secrets"
+        assert github in restart.json()["error"]["message"]
 
         vault.set_secret(github, "ghp_first")
 

@@ -176,6 +176,8 @@ def _register_actions(app: App, control: Control, guarded: Callable[[Handler], H
             node = await action(name)
         except UnknownService as error:
             return unknown_service(error)
+        except ActionFailed as failure:
+            return error_response(failure.status, failure.code, failure.message, **failure.details)
         return json_response(
             {"service": name, "state": node.state.value, "restarts": node.restarts}
         )

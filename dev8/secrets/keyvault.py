@@ -12,10 +12,8 @@ has passed.
 
 from __future__ import annotations
 
-import email.utils
 import math
 import threading
-import time
 from typing import Any
 
 import attrs
@@ -42,39 +40,21 @@ _EXCLUDED_CREDENTIALS = {
 MAX_RETRY_AFTER = 3600.0
 
 
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), clamped to
-    [0, MAX_RETRY_AFTER]; None when absent or unreadable."""
-    if value is None:
-        return None
-    value = value.strip()
-    seconds: float
+def retry_after_of(response: Any) -> float | None:
+    """The wait an answer asks for (``Retry-After``, ``retry-after-ms``, ...), read by the SDK's
+    own parser, clamped to [0, MAX_RETRY_AFTER]; None when absent, unreadable or zero."""
+    from azure.core.pipeline import PipelineResponse  # noqa: PLC0415 - heavy SDK
+    from azure.core.pipeline.policies import RetryPolicy  # noqa: PLC0415
+
     try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if not math.isfinite(seconds):
+        seconds = RetryPolicy().get_retry_after(
+            PipelineResponse(response.request, response, None)  # type: ignore[arg-type]
+        )
+    except Exception:  # an unreadable header is no wait, not a crash
         return None
-    return min(MAX_RETRY_AFTER, max(0.0, seconds))
-
-
-def _retry_after_of(response: Any) -> float | None:
-    headers = getattr(response, "headers", None)
-    if headers is None:
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
         return None
-    for header in ("retry-after-ms", "x-ms-retry-after-ms"):
-        raw = headers.get(header)
-        if raw is not None:
-            seconds = parse_retry_after(raw)
-            if seconds is not None:
-                return seconds / 1000.0 or None
-    return parse_retry_after(headers.get("retry-after")) or None  # 0: no wait asked for
+    return min(MAX_RETRY_AFTER, float(seconds))
 
 
 @attrs.frozen
@@ -243,7 +223,7 @@ class KeyVaultProvider:
         except HttpResponseError as e:
             status = e.status_code
             reason = reason_for_status(status)
-            retry_after = _retry_after_of(e.response)
+            retry_after = retry_after_of(e.response)
         except (ServiceRequestTimeoutError, ServiceResponseTimeoutError):
             reason = "timeout"
         except (ServiceRequestError, ServiceResponseError):

@@ -249,6 +249,7 @@ class Rotator:
             forced=forced,
         )
         self._account(result)
+        self._announce(result, {}, written=False)
         return result
 
     async def _check(self, *, forced: bool) -> RefreshResult:
