@@ -94,6 +94,9 @@ class RestartChild:
     name: str
     reason: str
     reply: Reply[NodeStatus]
+    #: A planned restart (an operator's, a changed secret's) is not a failure: it is done at once
+    #: and never counts toward the restart intensity or the backoff.
+    planned: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -293,10 +296,19 @@ class Supervisor:
         return await self.ref.call(lambda r: StopChild(name=name, reply=r), timeout=timeout)
 
     async def restart_child(
-        self, name: str, *, reason: str = "manual", timeout: float = 60.0
+        self,
+        name: str,
+        *,
+        reason: str = "manual",
+        planned: bool | None = None,
+        timeout: float = 60.0,
     ) -> NodeStatus:
+        """Restart a child. ``planned`` (default: ``reason == "manual"``) restarts it at once,
+        outside the intensity and the backoff; otherwise the restart counts as a failure's."""
+        is_planned = reason == "manual" if planned is None else planned
         return await self.ref.call(
-            lambda r: RestartChild(name=name, reason=reason, reply=r), timeout=timeout
+            lambda r: RestartChild(name=name, reason=reason, reply=r, planned=is_planned),
+            timeout=timeout,
         )
 
     async def crash_child(self, name: str, *, timeout: float = 60.0) -> NodeStatus:
@@ -428,7 +440,7 @@ class Supervisor:
                     child.scope.cancel()
                 command.reply.send(self._status_of(child))
             elif isinstance(command, RestartChild):
-                await self._restart_on_request(child, command.reason)
+                await self._restart_on_request(child, command.reason, planned=command.planned)
                 command.reply.send(self._status_of(child))
             else:
                 await self._stop(child, reason="remove")
@@ -578,8 +590,8 @@ class Supervisor:
             reason = "crash" if exit_info.abnormal else "exit"
         await self._restart(child, reason)
 
-    async def _restart_on_request(self, child: _Child, reason: str) -> None:
-        if reason == "manual":
+    async def _restart_on_request(self, child: _Child, reason: str, *, planned: bool) -> None:
+        if planned:
             await self._stop(child, reason="restart")
             child.consecutive = 0
             child.restarts += 1

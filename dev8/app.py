@@ -18,12 +18,14 @@ import os
 import random
 from typing import Any
 
+import attrs
 import structlog
 import trio
 
 from actors import (
     ChildContext,
     ChildSpec,
+    ChildState,
     Escalation,
     EventBus,
     Intensity,
@@ -171,7 +173,7 @@ class Dev8:
         if self.secrets is not None:
             children.append(self.secrets.child_spec())
         children += [
-            self.services.child_spec(significant=True),
+            attrs.evolve(self.services.child_spec(significant=True), start=self._start_services),
             self.probers.child_spec(),
             make_tracker_spec(self.connections, interval=config.connections.interval),
             ChildSpec(name="secret-watch", start=self._watch_secret_changes, shutdown_timeout=1.0),
@@ -187,6 +189,24 @@ class Dev8:
     async def _start_api(self, ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
         await serve_api(ctx, self._app, str(self.config.api.bind), task_status=task_status)
 
+    async def _start_services(
+        self, ctx: ChildContext, *, task_status: trio.TaskStatus[Any]
+    ) -> None:
+        """The services need the required secrets: until the rotator has them, they wait (shown
+        as not ready, /health naming the missing secrets) while the rest of the tree runs."""
+        ready = self.secrets.rotator.ready if self.secrets is not None else None
+        if ready is None or ready.is_set():
+            await self.services.run(ctx, task_status=task_status)
+            return
+        task_status.started()  # the tree (API, signals, secrets' retries) goes on meanwhile
+        self.log.warning(
+            "services_waiting_for_secrets",
+            missing=[entry["name"] for entry in self.secrets.waiting_for()] if self.secrets else [],
+        )
+        await ready.wait()
+        self.log.info("services_starting", why="required secrets available")
+        await self.services.run(ctx)
+
     async def _watch_secret_changes(
         self, ctx: ChildContext, *, task_status: trio.TaskStatus[Any]
     ) -> None:
@@ -194,10 +214,13 @@ class Dev8:
         with self.bus.subscribe(accept=lambda e: e.event.kind == "secrets_injected") as changes:
             task_status.started()
             async for _ in changes:
+                if self.services.snapshot().state is not ChildState.RUNNING:
+                    continue  # services still waiting or starting: they read the new files
                 for name, service in self.config.services.items():
                     if service.on_secret_change == "restart":
                         with contextlib.suppress(UnknownChild):
-                            await self.services.restart_child(name, reason="secret")
+                            # Not a crash: never counted toward the service's intensity.
+                            await self.services.restart_child(name, reason="secret", planned=True)
                     elif service.on_secret_change == "reload":
                         await send_signal_to_service(self.services, name, service.reload_signal)
 
@@ -230,6 +253,8 @@ class Dev8:
                 secrets=self.secrets.status if self.secrets else None,
                 log_output=self._log_output.stats if self._log_output else None,
                 storage=lambda: storage,
+                secrets_waiting=self.secrets.waiting_for if self.secrets else None,
+                secrets_stats=self.secrets.stats if self.secrets else None,
             ),
             supervisors=[self.root, self.services, self.probers],
         )

@@ -19,6 +19,7 @@ import dev8
 from actors import ChildState, EventBus, NodeStatus, Supervisor, UnknownChild
 
 from .process import OutputRing
+from .secrets.errors import SecretsRefreshFailed
 
 
 class UnknownService(LookupError):
@@ -30,6 +31,20 @@ class UnknownService(LookupError):
 
 class NotAvailable(Exception):
     """The feature asked for is not configured in this workspace."""
+
+
+class ActionFailed(Exception):
+    """An action ran and did not succeed: answered with ``status`` and a JSON error, never 500.
+
+    ``details`` is JSON-ready and holds no secret value.
+    """
+
+    def __init__(self, status: int, code: str, message: str, details: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = dict(details)
 
 
 def format_uptime(seconds: float) -> str:
@@ -70,6 +85,10 @@ class Hooks:
     log_output: Callable[[], dict[str, Any]] | None = None
     #: the workspace's storage (dev8.storage): its kind and whether file modes hold.
     storage: Callable[[], dict[str, Any]] | None = None
+    #: Required secrets the services still wait for ({name, reason, ...} each); [] once ready.
+    secrets_waiting: Callable[[], list[dict[str, Any]]] | None = None
+    #: The rotator's counters (a ``RotatorStats``), for /metrics.
+    secrets_stats: Callable[[], Any] | None = None
 
 
 class Control:
@@ -125,16 +144,22 @@ class Control:
             for name, node in self.service_nodes().items()
         }
 
+    def secrets_waiting(self) -> list[dict[str, Any]]:
+        return self.hooks.secrets_waiting() if self.hooks.secrets_waiting else []
+
     def health(self) -> tuple[bool, dict[str, Any]]:
         nodes = self.service_nodes()
         ready = self.readiness()
-        healthy = all(ready.values())
-        body = {
+        waiting = self.secrets_waiting()
+        healthy = all(ready.values()) and not waiting
+        body: dict[str, Any] = {
             "healthy": healthy,
             "lastCheck": iso_now(),
             "services": {name: node.state.value for name, node in nodes.items()},
             "uptime": format_uptime(self.uptime()),
         }
+        if waiting:  # the services wait for these before they start
+            body["waitingForSecrets"] = waiting
         return healthy, body
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
@@ -174,6 +199,9 @@ class Control:
             body["log_output"] = self.hooks.log_output()
         if self.hooks.storage is not None:
             body["storage"] = self.hooks.storage()
+        waiting = self.secrets_waiting()
+        if waiting:
+            body["waitingForSecrets"] = waiting
         return body
 
     def connections(self) -> dict[str, Any]:
@@ -188,19 +216,34 @@ class Control:
 
     # -- acting ---------------------------------------------------------------------------------
 
+    def _services_started(self) -> None:
+        """While the services wait for required secrets their supervisor takes no commands."""
+        waiting = self.secrets_waiting()
+        if waiting and self.services.snapshot().state is not ChildState.RUNNING:
+            names = ", ".join(str(entry.get("name")) for entry in waiting)
+            raise ActionFailed(
+                409,
+                "waiting_for_secrets",
+                f"the services have not started: they wait for required secret(s) {names}",
+                {"waitingForSecrets": waiting},
+            )
+
     async def restart_service(self, name: str) -> NodeStatus:
+        self._services_started()
         try:
             return await self.services.restart_child(name, reason="manual")
         except UnknownChild as error:
             raise UnknownService(name, error.known) from None
 
     async def stop_service(self, name: str) -> NodeStatus:
+        self._services_started()
         try:
             return await self.services.stop_child(name)
         except UnknownChild as error:
             raise UnknownService(name, error.known) from None
 
     async def start_service(self, name: str) -> NodeStatus:
+        self._services_started()
         try:
             return await self.services.start_child(name)
         except UnknownChild as error:
@@ -214,7 +257,12 @@ class Control:
     async def refresh_secrets(self) -> dict[str, Any]:
         if self.hooks.refresh_secrets is None:
             raise NotAvailable("no secret provider is configured")
-        return await self.hooks.refresh_secrets()
+        try:
+            return await self.hooks.refresh_secrets()
+        except SecretsRefreshFailed as failure:
+            raise ActionFailed(
+                failure.status, failure.code, failure.message, failure.details
+            ) from None
 
     async def crash_actor(self, path: str) -> NodeStatus:
         """Fault injection: make the actor at ``path`` (``dev8/services/web``) fail."""

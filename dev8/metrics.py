@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -11,6 +12,7 @@ from prometheus_client.registry import Collector
 from actors import ChildState
 
 from .control import Control
+from .secrets.rotator import RotatorStats
 
 _STATES = [state.value for state in ChildState]
 
@@ -91,6 +93,53 @@ class Dev8Collector(Collector):
                 "dev8's own log lines lost to a stalled, closed or full stdout.",
                 value=float(output["lines_dropped"]),
             )
+        if control.hooks.secrets_stats is not None:
+            yield from secrets_metrics(control.hooks.secrets_stats(), control.secrets_waiting())
+
+
+def secrets_metrics(stats: RotatorStats, waiting: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
+    """The rotator's counters (docs/secrets.md), under Prometheus' naming."""
+    yield CounterMetricFamily(
+        "dev8_secrets_passes", "Secret check passes (fetch all, inject what changed).",
+        value=float(stats.passes),
+    )  # fmt: skip
+    yield CounterMetricFamily(
+        "dev8_secrets_failed_passes", "Passes in which at least one secret failed.",
+        value=float(stats.failed_passes),
+    )  # fmt: skip
+    failures = CounterMetricFamily(
+        "dev8_secrets_fetch_failures",
+        "Failed secret fetches, by reason (throttled, timeout, credential, missing, ...).",
+        labels=["reason"],
+    )
+    for reason, count in sorted(stats.fetch_failures_by_reason.items()):
+        failures.add_metric([reason], float(count))
+    yield failures
+    yield CounterMetricFamily(
+        "dev8_secrets_rotations", "Secrets whose new version was written.",
+        value=float(stats.rotations),
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "dev8_secrets_consecutive_failed_passes", "Failed passes since the last good one.",
+        value=float(stats.consecutive_failed_passes),
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "dev8_secrets_last_fetch_duration_seconds", "Fetch time of the last pass.",
+        value=stats.last_fetch_duration,
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "dev8_secrets_last_injection_duration_seconds", "Write time of the last injection.",
+        value=stats.last_injection_duration,
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "dev8_secrets_last_success_timestamp_seconds",
+        "Unix time of the last pass without any failure (0: none yet).",
+        value=stats.last_success_time,
+    )
+    yield GaugeMetricFamily(
+        "dev8_secrets_waiting", "Required secrets the services still wait for.",
+        value=float(len(waiting)),
+    )  # fmt: skip
 
 
 def make_registry(control: Control) -> CollectorRegistry:

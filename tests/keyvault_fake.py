@@ -239,6 +239,8 @@ class FakeKeyVault:
         self._fail_times: int | None = None
         self._fail_body_message = "injected failure"
         self._hang = False
+        self._hang_times: int | None = None
+        self._drop_times = 0
         self.retry_after = "0"
         self._server = ThreadedServer(self._handler_class(), server_context(tls))
         self.port = self._server.server_address[1]
@@ -270,21 +272,43 @@ class FakeKeyVault:
             if message is not None:
                 self._fail_body_message = message
 
-    def hang(self) -> None:
-        """Hold every secret request without answering until :meth:`heal` (or the end)."""
+    def hang(self, *, times: int | None = None) -> None:
+        """Hold secret requests without answering until :meth:`heal` (or the end): every one,
+        or only the next ``times`` (later ones are answered while those stay held)."""
         with self._lock:
             self._hang = True
+            self._hang_times = times
             self._server.release.clear()
+
+    def drop(self, *, times: int) -> None:
+        """Close the connection of the next ``times`` authenticated requests without answering."""
+        with self._lock:
+            self._drop_times = times
+
+    def throttle(self, retry_after: str, *, times: int | None = None) -> None:
+        """Answer 429 with this ``Retry-After`` (``times`` times, or until cleared)."""
+        with self._lock:
+            self.retry_after = retry_after
+        self.fail(429, times=times)
 
     def heal(self) -> None:
         with self._lock:
             self._fail_status = self._fail_times = None
-            self._hang = False
+            self._hang, self._hang_times = False, None
+            self._drop_times = 0
         self._server.release.set()
 
     def secret_requests(self) -> list[LoggedRequest]:
         with self._lock:
             return [r for r in self.requests if r.path.startswith("/secrets/")]
+
+    def authenticated_requests(self, name: str | None = None) -> list[LoggedRequest]:
+        """Secret requests that carried a token (the ones the vault would count and throttle)."""
+        return [
+            r
+            for r in self.secret_requests()
+            if r.authorization and (name is None or r.path.startswith(f"/secrets/{name}/"))
+        ]
 
     # -- HTTP --
 
@@ -296,11 +320,25 @@ class FakeKeyVault:
             )
         }
 
+    def _held_or_dropped(self) -> bool:
+        """Apply the hang and drop switches: True when the request gets no answer."""
+        with self._lock:
+            hang = self._hang
+            if hang and self._hang_times is not None:
+                self._hang_times -= 1
+                if self._hang_times <= 0:
+                    self._hang, self._hang_times = False, None
+            drop = self._drop_times > 0
+            if drop:
+                self._drop_times -= 1
+        if hang:
+            self._server.release.wait(60)
+        return hang or drop
+
     def _answer(self, handler: JsonHandler) -> None:
         request = handler.logged()
         with self._lock:
             self.requests.append(request)
-            hang = self._hang
         if "api-version" not in request.query:
             handler.send_json(400, {"error": {"code": "MissingApiVersionParameter"}})
             return
@@ -317,8 +355,7 @@ class FakeKeyVault:
             }
             handler.send_json(401, body, self._challenge())
             return
-        if hang:
-            self._server.release.wait(60)
+        if self._held_or_dropped():
             handler.close_connection = True
             return
         with self._lock:
@@ -330,7 +367,7 @@ class FakeKeyVault:
             message = self._fail_body_message
         if status is not None:
             headers = self._challenge() if status == 401 else {}
-            if status == 429:
+            if status == 429 or (status == 503 and self.retry_after != "0"):
                 headers["Retry-After"] = self.retry_after
             handler.send_json(status, {"error": {"code": "Injected", "message": message}}, headers)
             return

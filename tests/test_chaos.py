@@ -405,7 +405,10 @@ class ChaosRun:
         response = await self.http.post(path, params=params)
         self.report.requests += 1
         self.scan(f"POST {path}", response.text)
-        if response.status_code >= 500:
+        # A refresh whose vault failed is a 503 naming the failures (docs/secrets.md); any
+        # other 5xx is a violation.
+        expected_503 = path == "/secrets/refresh" and response.status_code == 503
+        if response.status_code >= 500 and not expected_503:
             self.violation(f"POST {path} answered {response.status_code}: {response.text[:200]}")
         return response
 
@@ -525,6 +528,9 @@ class ChaosRun:
     async def refresh(self) -> Json:
         with trio.fail_after(70):
             response = await self.post("/secrets/refresh")
+        if response.status_code in (409, 503):  # a failed pass: the reply is in the error
+            error: Json = response.json()["error"]
+            return error
         if response.status_code != 200:
             self.violation(f"refresh answered {response.status_code}: {response.text[:200]}")
             return {}

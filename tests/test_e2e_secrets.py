@@ -153,6 +153,15 @@ async def refresh(run: Dev8Run) -> Json:
     return body
 
 
+async def failed_refresh(run: Dev8Run) -> Json:
+    """A refresh whose pass failed: 503 (the vault's fault), the reply inside the error."""
+    response = await run.http.post("/secrets/refresh", timeout=30)
+    assert response.status_code == 503, response.text
+    error: Json = response.json()["error"]
+    assert error["code"] == "secrets_unavailable"
+    return error
+
+
 async def app_printed(run: Dev8Run, text: str) -> None:
     with fail_after(10, f"app to print {text!r}", run.tail):
         while True:
@@ -243,15 +252,16 @@ async def test_keyvault_secrets_are_injected_rotated_and_kept_through_failures_w
             # -- the vault fails: last good files stay, failures are published --
             before = snapshot(home)
             vault.fail(500, message=f"echo {new_token}")  # a body echoing a value: not shown
-            body = await refresh(run)
+            body = await failed_refresh(run)
             assert body["ok"] is False
             assert set(body["failed"]) == set(ROLES)
             assert body["failed"]["github_token"] == {
-                "name": GITHUB, "reason": "server_error", "status": 500,
+                "name": GITHUB, "reason": "server_error", "status": 500, "retryAfter": None,
             }  # fmt: skip
             failed = await seen_or_wait(events, "secret_fetch_failed", name=GITHUB)
             assert failed["data"] == {
                 "name": GITHUB, "role": "github_token", "reason": "server_error", "status": 500,
+                "retry_after": None,
             }  # fmt: skip
             assert snapshot(home) == before
             vault.heal()
@@ -262,7 +272,7 @@ async def test_keyvault_secrets_are_injected_rotated_and_kept_through_failures_w
                 hung: list[Json] = []
 
                 async def refresh_while_hanging() -> None:
-                    hung.append(await refresh(run))
+                    hung.append(await failed_refresh(run))
 
                 started = time.monotonic()
                 nursery.start_soon(refresh_while_hanging)
@@ -335,7 +345,7 @@ async def test_rotation_is_picked_up_on_the_interval_without_a_request(
     )
 
 
-async def test_a_missing_required_secret_is_named_in_the_log_and_dev8_gives_up(
+async def test_a_missing_required_secret_is_named_and_waited_for(
     *,
     vault: FakeKeyVault,
     material: WorkspaceSecrets,
@@ -344,24 +354,37 @@ async def test_a_missing_required_secret_is_named_in_the_log_and_dev8_gives_up(
     api_port: int,
     marker: str,
 ) -> None:
+    """The services wait for the secret (named by /health), dev8 keeps retrying, never exits."""
     seed(vault, material, skip=(GITHUB,))
     (user.home / ".git-credentials").unlink(missing_ok=True)
-    config = config_for(tmp_path, user, api_port, marker)
+    config = config_for(tmp_path, user, api_port, marker, retry_initial_delay=0.2,
+                        retry_max_delay=0.5)  # fmt: skip
     async with open_workspace(config, port=api_port, markers=[marker]) as (run, recorder):
         line = await run.wait_log(
-            lambda e: e.get("message") == "child_exited" and e.get("child") == "secrets",
+            lambda e: e.get("message") == "services_waiting_for_secrets",
             timeout=30,
-            what="the secrets child failing",
+            what="the services waiting for the secret",
         )
-        assert line["error"] == f"MissingSecretError: required secret(s) missing: {GITHUB}"
+        assert line["missing"] == [GITHUB]
+        failures = 0
+
+        def fourth_failure(entry: Json) -> bool:
+            nonlocal failures
+            if entry.get("message") == "secret_fetch_failed" and entry.get("name") == GITHUB:
+                failures += 1
+            return failures >= 4
+
+        await run.wait_log(fourth_failure, timeout=30, what="four failed fetches of the secret")
+        health = await run.http.get("/health")
+        assert health.status_code == 503
+        assert health.json()["waitingForSecrets"][0]["name"] == GITHUB
+        assert (await run.status())["services"]["app"]["pid"] is None
         assert not (user.home / ".git-credentials").exists()
-        # It retries (the secret may still be created), then gives up: exit code 3.
-        assert await run.wait_exit(timeout=90) == 3
-        assert len(run.messages("child_gave_up", child="secrets")) == 1
-        exits = run.messages("child_exited", child="secrets")
-        assert len(exits) > 2
-        assert {entry["error"] for entry in exits} == {line["error"]}
-        assert not (user.home / ".git-credentials").exists()
+        assert run.process.returncode is None
+        vault.set_secret(GITHUB, material.named()[GITHUB])
+        await wait_healthy(run)
+        assert (user.home / ".git-credentials").exists()
+        assert run.messages("child_gave_up", child="secrets") == []
     assert_no_leak(needles(material), run=run, recorder=recorder, events=[])
 
 

@@ -32,6 +32,8 @@ from dev8.secrets import (
     build_provider,
     secrets_config_from,
 )
+from dev8.secrets.errors import SecretsRefreshFailed
+from dev8.secrets.runtime import refresh_failure, refresh_reply
 
 AZURE_ENV = (
     "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE",
@@ -137,14 +139,17 @@ async def test_no_secret_value_reaches_any_output(
             outputs.append(repr(rotator.versions))
             nursery.cancel_scope.cancel()
 
-        # A required secret that is missing: the startup error, as a traceback would show it.
+        # A required secret that is missing: the refused refresh, as a traceback would show it.
         lonely = Rotator(provider=provider, injector=Injector(home=home), required=["github_token"],
                          names={"github_token": "github-token-absent"})  # fmt: skip
-        with pytest.RaisesGroup(MissingSecretError, flatten_subgroups=True) as caught:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(lonely.run)
+        result = await lonely._pass(forced=True)
+        outputs.append(repr(lonely.waiting_for()))
+        failure = refresh_failure(result, refresh_reply(result))
+        with pytest.raises(SecretsRefreshFailed) as caught:
+            raise failure
         outputs.append("".join(traceback.format_exception(caught.value)))
-        structlog.get_logger("test").exception("startup failed", exc_info=caught.value)
+        outputs.append(json.dumps(failure.details))
+        structlog.get_logger("test").exception("refresh failed", exc_info=caught.value)
     finally:
         await provider.aclose()
 
@@ -170,3 +175,4 @@ async def test_no_secret_value_reaches_any_output(
             f"a secret value leaked ({len(canary)} chars): {everything[max(0, at - 700) : at]!r}"
         )
     assert issubclass(MissingSecretError, SecretsError)
+    assert issubclass(SecretsRefreshFailed, SecretsError)

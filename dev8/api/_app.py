@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..config import ConfigError
-from ..control import Control, NotAvailable, UnknownService
+from ..control import ActionFailed, Control, NotAvailable, UnknownService
 from ._chaos import CHAOS_PATHS, register_chaos
 from ._events import EventStream
 from ._http import App, Request, Response, error_response, json_response
@@ -176,6 +176,8 @@ def _register_actions(app: App, control: Control, guarded: Callable[[Handler], H
             node = await action(name)
         except UnknownService as error:
             return unknown_service(error)
+        except ActionFailed as failure:
+            return error_response(failure.status, failure.code, failure.message, **failure.details)
         return json_response(
             {"service": name, "state": node.state.value, "restarts": node.restarts}
         )
@@ -217,3 +219,5 @@ def _register_actions(app: App, control: Control, guarded: Callable[[Handler], H
             return json_response(await control.refresh_secrets())
         except NotAvailable as error:
             return error_response(409, "not_available", str(error))
+        except ActionFailed as failure:
+            return error_response(failure.status, failure.code, failure.message, **failure.details)

@@ -216,8 +216,15 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Re-read the secrets now",
                     "security": _SECURED,
                     "responses": {
-                        "200": json_content(_OBJECT, "what was fetched and rewritten"),
-                        "409": error_content("no secret provider is configured"),
+                        "200": json_content(_OBJECT, "every secret fetched; what was rewritten"),
+                        "409": error_content(
+                            "no secret provider is configured, a required secret does not "
+                            "exist (secret_missing) or a file could not be written"
+                        ),
+                        "503": error_content(
+                            "the store failed (secrets_unavailable: throttled, timeout, "
+                            "credential, HTTP status) or no pass finished in time"
+                        ),
                         **_AUTH_ERRORS,
                     },
                 }

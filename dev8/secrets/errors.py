@@ -20,15 +20,22 @@ class SecretFetchError(SecretsError):
     so that nothing a server echoed back (which could include a value) ever reaches a log.
     """
 
-    def __init__(self, name: str, reason: str, status: int | None = None) -> None:
+    def __init__(
+        self, name: str, reason: str, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         self.name = name
         self.reason = reason
         self.status = status
+        #: Seconds the store asked us to wait before the next request (``Retry-After``).
+        self.retry_after = retry_after
         detail = f" (HTTP {status})" if status is not None else ""
-        super().__init__(f"fetching secret {name!r} failed: {reason}{detail}")
+        wait = f", retry after {retry_after:g} s" if retry_after is not None else ""
+        super().__init__(f"fetching secret {name!r} failed: {reason}{detail}{wait}")
 
-    def __reduce__(self) -> tuple[type[SecretFetchError], tuple[str, str, int | None]]:
-        return (type(self), (self.name, self.reason, self.status))
+    def __reduce__(
+        self,
+    ) -> tuple[type[SecretFetchError], tuple[str, str, int | None, float | None]]:
+        return (type(self), (self.name, self.reason, self.status, self.retry_after))
 
 
 class MissingSecretError(SecretsError):
@@ -59,3 +66,19 @@ class SecretInputError(SecretsError):
 
     def __reduce__(self) -> tuple[type[SecretInputError], tuple[str, str]]:
         return (type(self), (self.item, self.reason))
+
+
+class SecretsRefreshFailed(SecretsError):
+    """A forced refresh did not succeed: what an API answers instead of ``ok: true``.
+
+    ``status`` is 409 when the workspace's state is the problem (a required secret does not
+    exist, a file could not be written) and 503 when the store is (down, throttling, refusing
+    our identity, too slow). ``details`` is JSON-ready and value-free: names, reasons, versions.
+    """
+
+    def __init__(self, status: int, code: str, message: str, details: dict[str, object]) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        super().__init__(message)

@@ -38,9 +38,11 @@ class SecretFetchFailed(Event):
     name: str
     role: str
     #: A short class: timeout, network, credential, unauthorized, forbidden, throttled,
-    #: server_error, http_error, missing (a required secret vanished), ...
+    #: server_error, http_error, missing (a required secret does not exist), busy, ...
     reason: str
     status: int | None = None
+    #: Seconds the store asked to wait (its ``Retry-After``), when it did.
+    retry_after: float | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -1,9 +1,10 @@
 """The rotator actor: first injection at startup, then a version check every interval.
 
-``run`` reports readiness with the first pass's :class:`RefreshResult` once the files are written
-(or fetching definitively failed), so services that need secrets can start after it. A required
-secret that has never existed stops startup with :class:`MissingSecretError`. Later failures keep
-the last good files, publish an event and back off; only changed versions are rewritten.
+``run`` reports readiness with the first pass's :class:`RefreshResult`, whatever it holds: the
+rotator itself never fails because the store is down or a secret is missing (that must not take a
+workspace down). ``ready`` is set once every required secret has been written; services wait on
+it. Failures keep the last good files, publish an event and back off (never sooner than a
+``Retry-After`` the store asked for); only changed versions are rewritten.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import trio
 
 from actors import Event
 
-from .errors import MissingSecretError, SecretFetchError
+from .errors import SecretFetchError
 from .events import SecretFetched, SecretFetchFailed, SecretRotated, SecretsInjected
 from .injector import InjectionResult
 from .providers import SecretProvider, SecretValue
@@ -39,6 +40,8 @@ class FetchFailure:
     name: str
     reason: str
     status: int | None = None
+    #: Seconds the store asked us to wait (``Retry-After``), if it did.
+    retry_after: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -62,17 +65,28 @@ class RefreshResult:
     def ok(self) -> bool:
         return not self.failed and not (self.injection and self.injection.failed)
 
+    @property
+    def retry_after(self) -> float | None:
+        """The longest wait the store asked for in this pass, if any."""
+        waits = [f.retry_after for f in self.failed.values() if f.retry_after is not None]
+        return max(waits) if waits else None
+
 
 @attrs.define
 class RotatorStats:
     """Counters for ``/metrics``."""
 
     passes: int = 0
+    failed_passes: int = 0
     fetch_failures: int = 0
+    #: reason class -> failed fetches (throttled, timeout, credential, missing, ...).
+    fetch_failures_by_reason: dict[str, int] = attrs.field(factory=dict)
     rotations: int = 0
     consecutive_failed_passes: int = 0
     last_fetch_duration: float = 0.0
     last_injection_duration: float = 0.0
+    #: Wall-clock time of the last pass without any failure (0: none yet).
+    last_success_time: float = 0.0
 
 
 class Rotator:
@@ -114,6 +128,8 @@ class Rotator:
         self._passes_done = 0
         self._pass_done = trio.Event()
         self.last_result: RefreshResult | None = None
+        #: Set once every required secret has been written; it stays set.
+        self.ready = trio.Event()
         #: Wall-clock times of the last pass's start and of the next scheduled check.
         self.last_pass_at: float | None = None
         self.next_check_at: float | None = None
@@ -149,6 +165,17 @@ class Rotator:
         """role -> version currently written (safe to show: no values)."""
         return dict(self._versions)
 
+    def waiting_for(self) -> list[FetchFailure]:
+        """Required secrets never written yet, each with why (``pending`` before the first pass)."""
+        if self.ready.is_set():
+            return []
+        failed = self.last_result.failed if self.last_result is not None else {}
+        return [
+            failed.get(role, FetchFailure(self._names[role], "pending"))
+            for role in sorted(self._required)
+            if role not in self._versions
+        ]
+
     async def run(
         self, *, task_status: trio.TaskStatus[RefreshResult] = trio.TASK_STATUS_IGNORED
     ) -> NoReturn:
@@ -174,28 +201,55 @@ class Rotator:
         it waits for the running rotator to get to it."""
         target = self._passes_started + 1
         self.request_refresh()
-        while self._passes_done < target:
+        while self._passes_done < target or self.last_result is None:
             await self._pass_done.wait()
-        assert self.last_result is not None
         return self.last_result
 
     def next_delay(self) -> float:
-        """Seconds until the next check: the interval plus jitter, or a backoff after failures."""
+        """Seconds until the next check: the interval plus jitter, or a backoff after failures.
+
+        A ``Retry-After`` from the store is a lower bound, spread by up to 20 % (+1 s) so that a
+        fleet of workspaces throttled together does not come back together.
+        """
         failures = self.stats.consecutive_failed_passes
         if failures == 0:
             return self.rotation_interval + self._rng.uniform(0, self.rotation_jitter)
-        backoff = min(self.retry_max_delay, self.retry_initial_delay * 2 ** (failures - 1))
-        return float(min(self.rotation_interval, backoff * (1 + 0.1 * self._rng.random())))
+        exponent = min(failures - 1, 64)  # no float overflow on a long outage
+        backoff = min(self.retry_max_delay, self.retry_initial_delay * 2.0**exponent)
+        delay = float(min(self.rotation_interval, backoff * (1 + 0.1 * self._rng.random())))
+        retry_after = self.last_result.retry_after if self.last_result is not None else None
+        if retry_after is not None:
+            delay = max(delay, retry_after + self._rng.uniform(0, 0.2 * retry_after + 1.0))
+        return delay
 
     async def _pass(self, *, forced: bool) -> RefreshResult:
         self._passes_started += 1
         self.last_pass_at = time.time()
         try:
-            result = await self._check(forced=forced)
+            try:
+                result = await self._check(forced=forced)
+            except Exception as error:  # a bug or a bad input fails this pass, never the rotator
+                log.error("secrets.pass_failed", error_type=type(error).__name__)
+                result = self._failed_pass(forced=forced)
         finally:
             self._passes_done += 1
             done, self._pass_done = self._pass_done, trio.Event()
             done.set()
+        return result
+
+    def _failed_pass(self, *, forced: bool) -> RefreshResult:
+        result = RefreshResult(
+            versions={},
+            changed=(),
+            missing=(),
+            failed={r: FetchFailure(n, "internal_error") for r, n in self._names.items()},
+            injection=None,
+            fetch_duration=0.0,
+            duration=0.0,
+            forced=forced,
+        )
+        self._account(result)
+        self._announce(result, {}, written=False)
         return result
 
     async def _check(self, *, forced: bool) -> RefreshResult:
@@ -207,26 +261,20 @@ class Rotator:
             try:
                 fetched[role] = await self._provider.get(name)
             except SecretFetchError as e:
-                failed[role] = FetchFailure(name, e.reason, e.status)
+                failed[role] = FetchFailure(name, e.reason, e.status, e.retry_after)
 
         async with trio.open_nursery() as nursery:
             for role, name in self._names.items():
                 nursery.start_soon(fetch, role, name)
         fetch_duration = time.perf_counter() - start
 
-        never_seen = [
-            r for r in sorted(self._required)
-            if r in fetched and fetched[r] is None and r not in self._versions
-        ]  # fmt: skip
-        if never_seen:
-            raise MissingSecretError(self._names[r] for r in never_seen)
         missing: list[str] = []
         for role, secret in list(fetched.items()):
             if secret is not None:
                 self._missing_logged.discard(role)
                 continue
             del fetched[role]
-            if role in self._required:  # it existed once: keep its files, complain, back off
+            if role in self._required:  # never written, or vanished: keep files, complain, back off
                 failed[role] = FetchFailure(self._names[role], "missing")
                 continue
             missing.append(role)
@@ -263,6 +311,15 @@ class Rotator:
         stats = self.stats
         stats.passes += 1
         stats.fetch_failures += len(result.failed)
+        for failure in result.failed.values():
+            by_reason = stats.fetch_failures_by_reason
+            by_reason[failure.reason] = by_reason.get(failure.reason, 0) + 1
+        if result.ok:
+            stats.last_success_time = time.time()
+        else:
+            stats.failed_passes += 1
+        if self._required.issubset(self._versions):
+            self.ready.set()
         stats.last_fetch_duration = result.fetch_duration
         if result.injection is not None:
             stats.last_injection_duration = result.injection.duration
@@ -282,11 +339,12 @@ class Rotator:
         for role, failure in sorted(result.failed.items()):
             log.warning(
                 "secrets.fetch_failed", name=failure.name, role=role,
-                reason=failure.reason, status=failure.status,
+                reason=failure.reason, status=failure.status, retry_after=failure.retry_after,
             )  # fmt: skip
             self._publish(
                 SecretFetchFailed(source=self._source, name=failure.name, role=role,
-                                  reason=failure.reason, status=failure.status)
+                                  reason=failure.reason, status=failure.status,
+                                  retry_after=failure.retry_after)
             )  # fmt: skip
         if result.injection is not None and result.injection.changed:
             self._publish(

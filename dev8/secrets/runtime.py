@@ -15,9 +15,10 @@ import trio
 from actors import Backoff, ChildContext, ChildSpec, Event, Intensity, Restart
 
 from .atomic import Owner
+from .errors import SecretsRefreshFailed
 from .injector import Injector
 from .providers import SecretProvider, build_provider
-from .rotator import Rotator
+from .rotator import FetchFailure, RefreshResult, Rotator, RotatorStats
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -80,8 +81,9 @@ class Secrets:
         async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
             await self.rotator.run(task_status=task_status)
 
-        # A required secret that is missing fails the start; after a few tries over some minutes
-        # dev8 gives up (exit code 3), naming the secret in the log.
+        # The rotator does not fail because the store is down or a secret is missing: it retries
+        # with backoff while the services wait (``rotator.ready``). Should it crash all the same,
+        # it is restarted; were it to give up, the workspace keeps running on its last files.
         return ChildSpec(
             name="secrets",
             start=start,
@@ -89,7 +91,7 @@ class Secrets:
             shutdown_timeout=5.0,
             backoff=Backoff(initial_delay=1.0, min_delay=2.0, max_delay=60.0, reset_after=60.0),
             intensity=Intensity(max_restarts=5, window=600.0),
-            significant=True,
+            significant=False,
         )
 
     async def get(self, name: str) -> str | None:
@@ -98,16 +100,29 @@ class Secrets:
         return None if value is None else value.value
 
     async def refresh(self) -> dict[str, Any]:
-        with trio.fail_after(REFRESH_TIMEOUT):
+        """Force a pass. Only a pass without any failure answers ``ok: true``; otherwise
+        :class:`SecretsRefreshFailed` says what changed and what failed (names, never values)."""
+        result: RefreshResult | None = None
+        with trio.move_on_after(REFRESH_TIMEOUT):
             result = await self.rotator.refresh()
-        return {
-            "ok": result.ok,
-            "versions": dict(result.versions),
-            "changed": list(result.changed),
-            "missing": list(result.missing),
-            "failed": {role: attrs.asdict(failure) for role, failure in result.failed.items()},
-            "duration": round(result.duration, 6),
-        }
+        if result is None:
+            raise SecretsRefreshFailed(
+                503,
+                "secrets_timeout",
+                f"no refresh pass finished within {REFRESH_TIMEOUT:g} s",
+                {"ok": False, "waitingFor": self.waiting_for()},
+            )
+        reply = refresh_reply(result)
+        if result.ok:
+            return reply
+        raise refresh_failure(result, reply)
+
+    def stats(self) -> RotatorStats:
+        return self.rotator.stats
+
+    def waiting_for(self) -> list[dict[str, Any]]:
+        """Required secrets the services are still waiting for, each with why."""
+        return [failure_document(f) for f in self.rotator.waiting_for()]
 
     def status(self) -> dict[str, Any]:
         last = self.rotator.last_result
@@ -118,7 +133,58 @@ class Secrets:
             "last_fetch": _iso(self.rotator.last_pass_at),
             "next_check": _iso(self.rotator.next_check_at),
             "last_pass_ok": None if last is None else last.ok,
+            "ready": self.rotator.ready.is_set(),
+            "waitingFor": self.waiting_for(),
             "failed": [] if last is None else sorted(last.failed),
             "missing": [] if last is None else list(last.missing),
             "stats": stats,
         }
+
+
+def failure_document(failure: FetchFailure) -> dict[str, Any]:
+    return {
+        "name": failure.name,
+        "reason": failure.reason,
+        "status": failure.status,
+        "retryAfter": failure.retry_after,
+    }
+
+
+def refresh_reply(result: RefreshResult) -> dict[str, Any]:
+    """What a refresh answers: this pass's versions, what changed, what failed (no values)."""
+    injection_failed = result.injection.failed if result.injection is not None else ()
+    return {
+        "ok": result.ok,
+        "versions": dict(result.versions),
+        "changed": list(result.changed),
+        "missing": list(result.missing),
+        "failed": {role: failure_document(f) for role, f in sorted(result.failed.items())},
+        "notWritten": sorted(f"{path}: {error}" for path, error in injection_failed),
+        "retryAfter": result.retry_after,
+        "duration": round(result.duration, 6),
+    }
+
+
+def refresh_failure(result: RefreshResult, reply: dict[str, Any]) -> SecretsRefreshFailed:
+    """409 when the workspace's state is at fault (a required secret does not exist, a file
+    could not be written), else 503 (the store is down, throttling, refusing us, too slow)."""
+    missing = sorted(f.name for f in result.failed.values() if f.reason == "missing")
+    others = sorted(
+        f"{f.name}: {f.reason}" + (f" (HTTP {f.status})" if f.status is not None else "")
+        for f in result.failed.values()
+        if f.reason != "missing"
+    )
+    if missing:
+        status, code = 409, "secret_missing"
+        message = "required secret(s) missing: " + ", ".join(missing)
+    elif others:
+        status, code = 503, "secrets_unavailable"
+        message = "fetching failed for " + "; ".join(others)
+    else:
+        status, code = 409, "secrets_not_written"
+        message = "could not write: " + ", ".join(reply["notWritten"])
+    if missing and others:
+        message += "; fetching failed for " + "; ".join(others)
+    if result.retry_after is not None:
+        message += f"; retry after {result.retry_after:g} s"
+    return SecretsRefreshFailed(status, code, message, reply)
