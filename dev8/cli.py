@@ -245,10 +245,12 @@ def _operate(args: argparse.Namespace) -> int:
 def _exit_on_interrupt() -> None:
     """Ctrl-C ends an operator command at once: exit 130, nothing on stderr.
 
-    Not through KeyboardInterrupt: raised between any two bytecodes, it can land in httpcore's
-    ``with lock:`` after the lock is taken and before the block is entered, leaving the lock
-    held; the request's own clean-up then waits for it forever (``dev8 logs -f`` hung so on a
-    busy machine). Every line is flushed as it is printed, so nothing already shown is lost.
+    A handler of our own, not Python's KeyboardInterrupt: a command started as a background job
+    of a non-interactive shell (a CI runner) inherits SIGINT ignored, and Python then installs
+    no handler, so ``dev8 logs -f`` never stopped. And ``os._exit``, not an exception: raised
+    between any two bytecodes, KeyboardInterrupt can land in httpcore's ``with lock:`` after the
+    lock is taken, and the request's clean-up then waits for it forever. Every line is flushed
+    as it is printed, so nothing already shown is lost.
     """
     signal.signal(signal.SIGINT, lambda _signum, _frame: os._exit(EXIT_INTERRUPTED))
 
