@@ -25,7 +25,7 @@ from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, config_to_dict, lo
 
 EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2
-#: ``dev8 run``: the API's address cannot be listened on (taken, or not an address of this host).
+#: ``dev8 run``: the API's address cannot be listened on (``ExitCode.API_UNAVAILABLE``).
 EXIT_API_UNAVAILABLE = 5
 EXIT_INTERRUPTED = 130
 #: How often ``dev8 logs -f`` asks for new lines.
