@@ -302,7 +302,7 @@ async def test_stopping_a_service_takes_its_whole_process_group(
     pids_file = tmp_path / "pids"
     config = write_config(
         tmp_path / "dev8.yaml",
-        {"family": python_service(FAMILY, marker, env={"PIDS": str(pids_file)}, stop_timeout=5)},
+        {"family": python_service(FAMILY, marker, env={"PIDS": str(pids_file)}, stop_timeout=60)},
         port=api_port,
     )
     async with open_dev8(config, port=api_port, marker=marker) as dev8:
@@ -312,13 +312,14 @@ async def test_stopping_a_service_takes_its_whole_process_group(
         await wait_until(lambda: len(live_descendants(host)) == 4, timeout=5, what="the grandchild")
         members = set(live_descendants(host))
         assert len(members) == 4  # leader, two children, one grandchild
-        started = trio.current_time()
         stopped = await dev8.http.post("/services/family/stop")
         assert stopped.json()["state"] == "stopped"
+        # The leader obeyed: the group is gone long before the 60 s stop_timeout, and the
+        # ladder never got to its kill (a bound in time alone failed on a busy machine).
         await wait_until(
-            lambda: not any(pid_alive(p) for p in members), timeout=5, what="the group gone"
+            lambda: not any(pid_alive(p) for p in members), timeout=30, what="the group gone"
         )
-        assert trio.current_time() - started < 4.0  # the leader obeyed: no stop_timeout wait
+        assert not dev8.messages("stop_timeout_kill")
         assert live_descendants(host) == {}
         await no_zombie_below(dev8, 5)
 

@@ -204,7 +204,7 @@ async def test_a_hanging_vault_times_out_without_blocking_trio(vault: FakeKeyVau
         elapsed = time.monotonic() - start
         assert caught.value.reason == "timeout"
         assert caught.value.status is None
-        assert 0.5 <= elapsed < 2.0
+        assert 0.5 <= elapsed < 5.0  # the 0.5 s timeout held; the SDK call hangs for good
         assert ticks >= 10  # the loop kept running while the SDK thread was stuck
     finally:
         vault.heal()
