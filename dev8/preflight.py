@@ -104,16 +104,19 @@ def _check_service(
     name: str, service: ServiceConfig, config: Config, as_root: bool, environ: Mapping[str, str]
 ) -> list[Problem]:
     where = f"services.{name}"
-    service = expand(name, service, config, own=OwnPids()).service
-    user = config.service_user(name, as_root=as_root)
     user_key = f"{where}.user" if service.user is not None else "workspace.user"
+    # A built-in's defaults (its command; sshd runs as root) as the service will have them.
+    service = expand(name, service, config, own=OwnPids()).service
+    user = (
+        service.user if service.user is not None else (config.workspace.user if as_root else None)
+    )
     if user is None:
         who = Who(pwd.getpwuid(os.geteuid()).pw_name, os.geteuid(), frozenset(os.getgroups()))
     else:
         try:
             entry = pwd.getpwnam(user)
         except KeyError:
-            hint = "" if service.user is not None else f" (set workspace.user or {where}.user)"
+            hint = f" (set workspace.user or {where}.user)" if user_key == "workspace.user" else ""
             return [Problem(user_key, f"user {user!r} does not exist{hint}")]
         if not as_root and entry.pw_uid != os.geteuid():
             return [Problem(user_key, f"cannot run as {user!r}: dev8 is not running as root")]
