@@ -13,6 +13,7 @@ and capabilities aside): dev8 is root, so ``os.access`` would answer for root, n
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import pwd
 import socket
@@ -64,6 +65,10 @@ def check(
     """Every problem found, in the order of the file (services, then the API)."""
     as_root = os.geteuid() == 0 if as_root is None else as_root
     environ = os.environ if environ is None else environ
+    # Services share users, directories and programs: each is looked at once per check (a
+    # thousand services would otherwise cost a second of start-up).
+    for cached in (_who, _directory_problem, _command_problem):
+        cached.cache_clear()
     problems: list[Problem] = []
     for name, service in config.services.items():
         if service.enabled:
@@ -110,18 +115,12 @@ def _check_service(
     user = (
         service.user if service.user is not None else (config.workspace.user if as_root else None)
     )
-    if user is None:
-        who = Who(pwd.getpwuid(os.geteuid()).pw_name, os.geteuid(), frozenset(os.getgroups()))
-    else:
-        try:
-            entry = pwd.getpwnam(user)
-        except KeyError:
-            hint = f" (set workspace.user or {where}.user)" if user_key == "workspace.user" else ""
-            return [Problem(user_key, f"user {user!r} does not exist{hint}")]
-        if not as_root and entry.pw_uid != os.geteuid():
-            return [Problem(user_key, f"cannot run as {user!r}: dev8 is not running as root")]
-        groups = frozenset(os.getgrouplist(entry.pw_name, entry.pw_gid))
-        who = Who(entry.pw_name, entry.pw_uid, groups)
+    who = _who(user)
+    if who is None:
+        hint = f" (set workspace.user or {where}.user)" if user_key == "workspace.user" else ""
+        return [Problem(user_key, f"user {user!r} does not exist{hint}")]
+    if not as_root and who.uid != os.geteuid():
+        return [Problem(user_key, f"cannot run as {user!r}: dev8 is not running as root")]
 
     cwd = service.cwd
     if cwd is not None:
@@ -131,13 +130,32 @@ def _check_service(
     if not service.command:
         return []  # config.py already refused a plain service without one
     path = service.env.get("PATH", environ.get("PATH", os.defpath))
+    problem = _command_problem(service.command[0], path, cwd or os.getcwd(), who)
+    return [Problem(f"{where}.command", problem)] if problem is not None else []
+
+
+@functools.cache
+def _who(user: str | None) -> Who | None:
+    """The identity of ``user`` (None: dev8's own), or None if there is no such user."""
+    if user is None:
+        return Who(pwd.getpwuid(os.geteuid()).pw_name, os.geteuid(), frozenset(os.getgroups()))
     try:
-        resolve_command(service.command[0], path, cwd or os.getcwd(), who)
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    return Who(entry.pw_name, entry.pw_uid, frozenset(os.getgrouplist(user, entry.pw_gid)))
+
+
+@functools.cache
+def _command_problem(program: str, path: str, cwd: str, who: Who) -> str | None:
+    try:
+        resolve_command(program, path, cwd, who)
     except CommandProblem as problem:
-        return [Problem(f"{where}.command", str(problem))]
-    return []
+        return str(problem)
+    return None
 
 
+@functools.cache
 def _directory_problem(path: str, who: Who) -> str | None:
     if not os.path.exists(path):
         return f"directory {path} does not exist"
