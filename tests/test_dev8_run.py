@@ -63,6 +63,7 @@ async def test_sigkilled_child_is_restarted_and_reported(
     async with open_dev8(config, port=api_port, marker=marker) as dev8:
         first = await dev8.wait_service("victim", lambda n: n["state"] == "running", what="up")
         old_pid = first["info"]["pid"]
+        await dev8.wait_log(printed("victim", "up"), what="the victim's first line")
         async with dev8.events("service=victim") as events:
             os.kill(old_pid, signal.SIGKILL)
             exited = await events.wait_for("child_exited", child="victim")
@@ -72,7 +73,12 @@ async def test_sigkilled_child_is_restarted_and_reported(
         assert exited["source"] == "dev8/services/victim"
         assert exited["data"]["abnormal"] is True
         assert exited["data"]["error"] == "ProcessExited: killed by SIGKILL"
-        assert exited["data"]["details"] == {"signal": "SIGKILL", "exit_code": None}
+        # Its last output comes with its exit (`lastOutput`): why it failed, at a glance.
+        assert exited["data"]["details"] == {
+            "signal": "SIGKILL",
+            "exit_code": None,
+            "lastOutput": ["up"],
+        }
         assert scheduled["data"]["reason"] == "crash"
         assert scheduled["data"]["restarts"] == 1
         assert started["data"]["restarts"] == 1
