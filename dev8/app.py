@@ -72,6 +72,8 @@ class ExitCode(enum.IntEnum):
     BAD_CONFIG = 2
     CRITICAL_SERVICE_FAILED = 3
     RESTART_INTENSITY_EXCEEDED = 4
+    #: Before start: the API's address is taken (``dev8 run``'s pre-flight bind check).
+    API_UNAVAILABLE = 5
 
 
 def api_is_private(config: Config) -> bool:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,11 +20,14 @@ import dev8
 
 if TYPE_CHECKING:  # the client (httpx, trio-websocket) is imported only by operator commands
     from .client import ApiClient, Target
+    from .preflight import Problem
     from .signals import SignalCatcher
-from .config import DEFAULT_CONFIG_PATH, ConfigError, config_to_dict, load_config
+from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, config_to_dict, load_config
 
 EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2
+#: ``dev8 run``: the API's address cannot be listened on (``ExitCode.API_UNAVAILABLE``).
+EXIT_API_UNAVAILABLE = 5
 EXIT_INTERRUPTED = 130
 #: How often ``dev8 logs -f`` asks for new lines.
 FOLLOW_INTERVAL = 0.5
@@ -37,15 +41,31 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dev8", description="Workspace supervisor (PID 1).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the supervisor (as the container's init)")
-    run.add_argument("--config", default=None, help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    # Every command takes the config the same way: --config, else $DEV8_CONFIG, else the default.
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help=f"config file ($DEV8_CONFIG, default {DEFAULT_CONFIG_PATH})",
+    )
+
+    commands.add_parser("run", parents=[where], help="run the supervisor (as the container's init)")
 
     config = commands.add_parser("config", help="check or show a configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    check = config_commands.add_parser("check", help="validate a config file without running")
-    check.add_argument("file", nargs="?", default=None)
-    show = config_commands.add_parser("show", help="print the effective config (secrets hidden)")
-    show.add_argument("--config", default=None)
+    check = config_commands.add_parser(
+        "check", parents=[where], help="validate a config file and this machine, without running"
+    )
+    check.add_argument("file", nargs="?", default=None, help="the config file (as --config)")
+    check.add_argument(
+        "--schema-only",
+        action="store_true",
+        help="check the file only, not this machine (users, directories, commands, port, token)",
+    )
+    config_commands.add_parser(
+        "show", parents=[where], help="print the effective config (secrets hidden)"
+    )
 
     commands.add_parser("version", help="print the version")
     _add_operator_commands(commands)
@@ -122,34 +142,68 @@ def main(argv: Sequence[str] | None = None, *, early_signals: SignalCatcher | No
         print(dev8.__version__)
         return 0
     if args.command == "config":
-        path = (args.file if args.config_command == "check" else args.config) or (
-            _default_config_path()
-        )
-        try:
-            config = load_config(path)
-        except ConfigError as error:
-            print(f"dev8: {error}", file=sys.stderr)
-            return EXIT_BAD_CONFIG
-        if args.config_command == "check":
-            print(f"{path}: ok ({len(config.services)} services)")
-        else:
-            print(json.dumps(config_to_dict(config), indent=2, default=str))
-        return 0
+        return _config(args)
     if args.command == "run":
         return _run(args.config or _default_config_path(), early_signals)
     return _operate(args)
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.config_command == "check" and args.file and args.config:
+        print("dev8: give the config file once (FILE or --config)", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    path = getattr(args, "file", None) or args.config or _default_config_path()
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        print(f"dev8: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if args.config_command == "check":
+        return _check(path, config, schema_only=args.schema_only)
+    print(json.dumps(config_to_dict(config), indent=2, default=str))
+    return 0
+
+
+def _one_line(path: str, problems: Sequence[Problem]) -> str:
+    """The first problem as the config's one line, with how many more there are."""
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"dev8: {problems[0].error(path)}{more}"
+
+
+def _check(path: str, config: Config, *, schema_only: bool) -> int:
+    from .preflight import check  # noqa: PLC0415 - the builtins are needed only here
+
+    problems = [] if schema_only else check(config)
+    errors = [problem for problem in problems if problem.fatal]
+    if errors:
+        print(_one_line(path, errors), file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    for warning in problems:
+        print(f"dev8: warning: {warning.error(path)}", file=sys.stderr)
+    print(f"{path}: ok ({len(config.services)} services)")
+    return 0
 
 
 def _run(path: str, early_signals: SignalCatcher | None = None) -> int:
     # Imported here: the server stack costs the operator commands most of their start-up.
     from .app import Dev8  # noqa: PLC0415
     from .logs import LOG_FLUSH_TIMEOUT, configure_logging  # noqa: PLC0415
+    from .preflight import check  # noqa: PLC0415
 
     try:
         config = load_config(path)
     except ConfigError as error:
         print(f"dev8: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    # What can be known before anything starts stops dev8 now, in one line, not in a crash loop.
+    problems = check(config)
+    errors = [problem for problem in problems if problem.key != "api.bind"]
+    if errors:
+        print(_one_line(path, errors), file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if problems:
+        print(f"dev8: {problems[0].message}", file=sys.stderr)
+        return EXIT_API_UNAVAILABLE
 
     writer = configure_logging(
         level=config.log.level, environment_id=config.environment_id, user_id=config.user_id
@@ -174,6 +228,7 @@ def _operate(args: argparse.Namespace) -> int:
     """Run one operator command; every failure is one line on stderr and a non-zero exit."""
     from .client import ApiClient, ApiError, UsageError, locate  # noqa: PLC0415 - see above
 
+    _exit_on_interrupt()
     try:
         target = locate(api=args.api, config=args.config, token_file=args.token_file)
         if args.command == "events":
@@ -186,12 +241,23 @@ def _operate(args: argparse.Namespace) -> int:
     except ApiError as error:
         print(f"dev8: {error}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`dev8 events | head`): nothing left to say to anyone.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _exit_on_interrupt() -> None:
+    """Ctrl-C ends an operator command at once: exit 130, nothing on stderr.
+
+    A handler of our own, not Python's KeyboardInterrupt: a command started as a background job
+    of a non-interactive shell (a CI runner) inherits SIGINT ignored, and Python then installs
+    no handler, so ``dev8 logs -f`` never stopped. And ``os._exit``, not an exception: raised
+    between any two bytecodes, KeyboardInterrupt can land in httpcore's ``with lock:`` after the
+    lock is taken, and the request's clean-up then waits for it forever. Every line is flushed
+    as it is printed, so nothing already shown is lost.
+    """
+    signal.signal(signal.SIGINT, lambda _signum, _frame: os._exit(EXIT_INTERRUPTED))
 
 
 def _status(client: ApiClient, args: argparse.Namespace) -> int:

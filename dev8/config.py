@@ -136,7 +136,21 @@ def _describe(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if _holds_secret_key(value):
+        return _kind(value)  # `env: [{GITHUB_TOKEN: ...}]` must not echo the token
     return _short_repr.repr(value)
+
+
+def _holds_secret_key(value: Any, depth: int = 0) -> bool:
+    """Whether a mapping anywhere inside ``value`` has a secret-looking key."""
+    if depth > _short_repr.maxlevel:
+        return False
+    if isinstance(value, Mapping):
+        items: Any = value.items()
+        return any(_looks_secret(key) or _holds_secret_key(item, depth + 1) for key, item in items)
+    if isinstance(value, list | tuple):
+        return any(_holds_secret_key(item, depth + 1) for item in value)
+    return False
 
 
 _KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (

@@ -25,10 +25,14 @@ import trio
 from actors import ChildContext
 
 from .init import OwnPids
+from .preflight import CommandProblem, Who, resolve_command
 
 #: The logger of the services' output lines (dev8's own lines use "dev8.process").
 SERVICE_OUTPUT_LOGGER = "dev8.output"
 _MAX_LINE = 16 * 1024
+#: How much of a failed run's output its exit carries (``lastOutput``).
+LAST_OUTPUT_LINES = 5
+LAST_OUTPUT_CHARS = 500
 _DRAIN_AFTER_EXIT = 0.5
 _GROUP_POLL_INTERVAL = 0.02
 #: dev8's own environment that no service may inherit: its settings, and every credential the
@@ -42,9 +46,13 @@ _STRIPPED_NAMES = frozenset(
 
 
 class ProcessExited(Exception):
-    """The process ended on its own with a failure. ``details`` feeds the exit events."""
+    """The process ended on its own with a failure. ``details`` feeds the exit events.
 
-    def __init__(self, returncode: int) -> None:
+    ``last_output``: its last lines, so a service that fails at once (and ends ``fatal``) shows
+    why in ``/status`` and in the log without reading its raw output.
+    """
+
+    def __init__(self, returncode: int, last_output: Sequence[str] = ()) -> None:
         if returncode < 0:
             name = _signal_name(-returncode)
             message = f"killed by {name}"
@@ -52,6 +60,8 @@ class ProcessExited(Exception):
         else:
             message = f"exited with code {returncode}"
             self.details = {"exit_code": returncode, "signal": None}
+        if last_output:
+            self.details["lastOutput"] = list(last_output)
         super().__init__(message)
         self.returncode = returncode
 
@@ -89,6 +99,11 @@ class OutputRing:
     def append(self, stream: str, line: str) -> None:
         self._seq += 1
         self._lines.append({"seq": self._seq, "stream": stream, "line": line})
+
+    @property
+    def last_seq(self) -> int:
+        """The number of the last line appended (0: none yet)."""
+        return self._seq
 
     def tail(self, count: int, *, since: int = 0) -> list[dict[str, Any]]:
         """The last ``count`` lines numbered above ``since`` (for ``logs -f``), oldest first."""
@@ -151,26 +166,31 @@ def _become(identity: _Identity | None) -> tuple[list[str], dict[str, Any]]:
     ], {}
 
 
-def _check_program(program: str, env: Mapping[str, str], cwd: str | None) -> None:
-    """Refuse a missing program as ``Popen`` would: behind ``setpriv`` it is only an exit 127.
+_ROOT = Who("root", 0, frozenset({0}))
 
-    Searched as the exec will be, in the child's PATH and relative to its working directory.
-    Permissions are checked as dev8 (root) sees them: one the service's user may not run still
-    fails in setpriv, with exit 126 and setpriv's message in the service's output.
+
+def _resolve_program(
+    program: str, env: Mapping[str, str], cwd: str | None, identity: _Identity
+) -> str:
+    """The full path of the program the user would run, or ``SpawnError`` as ``Popen`` raises.
+
+    Behind ``setpriv`` a missing program is only an exit 127; and setpriv searches the PATH with
+    root's permissions, so it could pick a file the user may not run (exit 126) before one they
+    may. Searched as the user, in the child's PATH and relative to its working directory; the
+    full path is given only when setpriv's own search would find another file.
     """
     if cwd is not None and not os.path.isdir(cwd):
-        return  # Popen reports the working directory itself
+        return program  # Popen reports the working directory itself
+    who = Who(identity.name, identity.uid, frozenset((identity.gid, *identity.groups)))
+    path = env.get("PATH", os.defpath)
     base = cwd if cwd is not None else os.getcwd()
-    if os.sep in program:
-        candidates = [os.path.join(base, program)]
-    else:
-        directories = env.get("PATH", os.defpath).split(os.pathsep)
-        candidates = [os.path.join(base, directory, program) for directory in directories]
-    files = [path for path in candidates if os.path.isfile(path)]
-    if not files:
-        raise SpawnError(f"cannot start {program!r}: No such file or directory")
-    if not any(os.access(path, os.X_OK) for path in files):
-        raise SpawnError(f"cannot start {program!r}: Permission denied")
+    try:
+        resolved = resolve_command(program, path, base, who)
+    except CommandProblem as problem:
+        reason = os.strerror(problem.errno)
+        raise SpawnError(f"cannot start {program!r}: {reason}") from None
+    # The same file as setpriv would find: keep the argv as written (argv[0] unchanged).
+    return program if resolve_command(program, path, base, _ROOT) == resolved else resolved
 
 
 def _environment(settings: ProcessSettings, identity: _Identity | None) -> dict[str, str]:
@@ -200,12 +220,14 @@ async def run_process(
     identity = _identity(settings.user)
     env = _environment(settings, identity)
     prefix, options = _become(identity)
+    command = list(settings.command)
     if prefix:
-        _check_program(settings.command[0], env, settings.cwd)
+        assert identity is not None
+        command[0] = _resolve_program(command[0], env, settings.cwd, identity)
     try:
         with own.spawning():
             process = await trio.lowlevel.open_process(
-                [*prefix, *settings.command],
+                [*prefix, *command],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -221,6 +243,7 @@ async def run_process(
                 f"cannot start {settings.command[0]!r} in {settings.cwd!r}: {error.strerror}"
             ) from None
         raise SpawnError(f"cannot start {settings.command[0]!r}: {error.strerror}") from None
+    first_seq = output.last_seq if output is not None else 0
     # The environment (dev8's, copied) would stay alive as long as the process runs: about
     # 5 KB for each of a thousand services.
     del env
@@ -235,7 +258,8 @@ async def run_process(
             _close_pipes(process)
     ctx.info["exit_code"] = returncode
     if returncode != 0:
-        raise ProcessExited(returncode)
+        lines = [] if output is None else output.tail(LAST_OUTPUT_LINES, since=first_seq)
+        raise ProcessExited(returncode, [entry["line"][:LAST_OUTPUT_CHARS] for entry in lines])
 
 
 async def _supervise(

@@ -122,9 +122,19 @@ class Lines:
         return data.decode()
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextlib.asynccontextmanager
-async def cli_running(*args: str, env: Mapping[str, str] | None = None) -> AsyncIterator[Lines]:
-    """A long-running `dev8 ARGS...` (events, logs -f); killed and reaped on the way out."""
+async def cli_running(
+    *args: str, env: Mapping[str, str] | None = None, sigint_ignored: bool = False
+) -> AsyncIterator[Lines]:
+    """A long-running `dev8 ARGS...` (events, logs -f); killed and reaped on the way out.
+
+    ``sigint_ignored``: start it with SIGINT ignored, as a background job of a non-interactive
+    shell (a CI runner) is.
+    """
     process = await trio.lowlevel.open_process(
         [*DEV8, *args],
         stdin=subprocess.DEVNULL,
@@ -132,6 +142,7 @@ async def cli_running(*args: str, env: Mapping[str, str] | None = None) -> Async
         stderr=subprocess.PIPE,
         cwd=REPO_ROOT,
         env=cli_env(env),
+        preexec_fn=_ignore_sigint if sigint_ignored else None,
     )
     try:
         yield Lines(process)
@@ -232,8 +243,10 @@ async def test_operator_commands_over_tcp(tmp_path: Path, api_port: int, marker:
         assert code == 0
         assert [line.split()[0] for line in out.splitlines()] == ["tick"] * 3
 
-        # -f keeps printing new lines, in order, none twice; Ctrl-C ends it quietly.
-        async with cli_running("logs", "web", "-n", "1", "-f", "--api", api) as follow:
+        # -f keeps printing new lines, in order, none twice; Ctrl-C ends it quietly, even when
+        # it was started with SIGINT ignored (as CI's background jobs are: it never ended then).
+        follow_args = ("logs", "web", "-n", "1", "-f", "--api", api)
+        async with cli_running(*follow_args, sigint_ignored=True) as follow:
             numbers = [int((await follow.next()).split()[1]) for _ in range(6)]
             assert numbers == list(range(numbers[0], numbers[0] + 6))
             follow.process.send_signal(signal.SIGINT)

