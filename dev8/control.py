@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +30,10 @@ class UnknownService(LookupError):
 
 class NotAvailable(Exception):
     """The feature asked for is not configured in this workspace."""
+
+
+#: Supervisor states in which the tree is alive (starting up or shutting down included).
+_ALIVE = frozenset({ChildState.STARTING, ChildState.RUNNING, ChildState.STOPPING})
 
 
 def format_uptime(seconds: float) -> str:
@@ -66,6 +70,8 @@ class Hooks:
     service_details: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None
     connections: Callable[[], dict[str, Any]] | None = None
     secrets: Callable[[], dict[str, Any]] | None = None
+    #: names of the services the workspace cannot take users without (/readyz); all when empty.
+    critical: Callable[[], Collection[str]] | None = None
 
 
 class Control:
@@ -122,9 +128,12 @@ class Control:
         }
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """The seed's /health: a service stopped on purpose is ``"stopped"``, not unhealthy."""
         nodes = self.service_nodes()
         ready = self.readiness()
-        healthy = all(ready.values())
+        healthy = all(
+            ready[name] for name, node in nodes.items() if node.state is not ChildState.STOPPED
+        )
         body = {
             "healthy": healthy,
             "lastCheck": iso_now(),
@@ -132,6 +141,36 @@ class Control:
             "uptime": format_uptime(self.uptime()),
         }
         return healthy, body
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """/livez: dev8 and its tree are alive; a service's state never matters here.
+
+        It fails only when a supervisor of the tree is no longer running (the tree gave up or
+        is wedged): restarting the container is then the only way out.
+        """
+        down = [
+            supervisor.path
+            for supervisor in self.supervisors
+            if supervisor.snapshot().state not in _ALIVE
+        ]
+        body: dict[str, Any] = {"status": "alive", "bootId": self.bus.boot_id}
+        if down:
+            body = {
+                "status": "wedged",
+                "bootId": self.bus.boot_id,
+                "reason": "supervisor not running: " + ", ".join(down),
+            }
+        return not down, body
+
+    def readyz(self) -> tuple[bool, dict[str, Any]]:
+        """/readyz: the workspace can take users (its critical services, else all, are ready)."""
+        ready = self.readiness()
+        critical = set(self.hooks.critical()) if self.hooks.critical else set()
+        wanted = [name for name in ready if name in critical] if critical else list(ready)
+        not_ready = sorted(name for name in wanted if not ready[name])
+        if not_ready:
+            return False, {"status": "notReady", "notReady": not_ready}
+        return True, {"status": "ready", "notReady": []}
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         ready = self.readiness()
