@@ -285,3 +285,30 @@ async def test_the_cut_off_says_where_to_resume_and_resuming_there_loses_nothing
         (after,) = (await next_events(ws))[:1]
     assert after["seq"] == received[-1] + 1
     assert after["kind"] != "resync"
+
+
+async def test_dev8_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
+    from dev8_harness import run_cli
+
+    config = tmp_path / "dev8.yaml"
+    config.write_text("api:\n  bind: 0.0.0.0:9\nservices: {}\n")
+    result = await run_cli("run", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.decode() == (
+        "dev8: api.bind 0.0.0.0:9 listens beyond loopback without a token: set api.token_file "
+        "(a file holding the token), or api.insecure_no_auth: true to serve everyone on that "
+        "network\n"
+    )
+    assert result.stdout == b""  # refused before anything started
+
+
+async def test_insecure_no_auth_is_a_choice_written_in_the_config() -> None:
+    from dev8.app import api_auth_problem
+    from dev8.config import parse_config
+
+    def parse(text: str) -> Any:
+        return parse_config(text, "test.yaml", environ={})
+
+    assert api_auth_problem(parse("api: {bind: '0.0.0.0:9000', insecure_no_auth: true}")) is None
+    assert api_auth_problem(parse("api: {bind: '0.0.0.0:9000'}")) is not None
+    assert api_auth_problem(parse("api: {bind: '127.0.0.1:9000'}")) is None
