@@ -609,7 +609,8 @@ class ChaosRun:
         method, path, body, accepted = choices[index % len(choices)]
         try:
             with trio.fail_after(15):
-                response = await client.request(method, path, content=body)
+                typed = {"Content-Type": "application/json"} if body is not None else None
+                response = await client.request(method, path, content=body, headers=typed)
         except trio.TooSlowError:
             self.violation(f"{method} {path[:40]} did not answer within 15 s")
             return
