@@ -368,3 +368,20 @@ async def wait_until_quiet(api: Api) -> None:
     with trio.fail_after(30):
         while api.control.websocket_clients:  # noqa: ASYNC110 - the server's handlers ending
             await trio.sleep(0.05)
+
+
+async def test_dev8_run_with_its_api_port_taken_says_so_in_one_line_at_once(
+    tmp_path: Path,
+) -> None:
+    from dev8_harness import run_cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "dev8.yaml"
+        config.write_text(f"api:\n  bind: 127.0.0.1:{port}\nservices: {{}}\n")
+        result = await run_cli("run", "--config", str(config), timeout=20)
+    assert result.returncode == 1
+    lines = result.stderr.decode().splitlines()
+    assert lines == [f"dev8: the API cannot listen on 127.0.0.1:{port}: address already in use"]
