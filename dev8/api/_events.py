@@ -33,9 +33,6 @@ from ._responses import BadParameter, error_response, whole_number
 CLOSE_LAGGED = 4001
 #: Most events in one message to a subscriber that is behind.
 MAX_BATCH = 64
-#: A woken subscriber waits this long before it reads, so that a burst's events (a restart
-#: publishes five) go out in one message instead of one send each to every subscriber.
-COALESCE = 0.005
 #: How long a subscriber cut off for lagging has to take the close.
 LAGGED_CLOSE_GRACE = 5.0
 
