@@ -2,7 +2,7 @@
 
     dev8 (root, one_for_one)
     ├── services (one_for_one)  one process actor per configured service
-    └── api                     the HTTP + websocket server (trio, h11, wsproto)
+    └── api                     the Quart-Trio app on Hypercorn
 
 Around the tree, outside it, the init duties: the orphan reaper, the signal handling, and the
 shutdown sequence (stop the tree in reverse order, sweep what is left, exit with a code).
@@ -33,7 +33,6 @@ from actors import (
     UnknownChild,
 )
 
-from .api import create_app, serve_api
 from .config import (
     Config,
     ConfigError,
@@ -98,6 +97,34 @@ def read_token(config: Config) -> str | None:
     return token or None
 
 
+def api_auth_problem(config: Config) -> str | None:
+    """Why dev8 must not start with this API setting (one line), or None.
+
+    Beyond loopback, the API needs a token unless ``api.insecure_no_auth`` says otherwise.
+    """
+    try:
+        token = read_token(config)
+    except OSError as error:
+        return f"api.token_file: cannot read {config.api.token_file}: {error.strerror}"
+    if token is None and not api_is_private(config) and not config.api.insecure_no_auth:
+        return (
+            f"api.bind {config.api.bind} listens beyond loopback without a token: set "
+            "api.token_file (a file holding the token), or api.insecure_no_auth: true "
+            "to serve everyone on that network"
+        )
+    return None
+
+
+def api_allowed_hosts(config: Config) -> frozenset[str] | None:
+    """The Host names the API answers to (None: any); see ``ApiConfig.allowed_hosts``."""
+    extra = {host.lower() for host in config.api.allowed_hosts}
+    if "*" in extra or (not extra and not api_is_private(config)):
+        return None
+    from .api._access import LOOPBACK_HOSTS  # noqa: PLC0415 - see Dev8.run
+
+    return LOOPBACK_HOSTS | extra
+
+
 class Dev8:
     """One run of dev8: the tree, the bus and the init duties around them."""
 
@@ -125,6 +152,7 @@ class Dev8:
         self.force = trio.Event()
         self.exit_code = ExitCode.OK
         self._app: Any = None
+        self._api_sockets: Any = None  # BoundApi, once run() bound them
         self._reload_lock = trio.Lock()
         self.control: Control | None = None
 
@@ -189,7 +217,10 @@ class Dev8:
         )
 
     async def _start_api(self, ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
-        await serve_api(ctx, self._app, str(self.config.api.bind), task_status=task_status)
+        from .api import serve_api  # noqa: PLC0415 - see run()
+
+        assert self._api_sockets is not None
+        await serve_api(ctx, self._app, self._api_sockets, task_status=task_status)
 
     async def _start_services(
         self, ctx: ChildContext, *, task_status: trio.TaskStatus[Any]
@@ -261,19 +292,30 @@ class Dev8:
             supervisors=[self.root, self.services, self.probers],
         )
         self.control = control
+        # The web stack (Quart, Hypercorn: about half of start-up's imports) is loaded here, by
+        # `dev8 run` only: operator commands and `dev8 config check` never pay for it.
+        from .api import bind_api, create_app  # noqa: PLC0415
+
+        token = read_token(self.config)
         self._app = create_app(
             control,
-            token=read_token(self.config),
-            open_changes=api_is_private(self.config),
+            token=token,
+            open_changes=api_is_private(self.config) or self.config.api.insecure_no_auth,
             chaos=self.config.chaos.enabled,
+            allowed_hosts=api_allowed_hosts(self.config),
+            allowed_origins=self.config.api.allowed_origins,
         )
         root_ctx = ChildContext(name="dev8", path="dev8", attempt=0, publish=self.bus.publish)
         tree_done = trio.Event()
         own_catcher = self._signals is None
         catcher = self._signals or SignalCatcher().install()
         try:
+            # Bound before the tree starts: a port in use is one error (ApiBindError), raised here.
+            self._api_sockets = await bind_api(str(self.config.api.bind))
             return await self._run(root_ctx, tree_done, catcher, task_status)
         finally:
+            if self._api_sockets is not None:
+                self._api_sockets.close()
             catcher.attach(None)
             if own_catcher:
                 catcher.restore()

@@ -186,7 +186,8 @@ def _check(path: str, config: Config, *, schema_only: bool) -> int:
 
 def _run(path: str, early_signals: SignalCatcher | None = None) -> int:
     # Imported here: the server stack costs the operator commands most of their start-up.
-    from .app import Dev8  # noqa: PLC0415
+    from .api import ApiBindError  # noqa: PLC0415
+    from .app import Dev8, api_auth_problem  # noqa: PLC0415
     from .logs import LOG_FLUSH_TIMEOUT, configure_logging  # noqa: PLC0415
     from .preflight import check  # noqa: PLC0415
 
@@ -204,12 +205,20 @@ def _run(path: str, early_signals: SignalCatcher | None = None) -> int:
     if problems:
         print(f"dev8: {problems[0].message}", file=sys.stderr)
         return EXIT_API_UNAVAILABLE
+    problem = api_auth_problem(config)
+    if problem is not None:
+        print(f"dev8: {problem}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
 
     writer = configure_logging(
         level=config.log.level, environment_id=config.environment_id, user_id=config.user_id
     )
     dev8_run = Dev8(config, config_path=path, signals=early_signals, log_output=writer)
-    code = trio.run(dev8_run.run)
+    try:
+        code = trio.run(dev8_run.run)
+    except ApiBindError as error:  # taken between the pre-flight check and the bind
+        print(f"dev8: {error}", file=sys.stderr)
+        code = EXIT_API_UNAVAILABLE
     # The tree is down and the processes swept: nothing is left to clean up. Tearing down the
     # interpreter's modules would only delay the container's exit (about 0.15 s).
     logging.shutdown()

@@ -358,6 +358,8 @@ class _Cursor:
 
     seq: int
     started: str | None
+    #: The dev8 boot the numbering belongs to; the server sends a resync for another one.
+    boot_id: str | None = None
 
 
 @attrs.frozen
@@ -369,8 +371,15 @@ class _Ended:
     at_once: bool = False  # reconnect without waiting (we were told we lagged)
 
 
-def events_resource(since: int, kinds: Iterable[str] = (), services: Iterable[str] = ()) -> str:
+def events_resource(
+    since: int,
+    kinds: Iterable[str] = (),
+    services: Iterable[str] = (),
+    boot_id: str | None = None,
+) -> str:
     query: dict[str, str] = {"since": str(since)}
+    if boot_id:
+        query["bootId"] = boot_id
     if kinds := ",".join(kinds):
         query["kind"] = kinds
     if services := ",".join(services):
@@ -397,7 +406,10 @@ async def follow_events(
     """
     transport = httpx.AsyncHTTPTransport(uds=target.endpoint.uds) if target.endpoint.uds else None
     async with httpx.AsyncClient(
-        base_url=target.endpoint.base_url, transport=transport, timeout=connect_timeout
+        base_url=target.endpoint.base_url,
+        transport=transport,
+        timeout=connect_timeout,
+        headers=target.headers(),  # /status needs the token too
     ) as http:
 
         async def read_status() -> dict[str, Any]:
@@ -433,6 +445,7 @@ async def follow_events(
                 if status.get("started") != cursor.started:
                     cursor.started = status.get("started")
                     cursor.seq = status["last_event"]
+                    cursor.boot_id = None  # the resync below stands for the new boot's
                     emit({"kind": "resync", "seq": cursor.seq, "data": status})
                 break
 
@@ -447,7 +460,7 @@ async def _session(
     timeout: float,
 ) -> _Ended:
     """One websocket connection, from handshake to close."""
-    resource = events_resource(cursor.seq, kinds, services)
+    resource = events_resource(cursor.seq, kinds, services, cursor.boot_id)
     connected = False
     try:
         async with _open_websocket(target, resource, timeout) as ws:
@@ -481,14 +494,19 @@ def _refused_stream(target: Target, why: str) -> ApiError:
 def _deliver(
     target: Target, cursor: _Cursor, message: str | bytes, emit: Callable[[dict[str, Any]], None]
 ) -> None:
+    """One message: an event, or a JSON array of events (the server batches when we are behind)."""
     try:
-        event = json.loads(message)
-        seq = int(event["seq"])
+        body = json.loads(message)
+        events = body if isinstance(body, list) else [body]
+        seqs = [int(event["seq"]) for event in events]
     except (ValueError, KeyError, TypeError):
         raise ApiError(f"unexpected message on the event stream at {target.endpoint}") from None
-    # A resync restarts the numbering from the snapshot; replayed events never go backwards.
-    cursor.seq = seq if event.get("kind") == "resync" else max(cursor.seq, seq)
-    emit(event)
+    for event, seq in zip(events, seqs, strict=True):
+        # A resync restarts the numbering from the snapshot; events never go backwards.
+        cursor.seq = seq if event.get("kind") == "resync" else max(cursor.seq, seq)
+        if isinstance(event.get("bootId"), str):
+            cursor.boot_id = event["bootId"]
+        emit(event)
 
 
 @contextlib.asynccontextmanager

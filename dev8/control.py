@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +45,15 @@ class ActionFailed(Exception):
         self.code = code
         self.message = message
         self.details = dict(details)
+
+
+#: Supervisor states in which the tree is alive (starting up or shutting down included).
+_ALIVE = frozenset({ChildState.STARTING, ChildState.RUNNING, ChildState.STOPPING})
+
+
+def _stopped_on_purpose(node: NodeStatus) -> bool:
+    """Stopped after it ran (``stop``), not yet to be started (that one is not healthy yet)."""
+    return node.state is ChildState.STOPPED and node.last_exit is not None
 
 
 def format_uptime(seconds: float) -> str:
@@ -89,6 +98,8 @@ class Hooks:
     secrets_waiting: Callable[[], list[dict[str, Any]]] | None = None
     #: The rotator's counters (a ``RotatorStats``), for /metrics.
     secrets_stats: Callable[[], Any] | None = None
+    #: names of the services the workspace cannot take users without (/readyz); all when empty.
+    critical: Callable[[], Collection[str]] | None = None
 
 
 class Control:
@@ -148,10 +159,13 @@ class Control:
         return self.hooks.secrets_waiting() if self.hooks.secrets_waiting else []
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """The seed's /health: a service stopped on purpose is ``"stopped"``, not unhealthy."""
         nodes = self.service_nodes()
         ready = self.readiness()
         waiting = self.secrets_waiting()
-        healthy = all(ready.values()) and not waiting
+        healthy = not waiting and all(
+            ready[name] for name, node in nodes.items() if not _stopped_on_purpose(node)
+        )
         body: dict[str, Any] = {
             "healthy": healthy,
             "lastCheck": iso_now(),
@@ -161,6 +175,40 @@ class Control:
         if waiting:  # the services wait for these before they start
             body["waitingForSecrets"] = waiting
         return healthy, body
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """/livez: dev8 and its tree are alive; a service's state never matters here.
+
+        It fails only when a supervisor of the tree is no longer running (the tree gave up or
+        is wedged): restarting the container is then the only way out.
+        """
+        # Services that wait for their required secrets have not started yet: that is a wait
+        # with its own retries (/health names the secrets), not a wedged tree.
+        waiting = bool(self.secrets_waiting())
+        down = [
+            supervisor.path
+            for supervisor in self.supervisors
+            if supervisor.snapshot().state not in _ALIVE
+            and not (waiting and supervisor is self.services)
+        ]
+        body: dict[str, Any] = {"status": "alive", "bootId": self.bus.boot_id}
+        if down:
+            body = {
+                "status": "wedged",
+                "bootId": self.bus.boot_id,
+                "reason": "supervisor not running: " + ", ".join(down),
+            }
+        return not down, body
+
+    def readyz(self) -> tuple[bool, dict[str, Any]]:
+        """/readyz: the workspace can take users (its critical services, else all, are ready)."""
+        ready = self.readiness()
+        critical = set(self.hooks.critical()) if self.hooks.critical else set()
+        wanted = [name for name in ready if name in critical] if critical else list(ready)
+        not_ready = sorted(name for name in wanted if not ready[name])
+        if not_ready:
+            return False, {"status": "notReady", "notReady": not_ready}
+        return True, {"status": "ready", "notReady": []}
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         ready = self.readiness()

@@ -159,6 +159,21 @@ def write_config(
     return path
 
 
+def api_token(config: Path) -> str | None:
+    """The token of the config's api.token_file, if it has one."""
+    try:
+        data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError):
+        return None
+    token_file = (data.get("api") or {}).get("token_file")
+    if not token_file:
+        return None
+    try:
+        return Path(token_file).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
 async def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
     """`dev8 ARGS...` to completion, output captured."""
     with fail_after(timeout, f"dev8 {' '.join(args)}"):
@@ -347,7 +362,9 @@ class Dev8Run:
             since = (await self.status())["last_event"]
             query = f"since={since}&{query}" if query else f"since={since}"
         url = f"ws://127.0.0.1:{self.port}/events?{query}"
-        async with open_websocket_url(url) as ws:
+        auth = self.http.headers.get("Authorization")
+        headers = [("Authorization", auth)] if auth else None
+        async with open_websocket_url(url, extra_headers=headers) as ws:
             yield EventStream(ws, self.tail)
 
 
@@ -358,10 +375,13 @@ class EventStream:
         self.ws = ws
         self.seen: list[Json] = []
         self._tail = tail
+        self._queued: list[Json] = []
 
     async def next(self) -> Json:
-        message = await self.ws.get_message()
-        event: Json = json.loads(message)
+        if not self._queued:
+            body = json.loads(await self.ws.get_message())
+            self._queued = body if isinstance(body, list) else [body]  # an array when behind
+        event: Json = self._queued.pop(0)
         self.seen.append(event)
         return event
 
@@ -411,6 +431,9 @@ async def open_dev8(
         cwd=REPO_ROOT,
     )
     run = Dev8Run(process, port=port, in_namespace=bool(prefix))
+    token = api_token(config)
+    if token is not None:  # every route but the probes needs it
+        run.http.headers["Authorization"] = f"Bearer {token}"
     try:
         async with run.http, trio.open_nursery() as nursery:
             nursery.start_soon(run._pump_stdout)

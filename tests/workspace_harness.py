@@ -275,20 +275,33 @@ async def wait_healthy(run: Dev8Run, *, timeout: float = 60.0) -> Json:
             await trio.sleep(0.1)
 
 
+def events_in(messages: list[str]) -> list[dict[str, Any]]:
+    """The events of raw event-stream messages (an array when the subscriber was behind)."""
+    events: list[dict[str, Any]] = []
+    for message in messages:
+        body = json.loads(message)
+        events.extend(body if isinstance(body, list) else [body])
+    return events
+
+
 async def all_events(run: Dev8Run, *, timeout: float = 10.0) -> list[str]:
     """Every event dev8 has published so far, as the raw websocket messages (replay from 0)."""
     last = (await run.status())["last_event"]
     messages: list[str] = []
     with fail_after(timeout, "the event replay", run.tail):
-        async with open_websocket_url(f"ws://127.0.0.1:{run.port}/events?since=0") as ws:
+        auth = run.http.headers.get("Authorization")
+        headers = [("Authorization", auth)] if auth else None
+        url = f"ws://127.0.0.1:{run.port}/events?since=0"
+        async with open_websocket_url(url, extra_headers=headers) as ws:
             while True:
                 message = await ws.get_message()
                 assert isinstance(message, str)
                 messages.append(message)
-                parsed = json.loads(message)
-                assert parsed["kind"] != "resync", "history was lost: the leak check needs it all"
-                if parsed["seq"] >= last:
-                    return messages
+                body = json.loads(message)
+                for parsed in body if isinstance(body, list) else [body]:  # an array when behind
+                    assert parsed["kind"] != "resync", "history was lost: the leak check needs it"
+                    if parsed["seq"] >= last:
+                        return messages
 
 
 def assert_no_leak(

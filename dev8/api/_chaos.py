@@ -10,13 +10,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+from quart import Response, request
+from quart_trio import QuartTrio
 
 from actors import ChildState
 
 from .. import chaos
 from ..control import Control, UnknownService
-from ._http import App, Request, Response, error_response, json_response
 from ._openapi import error_content, json_content
+from ._responses import error_response, json_response
 
 Handler = Callable[..., Awaitable[Response]]
 
@@ -27,7 +29,7 @@ _SELF_CRASH_DELAY = 0.1
 
 
 def register_chaos(
-    app: App,
+    app: QuartTrio,
     control: Control,
     guarded: Callable[[Handler], Handler],
     *,
@@ -35,9 +37,9 @@ def register_chaos(
 ) -> None:
     """Add ``POST /chaos/actors/{path}/crash`` and ``POST /chaos/services/{name}/signal``."""
 
-    @app.post("/chaos/actors/{path:path}/crash")
+    @app.post("/chaos/actors/<path:path>/crash")
     @guarded
-    async def chaos_crash_actor(request: Request, path: str) -> Response:
+    async def chaos_crash_actor(path: str) -> Response:
         node = chaos.find_actor(control, path)
         if path == api_path and node is not None:
             if node.state is not ChildState.RUNNING:
@@ -47,7 +49,7 @@ def register_chaos(
                 await trio.sleep(_SELF_CRASH_DELAY)
                 await chaos.crash_actor(control, path)
 
-            app.start_soon(crash_later)
+            app.add_background_task(crash_later)
             return json_response(
                 {"path": path, "state": node.state.value, "restarts": node.restarts}, 202
             )
@@ -61,11 +63,11 @@ def register_chaos(
             {"path": path, "state": status.state.value, "restarts": status.restarts}
         )
 
-    @app.post("/chaos/services/{name}/signal")
+    @app.post("/chaos/services/<name>/signal")
     @guarded
-    async def chaos_signal_service(request: Request, name: str) -> Response:
+    async def chaos_signal_service(name: str) -> Response:
         try:
-            signum = chaos.parse_signal(request.query.get("signal", ""))
+            signum = chaos.parse_signal(request.args.get("signal", ""))
         except chaos.BadSignal as error:
             return error_response(400, "bad_request", str(error))
         try:

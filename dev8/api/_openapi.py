@@ -48,6 +48,25 @@ _READY = {
     },
 }
 
+_LIVEZ = {
+    "type": "object",
+    "required": ["status", "bootId"],
+    "properties": {
+        "status": {"type": "string", "enum": ["alive", "wedged"]},
+        "bootId": {"type": "string"},
+        "reason": {"type": "string"},
+    },
+}
+
+_READYZ = {
+    "type": "object",
+    "required": ["status", "notReady"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ready", "notReady"]},
+        "notReady": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
 _ACTION = {
     "type": "object",
     "required": ["service", "state", "restarts"],
@@ -125,6 +144,26 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": json_content(_HEALTH, "every service is running and ready"),
                         "503": json_content(_HEALTH, "some service is not running or not ready"),
+                    },
+                }
+            },
+            "/livez": {
+                "get": {
+                    "summary": "Liveness: dev8 and its tree are alive (a service's state never "
+                    "matters); no token needed",
+                    "responses": {
+                        "200": json_content(_LIVEZ, "alive"),
+                        "503": json_content(_LIVEZ, "wedged: restart the container"),
+                    },
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: the critical services (all when none is marked) are "
+                    "ready; no token needed",
+                    "responses": {
+                        "200": json_content(_READYZ, "ready to take users"),
+                        "503": json_content(_READYZ, "`notReady` names what is not ready"),
                     },
                 }
             },
@@ -231,17 +270,24 @@ def openapi_document() -> dict[str, Any]:
             },
             "/events": {
                 "get": {
-                    "summary": "Websocket: the event stream, one JSON event per message",
+                    "summary": "Websocket: the event stream; a message is one JSON event, or a "
+                    "JSON array of events when the subscriber is behind",
                     "parameters": [
                         {"name": n, "in": "query", "required": False, "schema": {"type": t}}
                         for n, t in (
                             ("since", "integer"),
+                            ("bootId", "string"),
                             ("kind", "string"),
                             ("service", "string"),
                         )
                     ],
                     "security": _SECURED,
-                    "responses": {"101": {"description": "switching to the websocket protocol"}},
+                    "responses": {
+                        "101": {"description": "switching to the websocket protocol"},
+                        "400": error_content("a malformed query parameter (named)"),
+                        "401": error_content("missing or wrong bearer token"),
+                        "403": error_content("a browser page of another origin"),
+                    },
                 }
             },
         },
