@@ -42,6 +42,7 @@ from workspace_harness import (
     WorkspaceSecrets,
     WorkspaceUser,
     all_events,
+    events_in,
     make_secrets,
     open_workspace,
     system_python_service,
@@ -315,9 +316,9 @@ async def test_the_users_environment_never_reaches_root_nor_is_read_back_from_th
             # sshd (root) retitles itself over its environment: the library is the witness.
             assert sorted(os.listdir(marks)) == []  # it never ran, as anyone
             refused = [
-                json.loads(message)["data"]
-                for message in await all_events(run)
-                if json.loads(message)["kind"] == "secret_input_refused"
+                event["data"]
+                for event in events_in(await all_events(run))
+                if event["kind"] == "secret_input_refused"
             ]
             assert {(e["item"], e["reason"]) for e in refused} == {
                 ("LD_PRELOAD", "dangerous_name"), ("BASH_ENV", "dangerous_name"),
