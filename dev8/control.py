@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ import trio
 import dev8
 from actors import ChildState, EventBus, NodeStatus, Supervisor, UnknownChild
 
+from . import documents
 from .process import OutputRing
 
 
@@ -82,6 +84,7 @@ class Control:
         outputs: Mapping[str, OutputRing] | None = None,
         hooks: Hooks | None = None,
         supervisors: Sequence[Supervisor] = (),
+        boot_id: str | None = None,
     ) -> None:
         self.bus = bus
         self.root = root
@@ -94,6 +97,8 @@ class Control:
         self.websocket_clients = 0
         #: Every supervisor of the tree (for fault injection by actor path).
         self.supervisors = list(supervisors) or [root, services]
+        #: New at every start of dev8: a client resuming across a restart must resync.
+        self.boot_id = boot_id or uuid.uuid4().hex
         self.started_wall = time.time()
         self.started_clock = trio.current_time()
 
@@ -125,53 +130,61 @@ class Control:
         nodes = self.service_nodes()
         ready = self.readiness()
         healthy = all(ready.values())
-        body = {
-            "healthy": healthy,
-            "lastCheck": iso_now(),
-            "services": {name: node.state.value for name, node in nodes.items()},
-            "uptime": format_uptime(self.uptime()),
-        }
-        return healthy, body
+        uptime = self.uptime()
+        document = documents.HealthDocument(
+            healthy=healthy,
+            last_check=documents.timestamp_now(),
+            services={name: node.state.value for name, node in nodes.items()},
+            uptime=format_uptime(uptime),
+            uptime_seconds=round(uptime, 3),
+        )
+        return healthy, documents.to_jsonable(document)
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         ready = self.readiness()
-        return all(ready.values()), {"ready": all(ready.values()), "services": ready}
+        document = documents.ReadyDocument(ready=all(ready.values()), services=ready)
+        return document.ready, documents.to_jsonable(document)
 
-    def status(self) -> dict[str, Any]:
+    def status_document(self) -> documents.StatusDocument:
         details = self.hooks.service_details() if self.hooks.service_details else {}
         ready = self.readiness()
-        services = {}
-        for name, node in self.service_nodes().items():
-            services[name] = {
-                "state": node.state.value,
-                "ready": ready.get(name, False),
-                "pid": node.info.get("pid") if node.state is ChildState.RUNNING else None,
-                "restarts": node.restarts,
-                "restart_reasons": dict(node.restart_reasons),
-                "last_exit": node.to_dict()["last_exit"],
-                "since": iso(node.since),
-                **details.get(name, {}),
-            }
-        body: dict[str, Any] = {
-            "version": dev8.__version__,
-            "pid": os.getpid(),
-            "environment_id": self.environment_id,
-            "user_id": self.user_id,
-            "started": iso(self.started_wall),
-            "uptime": format_uptime(self.uptime()),
-            "uptime_seconds": round(self.uptime(), 3),
-            "last_event": self.bus.last_seq,
-            "services": services,
-            "tree": self.root.snapshot().to_dict(),
+        services = {
+            name: documents.service_document(
+                node,
+                ready=ready.get(name, False),
+                probes=documents.probes_document(details.get(name)),
+            )
+            for name, node in self.service_nodes().items()
         }
-        if self.hooks.secrets is not None:
-            body["secrets"] = self.hooks.secrets()
-        return body
+        secrets = self.hooks.secrets() if self.hooks.secrets is not None else None
+        uptime = self.uptime()
+        return documents.StatusDocument(
+            version=dev8.__version__,
+            pid=os.getpid(),
+            boot_id=self.boot_id,
+            environment_id=self.environment_id,
+            user_id=self.user_id,
+            started=documents.Timestamp(iso(self.started_wall) or ""),
+            uptime=format_uptime(uptime),
+            uptime_seconds=round(uptime, 3),
+            last_event=self.bus.last_seq,
+            services=services,
+            tree=documents.tree_node(self.root.snapshot()),
+            secrets=None if secrets is None else documents.secrets_document(secrets),
+        )
+
+    def status(self) -> dict[str, Any]:
+        """``GET /status`` as JSON-ready data (camelCase, every key present)."""
+        data: dict[str, Any] = documents.to_jsonable(self.status_document())
+        return data
 
     def connections(self) -> dict[str, Any]:
         if self.hooks.connections is None:
-            return {"services": {}, "websocketClients": self.websocket_clients}
-        return self.hooks.connections()
+            snapshot: dict[str, Any] = {"services": {}, "websocketClients": self.websocket_clients}
+        else:
+            snapshot = self.hooks.connections()
+        data: dict[str, Any] = documents.to_jsonable(documents.connections_document(snapshot))
+        return data
 
     def logs(self, name: str, lines: int, *, since: int = 0) -> list[dict[str, Any]]:
         self._node(name)
@@ -201,12 +214,18 @@ class Control:
     async def reload(self) -> dict[str, Any]:
         if self.hooks.reload is None:
             raise NotAvailable("reload needs dev8 to run from a config file")
-        return await self.hooks.reload()
+        data: dict[str, Any] = documents.to_jsonable(
+            documents.reload_document(await self.hooks.reload())
+        )
+        return data
 
     async def refresh_secrets(self) -> dict[str, Any]:
         if self.hooks.refresh_secrets is None:
             raise NotAvailable("no secret provider is configured")
-        return await self.hooks.refresh_secrets()
+        data: dict[str, Any] = documents.to_jsonable(
+            documents.secrets_refresh_document(await self.hooks.refresh_secrets())
+        )
+        return data
 
     async def crash_actor(self, path: str) -> NodeStatus:
         """Fault injection: make the actor at ``path`` (``dev8/services/web``) fail."""

@@ -12,9 +12,10 @@ import trio
 
 from ..config import ConfigError
 from ..control import Control, NotAvailable, UnknownService
+from ._answers import error_answer
 from ._chaos import CHAOS_PATHS, register_chaos
 from ._events import EventStream
-from ._http import App, Request, Response, error_response, json_response
+from ._http import App, Request, Response, json_response
 from ._openapi import openapi_document
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ Handler = Callable[..., Awaitable[Response]]
 
 
 def unknown_service(error: UnknownService) -> Response:
-    return error_response(
+    return error_answer(
         404, "unknown_service", f"no service named {error.name!r}", known=error.known
     )
 
@@ -55,19 +56,19 @@ def create_app(
         async def wrapper(request: Request, **params: str) -> Response:
             if not authorized(request.headers.get("authorization")):
                 if token is None:
-                    return error_response(
+                    return error_answer(
                         403,
                         "forbidden",
                         "changes need a token when the API listens beyond loopback",
                     )
-                return error_response(401, "unauthorized", "missing or wrong bearer token")
+                return error_answer(401, "unauthorized", "missing or wrong bearer token")
             if request.body.strip():
                 try:
                     parsed = json.loads(request.body)
                 except ValueError:
-                    return error_response(400, "bad_request", "the body is not valid JSON")
+                    return error_answer(400, "bad_request", "the body is not valid JSON")
                 if not isinstance(parsed, dict):
-                    return error_response(400, "bad_request", "the body must be a JSON object")
+                    return error_answer(400, "bad_request", "the body must be a JSON object")
             return await handler(request, **params)
 
         wrapper.__name__ = handler.__name__
@@ -86,7 +87,7 @@ def create_app(
         if header is None and "token" in request.query:
             header = f"Bearer {request.query['token']}"
         if token is not None and not authorized(header):
-            socket.reject(error_response(401, "unauthorized", "missing or wrong bearer token"))
+            socket.reject(error_answer(401, "unauthorized", "missing or wrong bearer token"))
             return
         await stream.serve(request, socket)
 
@@ -156,11 +157,16 @@ def _register_reads(app: App, control: Control, *, chaos: bool = False) -> None:
         text = request.query.get("lines", "100")
         since = request.query.get("since", "0")
         if not text.isdigit() or not 1 <= int(text) <= MAX_LOG_LINES:
-            return error_response(
-                400, "bad_request", f"lines must be a whole number from 1 to {MAX_LOG_LINES}"
+            return error_answer(
+                400,
+                "bad_request",
+                f"lines must be a whole number from 1 to {MAX_LOG_LINES}",
+                parameter="lines",
             )
         if not since.isdigit():
-            return error_response(400, "bad_request", "since must be a whole number")
+            return error_answer(
+                400, "bad_request", "since must be a whole number", parameter="since"
+            )
         try:
             lines = control.logs(name, int(text), since=int(since))
         except UnknownService as error:
@@ -206,9 +212,9 @@ def _register_actions(app: App, control: Control, guarded: Callable[[Handler], H
         try:
             return json_response(await control.reload())
         except ConfigError as error:
-            return error_response(422, "invalid_config", str(error))
+            return error_answer(422, "invalid_config", str(error))
         except NotAvailable as error:
-            return error_response(409, "not_available", str(error))
+            return error_answer(409, "not_available", str(error))
 
     @app.post("/secrets/refresh")
     @guarded
@@ -216,4 +222,4 @@ def _register_actions(app: App, control: Control, guarded: Callable[[Handler], H
         try:
             return json_response(await control.refresh_secrets())
         except NotAvailable as error:
-            return error_response(409, "not_available", str(error))
+            return error_answer(409, "not_available", str(error))

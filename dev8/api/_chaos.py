@@ -13,10 +13,11 @@ import trio
 
 from actors import ChildState
 
-from .. import chaos
+from .. import chaos, documents
 from ..control import Control, UnknownService
-from ._http import App, Request, Response, error_response, json_response
-from ._openapi import error_content, json_content
+from ._answers import error_answer
+from ._http import App, Request, Response, json_response
+from ._openapi import document_content, error_content
 
 Handler = Callable[..., Awaitable[Response]]
 
@@ -54,7 +55,7 @@ def register_chaos(
         try:
             status = await chaos.crash_actor(control, path)
         except UnknownService as error:
-            return error_response(404, "unknown_actor", f"no actor at {path!r}", known=error.known)
+            return error_answer(404, "unknown_actor", f"no actor at {path!r}", known=error.known)
         except chaos.NotRunning as error:
             return _not_running(error)
         return json_response(
@@ -67,11 +68,11 @@ def register_chaos(
         try:
             signum = chaos.parse_signal(request.query.get("signal", ""))
         except chaos.BadSignal as error:
-            return error_response(400, "bad_request", str(error))
+            return error_answer(400, "bad_request", str(error))
         try:
             pid = chaos.signal_service(control, name, signum)
         except UnknownService as error:
-            return error_response(
+            return error_answer(
                 404, "unknown_service", f"no service named {name!r}", known=error.known
             )
         except chaos.NotRunning as error:
@@ -81,29 +82,15 @@ def register_chaos(
 
 
 def _not_running(error: chaos.NotRunning) -> Response:
-    return error_response(409, "not_running", str(error), state=error.state)
+    return error_answer(409, "not_running", str(error), state=error.state)
 
 
-def _ok(description: str, properties: dict[str, Any]) -> dict[str, Any]:
-    schema = {"type": "object", "required": list(properties), "properties": properties}
-    return json_content(schema, description)
-
-
-_CRASHED = {
-    "path": {"type": "string"},
-    "state": {"type": "string"},
-    "restarts": {"type": "integer", "minimum": 0},
-}
-_SIGNALLED = {
-    "service": {"type": "string"},
-    "signal": {"type": "string", "enum": list(chaos.CHAOS_SIGNALS)},
-    "pid": {"type": "integer", "minimum": 1},
-}
 _GUARD_ERRORS = {
     "401": error_content("missing or wrong bearer token"),
     "403": error_content("changes need a token when the API listens beyond loopback"),
     "400": error_content("an unknown signal name, or a body that is not a JSON object"),
     "409": error_content("the target is not running (backoff, stopped, fatal)"),
+    "413": error_content("the body is larger than the API accepts"),
 }
 
 #: OpenAPI ``paths`` of the chaos routes, merged into the document when chaos is enabled.
@@ -122,8 +109,13 @@ CHAOS_PATHS: dict[str, Any] = {
             ],
             "security": [{"bearer": []}],
             "responses": {
-                "200": _ok("the actor's state as the crash was requested", _CRASHED),
-                "202": _ok("the API's own actor: answered first, crashed right after", _CRASHED),
+                "200": document_content(
+                    documents.CrashedDocument, "the actor's state as the crash was requested"
+                ),
+                "202": document_content(
+                    documents.CrashedDocument,
+                    "the API's own actor: answered first, crashed right after",
+                ),
                 "404": error_content("no actor at that path; `known` lists the paths"),
                 **_GUARD_ERRORS,
             },
@@ -143,7 +135,9 @@ CHAOS_PATHS: dict[str, Any] = {
             ],
             "security": [{"bearer": []}],
             "responses": {
-                "200": _ok("the signal was sent to the group led by `pid`", _SIGNALLED),
+                "200": document_content(
+                    documents.SignalledDocument, "the signal was sent to the group led by `pid`"
+                ),
                 "404": error_content("no such service; `known` lists the names"),
                 **_GUARD_ERRORS,
             },

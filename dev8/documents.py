@@ -1,0 +1,729 @@
+"""The wire shapes of the management API, declared once.
+
+Every JSON body and every event payload the API sends is one of these attrs classes. The same
+declaration gives three things, so they cannot drift apart: the JSON text (``to_json``: keys in
+camelCase, every key present, ``null`` when unknown), the JSON schemas of ``/openapi.json``
+(``schema_components``), and the types the client and the Go test decode into.
+
+Conventions: a time is an RFC 3339 UTC string (:data:`Timestamp`); a duration is a number of
+seconds (a human string such as ``uptime`` may sit beside it). Logs (stdout) are not documents:
+they keep the seed's snake_case fields.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal, NewType
+
+import attrs
+
+from actors import ChildState, Envelope, Event, ExitInfo, NodeStatus
+
+#: An RFC 3339 UTC time (``2026-12-03T10:15:00.123456+00:00``).
+Timestamp = NewType("Timestamp", str)
+
+State = Literal["starting", "running", "backoff", "stopping", "stopped", "exited", "fatal"]
+
+
+def timestamp(wall: float | None) -> Timestamp | None:
+    """A wall-clock time (``time.time()``) as RFC 3339 UTC; None stays None."""
+    if wall is None:
+        return None
+    return Timestamp(datetime.fromtimestamp(wall, tz=UTC).isoformat())
+
+
+def timestamp_now() -> Timestamp:
+    return Timestamp(datetime.now(tz=UTC).isoformat())
+
+
+def camel(name: str) -> str:
+    """``restart_reasons`` -> ``restartReasons``."""
+    first, *rest = name.split("_")
+    return first + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _doc(description: str) -> dict[str, Any]:
+    return {"description": description}
+
+
+# ------------------------------------------------------------------------------------ errors
+
+
+@attrs.frozen(kw_only=True)
+class ErrorDetail:
+    code: str = attrs.field(metadata=_doc("a stable machine word: bad_request, unauthorized..."))
+    message: str = attrs.field(metadata=_doc("one line for a human"))
+    parameter: str | None = attrs.field(
+        default=None, metadata=_doc("the query parameter or header that was refused")
+    )
+    known: list[str] | None = attrs.field(
+        default=None, metadata=_doc("the names that exist, when the one asked for does not")
+    )
+    state: str | None = attrs.field(
+        default=None, metadata=_doc("the target's state, when it is in the wrong one")
+    )
+
+
+@attrs.frozen(kw_only=True)
+class ErrorDocument:
+    """Every 4xx (and 5xx) answer."""
+
+    error: ErrorDetail
+
+
+def error_document(
+    code: str,
+    message: str,
+    *,
+    parameter: str | None = None,
+    known: Iterable[str] | None = None,
+    state: str | None = None,
+) -> ErrorDocument:
+    return ErrorDocument(
+        error=ErrorDetail(
+            code=code,
+            message=message,
+            parameter=parameter,
+            known=None if known is None else list(known),
+            state=state,
+        )
+    )
+
+
+# ------------------------------------------------------------------------- probes and health
+
+
+@attrs.frozen(kw_only=True)
+class HealthDocument:
+    """``GET /health``: the seed's shape, for humans and the agent."""
+
+    healthy: bool
+    last_check: Timestamp
+    services: dict[str, State]
+    uptime: str = attrs.field(metadata=_doc("human form of uptimeSeconds, e.g. 2h30m15s"))
+    uptime_seconds: float
+
+
+@attrs.frozen(kw_only=True)
+class LivenessDocument:
+    """``GET /livez``: dev8 itself is alive (200) or wedged (503)."""
+
+    status: Literal["alive", "wedged"]
+    boot_id: str
+    reason: str | None = attrs.field(default=None, metadata=_doc("why wedged; null when alive"))
+
+
+@attrs.frozen(kw_only=True)
+class ReadinessDocument:
+    """``GET /readyz``: the workspace can take users (200) or not yet (503)."""
+
+    status: Literal["ready", "notReady"]
+    not_ready: list[str] = attrs.field(metadata=_doc("the critical services that are not ready"))
+
+
+@attrs.frozen(kw_only=True)
+class ReadyDocument:
+    """``GET /ready``: readiness of every service."""
+
+    ready: bool
+    services: dict[str, bool]
+
+
+@attrs.frozen(kw_only=True)
+class ProbeDocument:
+    type: Literal["process", "http", "tcp", "ssh-banner"]
+    ok: bool | None = attrs.field(metadata=_doc("null until checked"))
+    detail: str
+    latency: float | None = attrs.field(metadata=_doc("seconds the last check took"))
+    consecutive_failures: int
+    consecutive_successes: int
+    failure_threshold: int
+    success_threshold: int
+    checks: int
+    last_check: Timestamp | None
+
+
+@attrs.frozen(kw_only=True)
+class ProbesDocument:
+    readiness: ProbeDocument | None = attrs.field(metadata=_doc("null when not configured"))
+    liveness: ProbeDocument | None = attrs.field(metadata=_doc("null when not configured"))
+
+
+# ------------------------------------------------------------------------------------ status
+
+
+@attrs.frozen(kw_only=True)
+class ExitDetails:
+    signal: str | None = attrs.field(default=None, metadata=_doc("e.g. SIGKILL, when killed"))
+    exit_code: int | None = attrs.field(default=None, metadata=_doc("when it exited by itself"))
+
+
+@attrs.frozen(kw_only=True)
+class ExitDocument:
+    """Why a child's last incarnation ended."""
+
+    reason: str = attrs.field(
+        metadata=_doc("normal, error, shutdown, killed, start_timeout, escalated, ...")
+    )
+    abnormal: bool
+    error: str | None
+    details: ExitDetails
+
+
+@attrs.frozen(kw_only=True)
+class NodeInfo:
+    """What a node of the tree reports about itself; null where it does not apply."""
+
+    pid: int | None = None
+    user: str | None = None
+    exit_code: int | None = None
+    strategy: str | None = None
+    service: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TreeNode:
+    name: str
+    path: str
+    kind: Literal["worker", "supervisor"]
+    state: State
+    restarts: int
+    restart_reasons: dict[str, int]
+    last_exit: ExitDocument | None
+    since: Timestamp = attrs.field(metadata=_doc("when it entered its current state"))
+    info: NodeInfo
+    children: list[TreeNode]
+
+
+@attrs.frozen(kw_only=True)
+class ServiceDocument:
+    state: State
+    ready: bool
+    pid: int | None
+    restarts: int
+    restart_reasons: dict[str, int]
+    last_exit: ExitDocument | None
+    since: Timestamp | None
+    probes: ProbesDocument | None = attrs.field(metadata=_doc("null when it has no probes"))
+
+
+@attrs.frozen(kw_only=True)
+class SecretsStats:
+    passes: int
+    fetch_failures: int
+    rotations: int
+    consecutive_failed_passes: int
+    last_fetch_duration: float = attrs.field(metadata=_doc("seconds"))
+    last_injection_duration: float = attrs.field(metadata=_doc("seconds"))
+
+
+@attrs.frozen(kw_only=True)
+class SecretsDocument:
+    provider: str
+    versions: dict[str, str] = attrs.field(metadata=_doc("role -> version (never a value)"))
+    last_fetch: Timestamp | None
+    next_check: Timestamp | None
+    last_pass_ok: bool | None
+    failed: list[str]
+    missing: list[str]
+    stats: SecretsStats
+
+
+@attrs.frozen(kw_only=True)
+class StatusDocument:
+    """``GET /status``, and the ``data`` of a ``resync`` event."""
+
+    version: str
+    pid: int
+    boot_id: str = attrs.field(metadata=_doc("new at every start of dev8"))
+    environment_id: str
+    user_id: str
+    started: Timestamp
+    uptime: str = attrs.field(metadata=_doc("human form of uptimeSeconds"))
+    uptime_seconds: float
+    last_event: int = attrs.field(metadata=_doc("seq of the last event; resume with since="))
+    services: dict[str, ServiceDocument]
+    tree: TreeNode
+    secrets: SecretsDocument | None = attrs.field(metadata=_doc("null without a provider"))
+
+
+# ------------------------------------------------------------------------------- connections
+
+
+@attrs.frozen(kw_only=True)
+class ServiceConnections:
+    count: int
+    ports: list[int]
+    peers: list[str] = attrs.field(metadata=_doc("IP:PORT or [IPV6]:PORT of each client"))
+    last_activity: Timestamp | None
+
+
+@attrs.frozen(kw_only=True)
+class ConnectionsDocument:
+    """``GET /connections``."""
+
+    services: dict[str, ServiceConnections]
+    websocket_clients: int
+    last_activity: Timestamp | None = attrs.field(metadata=_doc("null when nobody came yet"))
+
+
+# ------------------------------------------------------------------------------------- logs
+
+
+@attrs.frozen(kw_only=True)
+class LogLine:
+    seq: int = attrs.field(metadata=_doc("numbered per service; resume with since="))
+    stream: Literal["stdout", "stderr"]
+    line: str
+
+
+@attrs.frozen(kw_only=True)
+class LogsDocument:
+    """``GET /services/{name}/logs``."""
+
+    service: str
+    lines: list[LogLine]
+
+
+# ---------------------------------------------------------------------------------- actions
+
+
+@attrs.frozen(kw_only=True)
+class ActionDocument:
+    """The answer to a restart, stop or start."""
+
+    service: str
+    state: State
+    restarts: int
+
+
+@attrs.frozen(kw_only=True)
+class ReloadDocument:
+    """``POST /reload``: what the new config changed."""
+
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    unchanged: list[str]
+    restart_required_for: list[str] = attrs.field(
+        metadata=_doc("config sections that take effect only at dev8's next start")
+    )
+
+
+@attrs.frozen(kw_only=True)
+class FetchFailureDocument:
+    name: str
+    reason: str
+    status: int | None
+
+
+@attrs.frozen(kw_only=True)
+class SecretsRefreshDocument:
+    """``POST /secrets/refresh``."""
+
+    ok: bool
+    versions: dict[str, str]
+    changed: list[str]
+    missing: list[str]
+    failed: dict[str, FetchFailureDocument]
+    duration: float = attrs.field(metadata=_doc("seconds"))
+
+
+@attrs.frozen(kw_only=True)
+class CrashedDocument:
+    """``POST /chaos/actors/{path}/crash``."""
+
+    path: str
+    state: State
+    restarts: int
+
+
+@attrs.frozen(kw_only=True)
+class SignalledDocument:
+    """``POST /chaos/services/{name}/signal``."""
+
+    service: str
+    signal: str
+    pid: int
+
+
+@attrs.frozen(kw_only=True)
+class LaggedCloseDocument:
+    """The reason (JSON text) of the websocket close 4001: the subscriber fell behind."""
+
+    resume_from: int = attrs.field(metadata=_doc("reconnect with since= this"))
+    boot_id: str
+
+
+# ----------------------------------------------------------------------------- the documents
+
+
+def exit_document(info: ExitInfo | None) -> ExitDocument | None:
+    if info is None:
+        return None
+    details = info.details
+    return ExitDocument(
+        reason=info.reason,
+        abnormal=info.abnormal,
+        error=info.error,
+        details=exit_details(details),
+    )
+
+
+def exit_details(details: Mapping[str, Any]) -> ExitDetails:
+    return ExitDetails(signal=details.get("signal"), exit_code=details.get("exit_code"))
+
+
+def node_info(info: Mapping[str, Any]) -> NodeInfo:
+    return NodeInfo(
+        pid=info.get("pid"),
+        user=info.get("user"),
+        exit_code=info.get("exit_code"),
+        strategy=info.get("strategy"),
+        service=info.get("service"),
+    )
+
+
+def tree_node(node: NodeStatus) -> TreeNode:
+    return TreeNode(
+        name=node.name,
+        path=node.path,
+        kind="supervisor" if node.kind == "supervisor" else "worker",
+        state=node.state.value,
+        restarts=node.restarts,
+        restart_reasons=dict(node.restart_reasons),
+        last_exit=exit_document(node.last_exit),
+        since=typing.cast(Timestamp, timestamp(node.since)),
+        info=node_info(node.info),
+        children=[tree_node(child) for child in node.children],
+    )
+
+
+def service_document(
+    node: NodeStatus, *, ready: bool, probes: ProbesDocument | None
+) -> ServiceDocument:
+    return ServiceDocument(
+        state=node.state.value,
+        ready=ready,
+        pid=node.info.get("pid") if node.state is ChildState.RUNNING else None,
+        restarts=node.restarts,
+        restart_reasons=dict(node.restart_reasons),
+        last_exit=exit_document(node.last_exit),
+        since=timestamp(node.since),
+        probes=probes,
+    )
+
+
+def secrets_document(status: Mapping[str, Any]) -> SecretsDocument:
+    """From the secrets runtime's own status (its keys are its business)."""
+    stats = status.get("stats") or {}
+    return SecretsDocument(
+        provider=str(status.get("provider")),
+        versions=dict(status.get("versions") or {}),
+        last_fetch=status.get("last_fetch"),
+        next_check=status.get("next_check"),
+        last_pass_ok=status.get("last_pass_ok"),
+        failed=list(status.get("failed") or ()),
+        missing=list(status.get("missing") or ()),
+        stats=SecretsStats(
+            passes=stats.get("passes", 0),
+            fetch_failures=stats.get("fetch_failures", 0),
+            rotations=stats.get("rotations", 0),
+            consecutive_failed_passes=stats.get("consecutive_failed_passes", 0),
+            last_fetch_duration=stats.get("last_fetch_duration", 0.0),
+            last_injection_duration=stats.get("last_injection_duration", 0.0),
+        ),
+    )
+
+
+def secrets_refresh_document(result: Mapping[str, Any]) -> SecretsRefreshDocument:
+    return SecretsRefreshDocument(
+        ok=bool(result.get("ok")),
+        versions=dict(result.get("versions") or {}),
+        changed=list(result.get("changed") or ()),
+        missing=list(result.get("missing") or ()),
+        failed={
+            role: FetchFailureDocument(
+                name=failure.get("name", role),
+                reason=failure.get("reason", "unknown"),
+                status=failure.get("status"),
+            )
+            for role, failure in (result.get("failed") or {}).items()
+        },
+        duration=float(result.get("duration") or 0.0),
+    )
+
+
+def reload_document(result: Mapping[str, Any]) -> ReloadDocument:
+    return ReloadDocument(
+        added=list(result.get("added") or ()),
+        removed=list(result.get("removed") or ()),
+        changed=list(result.get("changed") or ()),
+        unchanged=list(result.get("unchanged") or ()),
+        restart_required_for=list(result.get("restart_required_for") or ()),
+    )
+
+
+def connections_document(snapshot: Mapping[str, Any]) -> ConnectionsDocument:
+    """From the connection board's snapshot (already camelCase, but typed here)."""
+    return ConnectionsDocument(
+        services={
+            name: ServiceConnections(
+                count=entry["count"],
+                ports=list(entry["ports"]),
+                peers=list(entry["peers"]),
+                last_activity=entry.get("lastActivity"),
+            )
+            for name, entry in snapshot.get("services", {}).items()
+        },
+        websocket_clients=snapshot.get("websocketClients", 0),
+        last_activity=snapshot.get("lastActivity"),
+    )
+
+
+def probes_document(details: Mapping[str, Any] | None) -> ProbesDocument | None:
+    """From the health board's details of one service (None: it has no probes)."""
+    if not details or not details.get("probes"):
+        return None
+    probes = details["probes"]
+
+    def one(kind: str) -> ProbeDocument | None:
+        probe = probes.get(kind)
+        if probe is None:
+            return None
+        return ProbeDocument(
+            type=probe["type"],
+            ok=probe["ok"],
+            detail=probe["detail"],
+            latency=probe["latency"],
+            consecutive_failures=probe["consecutiveFailures"],
+            consecutive_successes=probe["consecutiveSuccesses"],
+            failure_threshold=probe["failureThreshold"],
+            success_threshold=probe["successThreshold"],
+            checks=probe["checks"],
+            last_check=probe["lastCheck"],
+        )
+
+    return ProbesDocument(readiness=one("readiness"), liveness=one("liveness"))
+
+
+# ------------------------------------------------------------------------------------ events
+
+
+#: Fields of events whose declared type is too loose for the wire, and what they become.
+_EVENT_FIELD_TYPES: dict[str, Any] = {"info": NodeInfo, "details": ExitDetails}
+
+
+def _event_value(name: str, value: Any) -> Any:
+    if name == "info":
+        return node_info(value or {})
+    if name == "details":
+        return exit_details(value or {})
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def event_data(event: Event) -> dict[str, Any]:
+    """An event's own fields (without ``source``), in the wire's shape."""
+    return {
+        camel(field.name): to_jsonable(_event_value(field.name, getattr(event, field.name)))
+        for field in attrs.fields(type(event))
+        if field.name != "source"
+    }
+
+
+def event_document(envelope: Envelope, boot_id: str) -> dict[str, Any]:
+    """The JSON-ready event as ``/events`` sends it."""
+    return {
+        "seq": envelope.seq,
+        "bootId": boot_id,
+        "time": timestamp(envelope.time),
+        "kind": envelope.event.kind,
+        "source": envelope.event.source,
+        "data": event_data(envelope.event),
+    }
+
+
+def resync_document(
+    *, seq: int, boot_id: str, time: float, status: StatusDocument
+) -> dict[str, Any]:
+    """Sent first when the resume point is gone (too old, or from another boot of dev8)."""
+    return {
+        "seq": seq,
+        "bootId": boot_id,
+        "time": timestamp(time),
+        "kind": "resync",
+        "source": "dev8",
+        "data": to_jsonable(status),
+    }
+
+
+def event_classes() -> list[type[Event]]:
+    """Every kind of event dev8 publishes, for the schemas (imported here, not at start)."""
+    import actors._lifecycle as lifecycle  # noqa: PLC0415
+
+    from . import chaos, connections, health  # noqa: PLC0415
+    from .secrets import events as secret_events  # noqa: PLC0415
+
+    found: dict[str, type[Event]] = {}
+    for module in (lifecycle, health, connections, secret_events, chaos):
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, Event) and value is not Event:
+                found.setdefault(value.kind, value)
+    return [found[kind] for kind in sorted(found)]
+
+
+# ---------------------------------------------------------------------------------- to JSON
+
+
+def to_jsonable(value: Any) -> Any:
+    """A document (or anything inside one) as plain JSON data with camelCase keys."""
+    if attrs.has(type(value)):
+        return {
+            camel(field.name): to_jsonable(getattr(value, field.name))
+            for field in attrs.fields(type(value))
+        }
+    if isinstance(value, dict):
+        return {key: to_jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(item) for item in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def to_json(document: Any) -> bytes:
+    return json.dumps(to_jsonable(document)).encode()
+
+
+# ----------------------------------------------------------------------------- JSON schemas
+
+_SCALARS: dict[Any, dict[str, Any]] = {
+    str: {"type": "string"},
+    int: {"type": "integer"},
+    float: {"type": "number"},
+    bool: {"type": "boolean"},
+    Timestamp: {"type": "string", "format": "date-time"},
+}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in schema:
+        return {"allOf": [schema], "nullable": True}
+    return {**schema, "nullable": True}
+
+
+class Schemas:
+    """Collects the component schemas (``#/components/schemas/NAME``) as types are walked."""
+
+    def __init__(self) -> None:
+        self.components: dict[str, dict[str, Any]] = {}
+
+    def ref(self, name: str) -> dict[str, Any]:
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def of(self, tp: Any) -> dict[str, Any]:  # noqa: PLR0911 - one answer per kind of type
+        """The schema of a type: a ``$ref`` for a document class."""
+        if tp in _SCALARS:
+            return dict(_SCALARS[tp])
+        if attrs.has(tp):
+            return self.document(tp)
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if origin in (typing.Union, types.UnionType):
+            rest = [arg for arg in args if arg is not type(None)]
+            if len(rest) == 1 and len(args) == 2:
+                return _nullable(self.of(rest[0]))
+            return {"anyOf": [self.of(arg) for arg in args]}
+        if origin is Literal:
+            return {"type": "string", "enum": list(args)}
+        if origin in (list, Sequence, tuple):
+            return {"type": "array", "items": self.of(args[0])}
+        if origin in (dict, Mapping):
+            return {"type": "object", "additionalProperties": self.of(args[1])}
+        raise TypeError(f"no schema for {tp!r}")
+
+    def document(self, cls: type[Any], *, name: str | None = None) -> dict[str, Any]:
+        name = name or cls.__name__
+        if name not in self.components:
+            self.components[name] = {}  # a placeholder ends recursion (TreeNode)
+            self.components[name] = self._object(cls, attrs.fields(cls))
+        return self.ref(name)
+
+    def _object(
+        self, cls: type[Any], fields: Iterable[attrs.Attribute[Any]], overrides: Any = None
+    ) -> dict[str, Any]:
+        hints = typing.get_type_hints(cls)
+        properties: dict[str, Any] = {}
+        for field in fields:
+            tp = (overrides or {}).get(field.name, hints[field.name])
+            prop = self.of(tp)
+            if "description" in field.metadata:
+                if "$ref" in prop:
+                    prop = {"allOf": [prop]}
+                prop = {**prop, "description": field.metadata["description"]}
+            properties[camel(field.name)] = prop
+        schema: dict[str, Any] = {
+            "type": "object",
+            "required": list(properties),
+            "properties": properties,
+            "additionalProperties": False,
+        }
+        if cls.__doc__:
+            schema["description"] = " ".join(cls.__doc__.split())
+        return schema
+
+    def event(self, cls: type[Event]) -> dict[str, Any]:
+        """The schema of a whole event of one kind (the envelope with its typed ``data``)."""
+        data_name = f"{cls.__name__}Data"
+        if data_name not in self.components:
+            fields = [f for f in attrs.fields(cls) if f.name != "source"]
+            hints = typing.get_type_hints(cls)
+            overrides = {
+                f.name: _EVENT_FIELD_TYPES[f.name]
+                for f in fields
+                if f.name in _EVENT_FIELD_TYPES and typing.get_origin(hints[f.name]) is Mapping
+            }
+            overrides.update(
+                {f.name: list[str] for f in fields if typing.get_origin(hints[f.name]) is tuple}
+            )
+            self.components[data_name] = self._object(cls, fields, overrides)
+        return self._envelope(cls.kind, self.ref(data_name), name=f"{cls.__name__}Event")
+
+    def resync(self) -> dict[str, Any]:
+        return self._envelope("resync", self.document(StatusDocument), name="ResyncEvent")
+
+    def _envelope(self, kind: str, data: dict[str, Any], *, name: str) -> dict[str, Any]:
+        self.components[name] = {
+            "type": "object",
+            "required": ["seq", "bootId", "time", "kind", "source", "data"],
+            "properties": {
+                "seq": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "never goes backwards on a connection; resume with since=",
+                },
+                "bootId": {"type": "string", "description": "new at every start of dev8"},
+                "time": {"type": "string", "format": "date-time"},
+                "kind": {"type": "string", "enum": [kind]},
+                "source": {
+                    "type": "string",
+                    "description": "path of the actor it is about; dev8 for resync",
+                },
+                "data": data,
+            },
+            "additionalProperties": False,
+        }
+        return self.ref(name)
+
+
+def event_schemas(schemas: Schemas) -> dict[str, Any]:
+    """``oneOf`` every kind of event, and resync; registered in ``schemas``."""
+    kinds = [schemas.event(cls) for cls in event_classes()] + [schemas.resync()]
+    return {"oneOf": kinds}
