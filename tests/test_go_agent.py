@@ -50,6 +50,11 @@ def go_agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "GOFLAGS": "-mod=",
         "GOPROXY": "off",
     }
+    subprocess.run([go, "vet", "dev8agent"], env=env, check=True, timeout=300)
+    unformatted = subprocess.run(
+        ["gofmt", "-l", str(GO_SOURCES)], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert not unformatted, f"gofmt would change: {unformatted}"
     subprocess.run([go, "build", "-o", str(binary), "dev8agent"], env=env, check=True, timeout=300)
     return binary
 
