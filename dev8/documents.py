@@ -12,6 +12,7 @@ they keep the seed's snake_case fields.
 
 from __future__ import annotations
 
+import collections
 import enum
 import json
 import types
@@ -548,6 +549,25 @@ def event_document(envelope: Envelope, boot_id: str) -> dict[str, Any]:
         "source": envelope.event.source,
         "data": event_data(envelope.event),
     }
+
+
+class EventEncoder:
+    """Each event's wire JSON, made once however many subscribers send it (a bounded cache)."""
+
+    def __init__(self, boot_id: str, size: int = 4096) -> None:
+        self.boot_id = boot_id
+        self._texts: collections.OrderedDict[int, tuple[Envelope, str]] = collections.OrderedDict()
+        self._size = size
+
+    def __call__(self, envelope: Envelope) -> str:
+        cached = self._texts.get(envelope.seq)
+        if cached is not None and cached[0] is envelope:
+            return cached[1]
+        text = json.dumps(event_document(envelope, self.boot_id))
+        self._texts[envelope.seq] = (envelope, text)
+        if len(self._texts) > self._size:
+            self._texts.popitem(last=False)
+        return text
 
 
 def resync_document(

@@ -237,3 +237,27 @@ async def test_events_and_resync_match_their_schemas(api: Api, document: dict[st
         status=api.control.status_document(),
     )
     validate(document, json.loads(json.dumps(resync)), event)
+
+
+def test_an_event_is_encoded_once_in_camel_case_and_logs_keep_snake_case() -> None:
+    from actors import ChildExited, EventBus
+
+    bus = EventBus()
+    envelope: Envelope = bus.publish(
+        ChildExited(
+            source="dev8/services/web",
+            child="web",
+            reason="error",
+            abnormal=True,
+            details={"exit_code": 3, "signal": None},
+        )
+    )
+    encode = documents.EventEncoder("boot-1")
+    text = encode(envelope)
+    assert encode(envelope) is text  # built once for every subscriber
+    wire = json.loads(text)
+    assert wire["bootId"] == "boot-1"
+    assert wire["data"]["details"] == {"signal": None, "exitCode": 3}
+    assert wire["data"]["error"] is None  # present, null
+    # The log line (and anything else reading the event itself) keeps the Python names.
+    assert envelope.event.data()["details"] == {"exit_code": 3, "signal": None}

@@ -254,6 +254,7 @@ def _paths() -> dict[str, Any]:
                     {"name": n, "in": "query", "required": False, "schema": schema}
                     for n, schema in (
                         ("since", {"type": "integer", "minimum": 0}),
+                        ("bootId", {"type": "string"}),
                         ("kind", {"type": "string"}),
                         ("service", {"type": "string"}),
                     )
