@@ -26,6 +26,8 @@ from dev8_harness import (
     write_config,
 )
 
+from dev8 import documents
+
 GO_SOURCES = Path(__file__).parent / "go"
 GOPATH_SYSTEM = "/usr/share/gocode"
 SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(1000)\n"
@@ -156,6 +158,8 @@ async def test_the_go_agent_decodes_everything_strictly_and_follows_events_acros
 
     assert first_boot != second_boot
     assert agent.step("livez")["bootId"] == first_boot
+    # It decodes exactly the kinds of event /openapi.json documents, and resync.
+    assert agent.step("openapi")["eventKinds"] == len(documents.event_classes()) + 1
     assert agent.step("status")["secretsNull"] is True  # no provider: present, and null
     assert agent.step("status")["probesNull"] is True
     assert agent.step("errors") == {

@@ -557,6 +557,49 @@ func (a *agent) reads() string {
 	return status.BootID
 }
 
+// documentedKinds: the kinds of event /openapi.json documents must be exactly those this agent
+// decodes (each with its own data type).
+func (a *agent) documentedKinds() {
+	status, body := a.request(http.MethodGet, "/openapi.json", true)
+	a.expect("GET /openapi.json", status, []int{200}, body)
+	var document struct {
+		Components struct {
+			Schemas map[string]struct {
+				OneOf []struct {
+					Ref string `json:"$ref"`
+				} `json:"oneOf"`
+				Properties struct {
+					Kind struct {
+						Enum []string `json:"enum"`
+					} `json:"kind"`
+				} `json:"properties"`
+			} `json:"schemas"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(body, &document); err != nil {
+		fail("/openapi.json: %v", err)
+	}
+	schemas := document.Components.Schemas
+	documented := map[string]bool{}
+	for _, option := range schemas["Event"].OneOf {
+		name := option.Ref[strings.LastIndex(option.Ref, "/")+1:]
+		for _, kind := range schemas[name].Properties.Kind.Enum {
+			documented[kind] = true
+		}
+	}
+	for kind := range dataTypes {
+		if !documented[kind] {
+			fail("the agent decodes %q, which /openapi.json does not document", kind)
+		}
+	}
+	for kind := range documented {
+		if _, known := dataTypes[kind]; !known {
+			fail("/openapi.json documents %q, which the agent cannot decode", kind)
+		}
+	}
+	a.report("openapi", map[string]interface{}{"eventKinds": len(documented)})
+}
+
 // errors: the error bodies are one documented shape too.
 func (a *agent) errors() {
 	var missing ErrorBody
@@ -871,6 +914,7 @@ func main() {
 	}()
 
 	bootID := a.reads()
+	a.documentedKinds()
 	a.errors()
 	since := a.status().LastEvent
 	f := a.follow(bootID, since)
