@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -29,6 +31,8 @@ class Envelope:
     seq: int
     time: float
     event: Event
+    #: The bus's ``boot_id``: seq numbers are only comparable within one boot.
+    boot_id: str = ""
 
     @functools.cached_property
     def json(self) -> str:
@@ -38,6 +42,7 @@ class Envelope:
     def to_dict(self) -> dict[str, Any]:
         return {
             "seq": self.seq,
+            "bootId": self.boot_id,
             "time": datetime.fromtimestamp(self.time, tz=UTC).isoformat(),
             "kind": self.event.kind,
             "source": self.event.source,
@@ -162,6 +167,9 @@ class EventBus:
         self._subscribers: set[Subscription] = set()
         self._seq = 0
         self._wall_clock = wall_clock
+        #: New for each bus (each start of the program): tells resuming clients the
+        #: numbering started again.
+        self.boot_id = uuid.uuid4().hex
         self.subscriber_buffer = subscriber_buffer
         #: How many subscribers were cut off for falling behind.
         self.dropped_subscribers = 0
@@ -178,9 +186,25 @@ class EventBus:
     def history(self, since: int = 0) -> list[Envelope]:
         return [envelope for envelope in self._history if envelope.seq > since]
 
+    def missed(self, since: int) -> bool:
+        """Whether events after ``since`` are gone from the history (or ``since`` is from an
+        earlier life of the bus, ahead of it)."""
+        oldest = self._history[0].seq if self._history else self._seq + 1
+        return since > self._seq or (since + 1 < oldest and since < self._seq)
+
+    def events_after(self, seq: int, limit: int) -> list[Envelope]:
+        """At most ``limit`` held events after ``seq``, oldest first, without scanning the
+        history (the numbers in it are consecutive)."""
+        if not self._history:
+            return []
+        start = max(seq + 1 - self._history[0].seq, 0)
+        return list(itertools.islice(self._history, start, start + limit))
+
     def publish(self, event: Event) -> Envelope:
         self._seq += 1
-        envelope = Envelope(seq=self._seq, time=self._wall_clock(), event=event)
+        envelope = Envelope(
+            seq=self._seq, time=self._wall_clock(), event=event, boot_id=self.boot_id
+        )
         self._history.append(envelope)
         for listener in self._listeners:
             listener(envelope)
@@ -209,9 +233,7 @@ class EventBus:
             self, self.subscriber_buffer if buffer is None else max(buffer, 1), accept
         )
         if since is not None:
-            oldest = self._history[0].seq if self._history else self._seq + 1
-            # A resume point ahead of us is from an earlier life of the bus: all missed.
-            subscription.missed = since > self._seq or (since + 1 < oldest and since < self._seq)
+            subscription.missed = self.missed(since)
             subscription.last_seq = since
             subscription._replay(self.history(since))
         else:

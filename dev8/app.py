@@ -32,7 +32,6 @@ from actors import (
     UnknownChild,
 )
 
-from .api import create_app, serve_api
 from .config import (
     Config,
     ConfigError,
@@ -89,6 +88,34 @@ def read_token(config: Config) -> str | None:
     return token or None
 
 
+def api_auth_problem(config: Config) -> str | None:
+    """Why dev8 must not start with this API setting (one line), or None.
+
+    Beyond loopback, the API needs a token unless ``api.insecure_no_auth`` says otherwise.
+    """
+    try:
+        token = read_token(config)
+    except OSError as error:
+        return f"api.token_file: cannot read {config.api.token_file}: {error.strerror}"
+    if token is None and not api_is_private(config) and not config.api.insecure_no_auth:
+        return (
+            f"api.bind {config.api.bind} listens beyond loopback without a token: set "
+            "api.token_file (a file holding the token), or api.insecure_no_auth: true "
+            "to serve everyone on that network"
+        )
+    return None
+
+
+def api_allowed_hosts(config: Config) -> frozenset[str] | None:
+    """The Host names the API answers to (None: any); see ``ApiConfig.allowed_hosts``."""
+    extra = {host.lower() for host in config.api.allowed_hosts}
+    if "*" in extra or (not extra and not api_is_private(config)):
+        return None
+    from .api._access import LOOPBACK_HOSTS  # noqa: PLC0415 - see Dev8.run
+
+    return LOOPBACK_HOSTS | extra
+
+
 class Dev8:
     """One run of dev8: the tree, the bus and the init duties around them."""
 
@@ -110,6 +137,7 @@ class Dev8:
         self.force = trio.Event()
         self.exit_code = ExitCode.OK
         self._app: Any = None
+        self._api_sockets: Any = None  # BoundApi, once run() bound them
         self._reload_lock = trio.Lock()
         self.control: Control | None = None
 
@@ -161,7 +189,10 @@ class Dev8:
         )
 
     async def _start_api(self, ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
-        await serve_api(ctx, self._app, str(self.config.api.bind), task_status=task_status)
+        from .api import serve_api  # noqa: PLC0415 - see run()
+
+        assert self._api_sockets is not None
+        await serve_api(ctx, self._app, self._api_sockets, task_status=task_status)
 
     async def _watch_secret_changes(
         self, ctx: ChildContext, *, task_status: trio.TaskStatus[Any]
@@ -202,46 +233,58 @@ class Dev8:
             supervisors=[self.root, self.services, self.probers],
         )
         self.control = control
+        # The web stack (Quart, Hypercorn: about half of start-up's imports) is loaded here, by
+        # `dev8 run` only: operator commands and `dev8 config check` never pay for it.
+        from .api import bind_api, create_app  # noqa: PLC0415
+
+        token = read_token(self.config)
         self._app = create_app(
             control,
-            token=read_token(self.config),
-            open_changes=api_is_private(self.config),
+            token=token,
+            open_changes=api_is_private(self.config) or self.config.api.insecure_no_auth,
             chaos=self.config.chaos.enabled,
+            allowed_hosts=api_allowed_hosts(self.config),
+            allowed_origins=self.config.api.allowed_origins,
         )
-        root_ctx = ChildContext(name="dev8", path="dev8", attempt=0, publish=self.bus.publish)
-        tree_done = trio.Event()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(run_reaper, self.own)
-            nursery.start_soon(self._watch_signals, nursery)
-            tree_scope = trio.CancelScope()
+        # Bound before the tree starts: a port in use is one error (ApiBindError), raised here.
+        self._api_sockets = await bind_api(str(self.config.api.bind))
+        try:
+            root_ctx = ChildContext(name="dev8", path="dev8", attempt=0, publish=self.bus.publish)
+            tree_done = trio.Event()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(run_reaper, self.own)
+                nursery.start_soon(self._watch_signals, nursery)
+                tree_scope = trio.CancelScope()
 
-            async def run_tree(*, task_status: trio.TaskStatus[None]) -> None:
-                try:
-                    with tree_scope:
-                        await self.root.run(root_ctx, task_status=task_status)
-                except Escalation as escalation:
-                    self.exit_code = (
-                        ExitCode.CRITICAL_SERVICE_FAILED
-                        if escalation.final
-                        else ExitCode.RESTART_INTENSITY_EXCEEDED
-                    )
-                    self.log.error("dev8_tree_failed", reason=str(escalation))
-                finally:
-                    tree_done.set()
-                    self.shutdown_requested.set()
+                async def run_tree(*, task_status: trio.TaskStatus[None]) -> None:
+                    try:
+                        with tree_scope:
+                            await self.root.run(root_ctx, task_status=task_status)
+                    except Escalation as escalation:
+                        self.exit_code = (
+                            ExitCode.CRITICAL_SERVICE_FAILED
+                            if escalation.final
+                            else ExitCode.RESTART_INTENSITY_EXCEEDED
+                        )
+                        self.log.error("dev8_tree_failed", reason=str(escalation))
+                    finally:
+                        tree_done.set()
+                        self.shutdown_requested.set()
 
-            await nursery.start(run_tree)
-            # What exists now (modules, classes, the tree) lives as long as dev8: keep it out
-            # of the garbage collector's full passes, which otherwise stall the loop for ms.
-            gc.collect()
-            gc.freeze()
-            self.log.info(
-                "dev8_ready", api=str(self.config.api.bind), services=self.services_names()
-            )
-            task_status.started()
-            await self.shutdown_requested.wait()
-            await self._shutdown(tree_scope, tree_done, root_ctx)
-            nursery.cancel_scope.cancel()
+                await nursery.start(run_tree)
+                # What exists now (modules, classes, the tree) lives as long as dev8: keep it out
+                # of the garbage collector's full passes, which otherwise stall the loop for ms.
+                gc.collect()
+                gc.freeze()
+                self.log.info(
+                    "dev8_ready", api=str(self.config.api.bind), services=self.services_names()
+                )
+                task_status.started()
+                await self.shutdown_requested.wait()
+                await self._shutdown(tree_scope, tree_done, root_ctx)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._api_sockets.close()
         self.log.info("dev8_exit", exit_code=int(self.exit_code))
         return int(self.exit_code)
 

@@ -23,6 +23,8 @@ from .config import DEFAULT_CONFIG_PATH, ConfigError, config_to_dict, load_confi
 
 EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2
+#: The API could not bind its address (in use, not ours): one line on stderr.
+EXIT_API_BIND_FAILED = 1
 EXIT_INTERRUPTED = 130
 #: How often ``dev8 logs -f`` asks for new lines.
 FOLLOW_INTERVAL = 0.5
@@ -140,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(path: str) -> int:
     # Imported here: the server stack costs the operator commands most of their start-up.
-    from .app import Dev8  # noqa: PLC0415
+    from .api import ApiBindError  # noqa: PLC0415
+    from .app import Dev8, api_auth_problem  # noqa: PLC0415
     from .logs import configure_logging  # noqa: PLC0415
 
     try:
@@ -148,11 +151,19 @@ def _run(path: str) -> int:
     except ConfigError as error:
         print(f"dev8: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    problem = api_auth_problem(config)
+    if problem is not None:
+        print(f"dev8: {problem}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
 
     configure_logging(
         level=config.log.level, environment_id=config.environment_id, user_id=config.user_id
     )
-    code = trio.run(Dev8(config, config_path=path).run)
+    try:
+        code = trio.run(Dev8(config, config_path=path).run)
+    except ApiBindError as error:
+        print(f"dev8: {error}", file=sys.stderr)
+        code = EXIT_API_BIND_FAILED
     # The tree is down and the processes swept: nothing is left to clean up. Tearing down the
     # interpreter's modules would only delay the container's exit (about 0.15 s).
     logging.shutdown()

@@ -510,10 +510,9 @@ def _deliver(
         raise ApiError(f"unexpected message on the event stream at {target.endpoint}") from None
     for event, seq in zip(events, seqs, strict=True):
         # A resync restarts the numbering (maybe a new boot); otherwise seq never goes back.
-        if event.get("kind") == "resync":
-            cursor.seq, cursor.boot_id = seq, event.get("bootId", cursor.boot_id)
-        else:
-            cursor.seq = max(cursor.seq, seq)
+        cursor.seq = seq if event.get("kind") == "resync" else max(cursor.seq, seq)
+        if isinstance(event.get("bootId"), str):
+            cursor.boot_id = event["bootId"]
         emit(event)
 
 

@@ -544,6 +544,13 @@ class WorkspaceConfig:
 class ApiConfig:
     bind: Bind = TcpBind("127.0.0.1", 9000)
     token_file: str | None = _path_field(None)
+    #: Listen beyond loopback with no token: a choice written down, never a default.
+    insecure_no_auth: bool = False
+    #: Host names the API answers to besides loopback's ("*": any). Empty: loopback's names
+    #: when the API listens on loopback or a Unix socket, any name otherwise.
+    allowed_hosts: tuple[str, ...] = ()
+    #: Browser origins (``scheme://host[:port]``) allowed besides the API's own.
+    allowed_origins: tuple[str, ...] = ()
 
 
 @attrs.frozen

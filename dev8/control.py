@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +31,10 @@ class UnknownService(LookupError):
 
 class NotAvailable(Exception):
     """The feature asked for is not configured in this workspace."""
+
+
+#: Supervisor states in which the tree is alive (starting up or shutting down included).
+_ALIVE = frozenset({ChildState.STARTING, ChildState.RUNNING, ChildState.STOPPING})
 
 
 def format_uptime(seconds: float) -> str:
@@ -68,6 +71,8 @@ class Hooks:
     service_details: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None
     connections: Callable[[], dict[str, Any]] | None = None
     secrets: Callable[[], dict[str, Any]] | None = None
+    #: names of the services the workspace cannot take users without (/readyz); all when empty.
+    critical: Callable[[], Collection[str]] | None = None
 
 
 class Control:
@@ -84,7 +89,6 @@ class Control:
         outputs: Mapping[str, OutputRing] | None = None,
         hooks: Hooks | None = None,
         supervisors: Sequence[Supervisor] = (),
-        boot_id: str | None = None,
     ) -> None:
         self.bus = bus
         self.root = root
@@ -97,12 +101,15 @@ class Control:
         self.websocket_clients = 0
         #: Every supervisor of the tree (for fault injection by actor path).
         self.supervisors = list(supervisors) or [root, services]
-        #: New at every start of dev8: a client resuming across a restart must resync.
-        self.boot_id = boot_id or uuid.uuid4().hex
         self.started_wall = time.time()
         self.started_clock = trio.current_time()
 
     # -- reading --------------------------------------------------------------------------
+
+    @property
+    def boot_id(self) -> str:
+        """New at every start of dev8 (the bus's): a client resuming across a restart resyncs."""
+        return self.bus.boot_id
 
     def uptime(self) -> float:
         return trio.current_time() - self.started_clock
@@ -127,9 +134,12 @@ class Control:
         }
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """The seed's /health: a service stopped on purpose is ``"stopped"``, not unhealthy."""
         nodes = self.service_nodes()
         ready = self.readiness()
-        healthy = all(ready.values())
+        healthy = all(
+            ready[name] for name, node in nodes.items() if node.state is not ChildState.STOPPED
+        )
         uptime = self.uptime()
         document = documents.HealthDocument(
             healthy=healthy,
@@ -139,6 +149,35 @@ class Control:
             uptime_seconds=round(uptime, 3),
         )
         return healthy, documents.to_jsonable(document)
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """/livez: dev8 and its tree are alive; a service's state never matters here.
+
+        It fails only when a supervisor of the tree is no longer running (the tree gave up or
+        is wedged): restarting the container is then the only way out.
+        """
+        down = [
+            supervisor.path
+            for supervisor in self.supervisors
+            if supervisor.snapshot().state not in _ALIVE
+        ]
+        document = documents.LivenessDocument(
+            status="wedged" if down else "alive",
+            boot_id=self.boot_id,
+            reason="supervisor not running: " + ", ".join(down) if down else None,
+        )
+        return not down, documents.to_jsonable(document)
+
+    def readyz(self) -> tuple[bool, dict[str, Any]]:
+        """/readyz: the workspace can take users (its critical services, else all, are ready)."""
+        ready = self.readiness()
+        critical = set(self.hooks.critical()) if self.hooks.critical else set()
+        wanted = [name for name in ready if name in critical] if critical else list(ready)
+        not_ready = sorted(name for name in wanted if not ready[name])
+        document = documents.ReadinessDocument(
+            status="notReady" if not_ready else "ready", not_ready=not_ready
+        )
+        return not not_ready, documents.to_jsonable(document)
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         ready = self.readiness()

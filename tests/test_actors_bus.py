@@ -62,11 +62,29 @@ async def test_events_are_numbered_and_stamped() -> None:
     assert bus.last_seq == 3
     assert third.to_dict() == {
         "seq": 3,
+        "bootId": bus.boot_id,
         "time": "2023-11-14T22:13:22+00:00",
         "kind": "tick",
         "source": "test",
         "data": {"n": 2},
     }
+
+
+async def test_each_bus_has_its_own_boot_id_and_stamps_it_on_every_event() -> None:
+    first, second = EventBus(), EventBus()
+    assert first.boot_id != second.boot_id
+    assert first.publish(Tick(n=1)).boot_id == first.boot_id
+
+
+async def test_events_after_reads_the_history_in_place() -> None:
+    bus = EventBus(history=5)
+    publish_ticks(bus, range(8))  # history holds 4..8
+    assert [e.seq for e in bus.events_after(0, 3)] == [4, 5, 6]
+    assert [e.seq for e in bus.events_after(5, 10)] == [6, 7, 8]
+    assert bus.events_after(8, 10) == []
+    assert bus.missed(2)
+    assert not bus.missed(3)
+    assert bus.missed(9)  # ahead of the bus: an earlier life
 
 
 async def test_listeners_see_every_event_synchronously() -> None:

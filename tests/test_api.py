@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -76,6 +77,12 @@ async def start_api(
     return Api(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", bus, services, crash, control)
 
 
+def events_in(message: str | bytes) -> list[dict[str, Any]]:
+    """A message of the event stream: one event, or several (a JSON array) when behind."""
+    body = json.loads(message)
+    return body if isinstance(body, list) else [body]
+
+
 @pytest.fixture
 async def api(nursery: trio.Nursery) -> AsyncIterator[Api]:
     yield await start_api(nursery)
@@ -131,9 +138,9 @@ async def test_restart_counts_and_streams_events(api: Api) -> None:
         kinds = []
         with trio.fail_after(5):
             while "child_started" not in kinds:
-                message = json.loads(await ws.get_message())
-                assert message["data"]["child"] == "web"
-                kinds.append(message["kind"])
+                for message in events_in(await ws.get_message()):
+                    assert message["data"]["child"] == "web"
+                    kinds.append(message["kind"])
     assert kinds == [
         "child_stopping",
         "child_exited",
@@ -151,7 +158,7 @@ async def test_events_resume_from_a_sequence_number_without_gap_or_duplicate(api
         seqs = []
         with trio.fail_after(5):
             while len(seqs) < api.bus.last_seq - first:
-                seqs.append(json.loads(await ws.get_message())["seq"])
+                seqs.extend(e["seq"] for e in events_in(await ws.get_message()))
     assert seqs == list(range(first + 1, api.bus.last_seq + 1))
 
 
@@ -165,30 +172,41 @@ async def test_unknown_route_and_wrong_method_are_json_errors(api: Api) -> None:
     assert wrong.json()["error"]["code"] == "method_not_allowed"
 
 
-async def test_a_token_guards_changes_and_events_but_not_health(nursery: trio.Nursery) -> None:
+async def handshake(url: str, path: str, headers: dict[str, str]) -> httpx.Response:
+    """A websocket upgrade request on a connection of its own (a refusal closes it)."""
+    upgrade = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    async with httpx.AsyncClient(base_url=url) as client:
+        return await client.get(path, headers={**upgrade, **headers})
+
+
+async def test_a_token_guards_every_route_but_the_probes(nursery: trio.Nursery) -> None:
     api = await start_api(nursery, token="s3cret-token")
+    right = {"Authorization": "Bearer s3cret-token"}
     async with httpx.AsyncClient(base_url=api.url) as client:
-        assert (await client.get("/health")).status_code == 200
+        for probe in ("/health", "/livez", "/readyz"):
+            assert (await client.get(probe)).status_code == 200, probe
+        for read in ("/status", "/connections", "/metrics", "/services/web/logs", "/openapi.json"):
+            refused = await client.get(read)
+            assert refused.status_code == 401, read
+            assert refused.json()["error"]["code"] == "unauthorized"
+            assert (await client.get(read, headers=right)).status_code == 200, read
         assert (await client.post("/restart/web")).status_code == 401
         wrong = {"Authorization": "Bearer nope"}
         assert (await client.post("/restart/web", headers=wrong)).status_code == 401
-        right = {"Authorization": "Bearer s3cret-token"}
         assert (await client.post("/restart/web", headers=right)).status_code == 200
-        upgrade = {
-            "Connection": "Upgrade",
-            "Upgrade": "websocket",
-            "Sec-WebSocket-Version": "13",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-        }
-        rejected = await client.get("/events", headers=upgrade)
-        assert rejected.status_code in (401, 403)
-        accepted = await client.get("/events", headers={**upgrade, **right})
-        assert accepted.status_code == 101
-        # Browsers cannot set headers on a websocket: the token may come in the query.
-        by_query = await client.get("/events?token=s3cret-token", headers=upgrade)
-        assert by_query.status_code == 101
-        wrong_query = await client.get("/events?token=nope", headers=upgrade)
-        assert wrong_query.status_code in (401, 403)
+        # The scheme is case-insensitive (RFC 9110).
+        lower = {"Authorization": "bearer s3cret-token"}
+        assert (await client.post("/restart/web", headers=lower)).status_code == 200
+    assert (await handshake(api.url, "/events", {})).status_code == 401
+    assert (await handshake(api.url, "/events", right)).status_code == 101
+    # Browsers cannot set headers on a websocket: the token may come in the query.
+    assert (await handshake(api.url, "/events?token=s3cret-token", {})).status_code == 101
+    assert (await handshake(api.url, "/events?token=nope", {})).status_code == 401
     nursery.cancel_scope.cancel()
 
 
@@ -204,22 +222,38 @@ async def test_stop_and_start_a_service(api: Api) -> None:
     async with httpx.AsyncClient(base_url=api.url) as client:
         stopped = await client.post("/services/web/stop")
         assert stopped.json()["state"] == "stopped"
+        # Stopped on purpose: not unhealthy, and never a liveness failure; not ready, though.
         health = await client.get("/health")
-        assert health.status_code == 503
+        assert health.status_code == 200
+        assert health.json()["services"]["web"] == "stopped"
+        livez = await client.get("/livez")
+        assert livez.status_code == 200
+        assert livez.json() == {"status": "alive", "bootId": api.bus.boot_id, "reason": None}
+        readyz = await client.get("/readyz")
+        assert readyz.status_code == 503
+        assert readyz.json() == {"status": "notReady", "notReady": ["web"]}
         ready = await client.get("/ready")
         assert ready.status_code == 503
         assert ready.json()["services"] == {"web": False, "flaky": True}
         started = await client.post("/services/web/start")
         assert started.json()["state"] == "running"
         assert (await client.get("/ready")).status_code == 200
+        assert (await client.get("/readyz")).json() == {"status": "ready", "notReady": []}
         assert (await client.post("/services/nope/stop")).status_code == 404
 
 
 async def test_malformed_bodies_are_400(api: Api) -> None:
     async with httpx.AsyncClient(base_url=api.url) as client:
-        broken = await client.post("/restart/web", content=b"{not json")
-        not_object = await client.post("/restart/web", content=b"[1, 2]")
-        fine = await client.post("/restart/web", content=b"{}")
+        as_json = {"Content-Type": "application/json"}
+        broken = await client.post("/restart/web", content=b"{not json", headers=as_json)
+        not_object = await client.post("/restart/web", content=b"[1, 2]", headers=as_json)
+        fine = await client.post("/restart/web", content=b"{}", headers=as_json)
+        # What a form or a text/plain fetch sends (no preflight) is refused.
+        form = await client.post("/restart/web", data={"a": "b"})
+        untyped = await client.post("/restart/web", content=b"{}")
+    assert form.status_code == 415
+    assert untyped.status_code == 415
+    assert form.json()["error"]["code"] == "unsupported_media_type"
     assert broken.status_code == 400
     assert broken.json()["error"]["code"] == "bad_request"
     assert not_object.status_code == 400
@@ -263,10 +297,12 @@ async def test_openapi_document_lists_exactly_the_routes_the_app_serves(api: Api
     app = build(control)
     routes = {
         (
-            route.pattern.replace(":path}", "}"),
-            "get" if route.method == "WEBSOCKET" else route.method.lower(),
+            re.sub(r"<(?:path:)?(\w+)>", r"{\1}", rule.rule),
+            "get" if rule.websocket else method.lower(),
         )
-        for route in app.routes
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
     }
     documented = {(path, method) for path, item in served["paths"].items() for method in item}
     assert routes == documented
@@ -290,7 +326,7 @@ async def test_a_slow_subscriber_is_dropped_and_does_not_delay_others(api: Api) 
                 for _ in range(100):
                     api.bus.publish(Event(source="test"))
                 while len(seen) < api.bus.last_seq - first:
-                    seen.append(json.loads(await fast.get_message())["seq"])
+                    seen.extend(e["seq"] for e in events_in(await fast.get_message()))
                 if api.bus.dropped_subscribers:
                     break
         assert api.bus.dropped_subscribers == 1
@@ -317,8 +353,7 @@ async def test_hundreds_of_subscribers_all_receive_a_burst(api: Api) -> None:
         async with trio_websocket.open_websocket_url(f"{api.ws_url}/events?kind=event") as ws:
             ready.release()
             while counts[index] < burst:
-                json.loads(await ws.get_message())
-                counts[index] += 1
+                counts[index] += len(events_in(await ws.get_message()))
 
     from actors import Event
 

@@ -8,7 +8,6 @@ The event stream's resume logic is also driven against a small scripted websocke
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import json
 import os
 import signal
@@ -32,9 +31,11 @@ from dev8_harness import (
     shell_service,
     write_config,
 )
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from quart import websocket
+from quart_trio import QuartTrio
 
-from dev8.api._http import App, Request, Response, error_response, json_response
-from dev8.api._websocket import WebSocket
 from dev8.cli import format_event, format_status
 from dev8.client import (
     ApiError,
@@ -317,6 +318,7 @@ async def test_token_and_unix_socket(
     http = httpx.AsyncClient(
         base_url="http://localhost" if transport == "unix" else api,
         transport=httpx.AsyncHTTPTransport(uds=bind[5:]) if transport == "unix" else None,
+        headers={"Authorization": f"Bearer {TOKEN}"},
     )
 
     async def service(name: str) -> dict[str, Any]:
@@ -328,15 +330,19 @@ async def test_token_and_unix_socket(
         return result
 
     async with http, open_dev8(config, port=api_port, marker=marker, wait_ready=False) as dev8:
+        with_token = {"DEV8_API_TOKEN": TOKEN}
         with fail_after(20, "the API", dev8.tail):
-            while (await cli("status", "--api", api))[0] != 0:  # noqa: ASYNC110 - another process
+            while (await cli("status", "--api", api, env=with_token))[0] != 0:  # noqa: ASYNC110
                 await trio.sleep(0.1)
 
-        # Reads need no token; the address comes from the config's api.bind.
-        code, out, _ = await run("status", "--api", api)
+        # Reads need the token too; the address comes from the config's api.bind.
+        code, out, _ = await run("status", "--api", api, env=with_token)
         assert code == 0
         assert "web" in out
         no_token = {"DEV8_API": api}
+        code, _, err = await run("status", env=no_token)
+        assert code != 0
+        assert err.startswith("dev8: unauthorized: missing or wrong bearer token")
         assert_one_line_failure(
             await run("restart", "web", env=no_token),
             "dev8: unauthorized: missing or wrong bearer token "
@@ -348,7 +354,8 @@ async def test_token_and_unix_socket(
         )
         assert_one_line_failure(
             await run("events", env={**no_token, "DEV8_API_TOKEN": "nope"}),
-            "dev8: unauthorized: the event stream refused: missing or wrong bearer token",
+            # The stream starts from /status, which needs the token as well.
+            "dev8: unauthorized: missing or wrong bearer token",
         )
         assert_one_line_failure(
             await run("restart", "web", "--token-file", str(tmp_path / "none"), env=no_token),
@@ -424,28 +431,6 @@ async def test_events_follow_a_restart_and_resume_across_a_dev8_restart(
 # ----------------------------------------------------------------------------- resume logic
 
 
-class _CurrentWebsocket:
-    """The websocket of the connection running a script (one per task, as in Quart)."""
-
-    current: contextvars.ContextVar[WebSocket] = contextvars.ContextVar("websocket")
-
-    async def accept(self) -> None:
-        await self.current.get().accept()
-
-    async def send(self, text: str) -> None:
-        await self.current.get().send_text(text)
-
-    async def close(self, code: int, reason: str = "") -> None:
-        socket = self.current.get()
-        if not socket.accepted:  # refused at the handshake, as a policy close would be
-            socket.reject(error_response(403, "forbidden", reason))
-            return
-        await socket.close(code, reason)
-
-
-websocket = _CurrentWebsocket()
-
-
 class FakeEvents:
     """A scripted /status + /events server: each websocket connection plays the next script."""
 
@@ -455,18 +440,16 @@ class FakeEvents:
         self.sinces: list[str | None] = []
         self.auth: list[str | None] = []
         self.scripts: list[Callable[[], Awaitable[None]]] = []
-        app = App()
+        app = QuartTrio("fake-events")
 
         @app.get("/status")
-        async def status(request: Request) -> Response:
-            body = {"bootId": self.started, "lastEvent": self.last_event, "services": {}}
-            return json_response(body)
+        async def status() -> dict[str, Any]:
+            return {"bootId": self.started, "lastEvent": self.last_event, "services": {}}
 
         @app.websocket("/events")
-        async def events(request: Request, socket: WebSocket) -> None:
-            self.sinces.append(request.query.get("since"))
-            self.auth.append(request.headers.get("authorization"))
-            websocket.current.set(socket)
+        async def events() -> None:
+            self.sinces.append(websocket.args.get("since"))
+            self.auth.append(websocket.headers.get("Authorization"))
             script = self.scripts.pop(0) if self.scripts else None
             if script is not None:
                 await script()
@@ -501,13 +484,16 @@ def play(*seqs: int, close: int) -> Callable[[], Awaitable[None]]:
 async def serving(fake: FakeEvents) -> AsyncIterator[tuple[Endpoint, trio.CancelScope]]:
     """Serve `fake` on loopback; cancelling the scope stops the server (its port then refuses)."""
     port = free_port()
+    config = HypercornConfig()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = config.errorlog = None
+    config.graceful_timeout = 0.1
     async with trio.open_nursery() as nursery:
         scope = trio.CancelScope()
 
         async def run(*, task_status: trio.TaskStatus[Any]) -> None:
             with scope:
-                listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
-                await fake.app.serve(listeners, task_status=task_status)
+                await serve(fake.app, config, task_status=task_status)
 
         await nursery.start(run)
         yield Endpoint(f"http://127.0.0.1:{port}"), scope

@@ -130,6 +130,7 @@ async def test_the_go_agent_decodes_everything_strictly_and_follows_events_acros
     command = agent_command(go_agent, api_port, tmp_path)
     path = config(tmp_path, api_port, marker)
     async with open_dev8(path, port=api_port, marker=marker) as first:
+        first.http.headers["Authorization"] = f"Bearer {TOKEN}"
         first_boot = (await first.status())["bootId"]
         process = await trio.lowlevel.open_process(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
@@ -145,6 +146,7 @@ async def test_the_go_agent_decodes_everything_strictly_and_follows_events_acros
     # dev8 is gone (SIGTERM, reaped); the same config on the same port is a new boot.
     try:
         async with open_dev8(path, port=api_port, marker=marker) as second:
+            second.http.headers["Authorization"] = f"Bearer {TOKEN}"
             second_boot = (await second.status())["bootId"]
             with fail_after(60, "the agent to notice the restart", second.tail):
                 await agent.wait_step("done")
@@ -175,4 +177,6 @@ async def test_the_go_agent_decodes_everything_strictly_and_follows_events_acros
     assert resumed["last"] > dropped["last"]  # what happened while away came, without a gap
     noticed = agent.step("restart_noticed")
     assert (noticed["oldBootId"], noticed["newBootId"]) == (first_boot, second_boot)
+    # It came back with the old boot's resume point: dev8 answered a resync (its /status).
+    assert noticed["resync"] is True
     assert agent.step("done")["events"] >= resumed["events"]

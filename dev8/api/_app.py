@@ -1,27 +1,39 @@
-"""``create_app``: the management API's routes over a ``Control``."""
+"""``create_app``: the management API, a Quart-Trio application over a ``Control``."""
 
 from __future__ import annotations
 
-import hmac
 import json
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from functools import wraps
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
 from ..config import ConfigError
 from ..control import Control, NotAvailable, UnknownService
-from ._answers import error_answer
+from ._access import PUBLIC_PATHS, AccessPolicy, unauthorized
 from ._chaos import CHAOS_PATHS, register_chaos
-from ._events import EventStream
-from ._http import App, Request, Response, json_response
+from ._events import EventFeed, stream_events
 from ._openapi import openapi_document
+from ._responses import (
+    BadParameter,
+    error_response,
+    json_response,
+    json_text_response,
+    whole_number,
+)
 
-if TYPE_CHECKING:
-    from ._websocket import WebSocket
+log = logging.getLogger("dev8.api")
 
 MAX_LOG_LINES = 1000
+MAX_BODY = 64 * 1024
+#: A request body must have arrived within this long.
+BODY_TIMEOUT = 10.0
 #: How long a rendered /status may be served again when no event happened meanwhile.
 STATUS_REUSE = 0.1
 
@@ -29,101 +41,164 @@ Handler = Callable[..., Awaitable[Response]]
 
 
 def unknown_service(error: UnknownService) -> Response:
-    return error_answer(
+    return error_response(
         404, "unknown_service", f"no service named {error.name!r}", known=error.known
     )
 
 
 def create_app(
-    control: Control, *, token: str | None = None, open_changes: bool = True, chaos: bool = False
-) -> App:
+    control: Control,
+    *,
+    token: str | None = None,
+    open_changes: bool = True,
+    chaos: bool = False,
+    allowed_hosts: Iterable[str] | None = None,
+    allowed_origins: Iterable[str] = (),
+) -> QuartTrio:
     """Build the app.
 
-    ``token``: when set, state-changing endpoints and the event stream need
-    ``Authorization: Bearer TOKEN``. ``open_changes``: whether changes are allowed without a token
-    (only when the API listens on loopback or a Unix socket).
+    ``token``: when set, every route but /livez, /readyz and /health (and the dashboard's static
+    page) needs ``Authorization: Bearer TOKEN``. ``open_changes``: without a token, whether
+    changes are allowed (loopback, a Unix socket, or ``api.insecure_no_auth``).
+    ``allowed_hosts``: Host names the API answers to (None: any). ``allowed_origins``: browser
+    origins allowed besides the API's own.
     """
-    app = App()
+    app = QuartTrio(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    policy = AccessPolicy.build(
+        token=token,
+        open_changes=open_changes,
+        allowed_hosts=allowed_hosts,
+        allowed_origins=allowed_origins,
+    )
 
-    def authorized(header: str | None) -> bool:
-        if token is None:
-            return open_changes
-        if not header or not header.startswith("Bearer "):
-            return False
-        return hmac.compare_digest(header[len("Bearer ") :].encode(), token.encode())
+    @app.before_request
+    async def check_access() -> Response | None:
+        refused = policy.check_host(request.headers)
+        if refused is not None:
+            return refused
+        if request.path not in PUBLIC_PATHS and not policy.bearer_ok(
+            request.headers.get("Authorization")
+        ):
+            return unauthorized()
+        return None
 
     def guarded(handler: Handler) -> Handler:
-        async def wrapper(request: Request, **params: str) -> Response:
-            if not authorized(request.headers.get("authorization")):
-                if token is None:
-                    return error_answer(
-                        403,
-                        "forbidden",
-                        "changes need a token when the API listens beyond loopback",
-                    )
-                return error_answer(401, "unauthorized", "missing or wrong bearer token")
-            if request.body.strip():
-                try:
-                    parsed = json.loads(request.body)
-                except ValueError:
-                    return error_answer(400, "bad_request", "the body is not valid JSON")
-                if not isinstance(parsed, dict):
-                    return error_answer(400, "bad_request", "the body must be a JSON object")
-            return await handler(request, **params)
+        """A state change: token, cross-site and body checks before the handler runs."""
 
-        wrapper.__name__ = handler.__name__
+        @wraps(handler)
+        async def wrapper(*args: Any, **kwargs: Any) -> Response:
+            body = await request.get_data(as_text=False)
+            refused = policy.check_change(request.headers, request.scheme, bool(body))
+            if refused is not None:
+                return refused
+            if body.strip():
+                try:
+                    parsed = json.loads(body)
+                except ValueError:
+                    return error_response(400, "bad_request", "the body is not valid JSON")
+                if not isinstance(parsed, dict):
+                    return error_response(400, "bad_request", "the body must be a JSON object")
+            return await handler(*args, **kwargs)
+
         return wrapper
 
+    _register_errors(app)
     _register_reads(app, control, chaos=chaos)
     _register_actions(app, control, guarded)
     if chaos:  # fault injection, for test rigs only (config: chaos.enabled)
         register_chaos(app, control, guarded)
-    stream = EventStream(control, app)
+
+    feed = EventFeed(control.bus)
 
     @app.websocket("/events")
-    async def events(request: Request, socket: WebSocket) -> None:
+    async def events() -> Response | None:
+        from quart import websocket  # noqa: PLC0415 - the websocket's context
+
+        refused = policy.check_host(websocket.headers)
+        if refused is not None:
+            return refused
         # Browsers cannot set headers on a websocket: the dashboard passes ?token= instead.
-        header = request.headers.get("authorization")
-        if header is None and "token" in request.query:
-            header = f"Bearer {request.query['token']}"
-        if token is not None and not authorized(header):
-            socket.reject(error_answer(401, "unauthorized", "missing or wrong bearer token"))
-            return
-        await stream.serve(request, socket)
+        header = websocket.headers.get("Authorization")
+        if header is None and "token" in websocket.args:
+            header = f"Bearer {websocket.args['token']}"
+        if not policy.bearer_ok(header):
+            return unauthorized()
+        if not policy.origin_ok(
+            websocket.headers, "https" if websocket.scheme == "wss" else "http"
+        ):
+            return error_response(
+                403, "cross_site", "the event stream is refused to pages of other origins"
+            )
+        return await stream_events(control, feed)
 
     return app
 
 
-def _register_reads(app: App, control: Control, *, chaos: bool = False) -> None:
-    """Read-only endpoints: open to probes and dashboards."""
+def _register_errors(app: QuartTrio) -> None:
+    """Every refusal and failure is a JSON error; a bug is a 500 that names no internals."""
+
+    @app.errorhandler(BadParameter)
+    async def bad_parameter(error: BadParameter) -> Response:
+        return error_response(400, "bad_request", str(error), parameter=error.name)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        code = (error.name or "error").lower().replace(" ", "_")
+        response = error_response(error.code or 500, code, error.description or code)
+        for name, value in error.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value  # Allow on a 405 (RFC 9110)
+        return response
+
+    @app.errorhandler(Exception)
+    async def internal_error(error: Exception) -> Response:
+        log.error("api_handler_failed: %s %s", request.method, request.path, exc_info=error)
+        return error_response(500, "internal_error", "the handler failed; see dev8's log")
+
+
+def _register_reads(app: QuartTrio, control: Control, *, chaos: bool = False) -> None:
+    """Read-only endpoints."""
     registry: Any = None
 
     @app.get("/")
-    async def dashboard(request: Request) -> Response:
+    async def dashboard() -> Response:
         page = resources.files("dev8.api").joinpath("dashboard.html").read_bytes()
-        return Response(200, page, "text/html; charset=utf-8")
+        return Response(page, content_type="text/html; charset=utf-8")
 
     @app.get("/openapi.json")
-    async def openapi(request: Request) -> Response:
+    async def openapi() -> Response:
         document = openapi_document()
         if chaos:
             document["paths"].update(CHAOS_PATHS)
         return json_response(document)
 
+    @app.get("/livez")
+    async def livez() -> Response:
+        alive, body = control.liveness()
+        return json_response(body, 200 if alive else 503)
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        is_ready, body = control.readyz()
+        return json_response(body, 200 if is_ready else 503)
+
     @app.get("/health")
-    async def health(request: Request) -> Response:
+    async def health() -> Response:
         healthy, body = control.health()
         return json_response(body, 200 if healthy else 503)
 
     @app.get("/ready")
-    async def ready(request: Request) -> Response:
+    async def ready() -> Response:
         is_ready, body = control.ready()
         return json_response(body, 200 if is_ready else 503)
 
-    rendered: tuple[int, float, Response] | None = None
+    rendered: tuple[int, float, str] | None = None
 
     @app.get("/status")
-    async def status(request: Request) -> Response:
+    async def status() -> Response:
         # Agents and dashboards poll this: the body is rendered again only once something
         # happened (an event) or STATUS_REUSE seconds went by (uptime, probe timings).
         nonlocal rendered
@@ -133,15 +208,15 @@ def _register_reads(app: App, control: Control, *, chaos: bool = False) -> None:
             or rendered[0] != control.bus.last_seq
             or now - rendered[1] > STATUS_REUSE
         ):
-            rendered = (control.bus.last_seq, now, json_response(control.status()))
-        return rendered[2]
+            rendered = (control.bus.last_seq, now, json.dumps(control.status()))
+        return json_text_response(rendered[2])
 
     @app.get("/connections")
-    async def connections(request: Request) -> Response:
+    async def connections() -> Response:
         return json_response(control.connections())
 
     @app.get("/metrics")
-    async def metrics(request: Request) -> Response:
+    async def metrics() -> Response:
         # prometheus_client is imported on the first scrape, not at start-up.
         from prometheus_client import CONTENT_TYPE_LATEST  # noqa: PLC0415
 
@@ -150,32 +225,25 @@ def _register_reads(app: App, control: Control, *, chaos: bool = False) -> None:
         nonlocal registry
         if registry is None:
             registry = make_registry(control)
-        return Response(200, render(registry), CONTENT_TYPE_LATEST)
+        return Response(render(registry), content_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/services/{name}/logs")
-    async def logs(request: Request, name: str) -> Response:
-        text = request.query.get("lines", "100")
-        since = request.query.get("since", "0")
-        if not text.isdigit() or not 1 <= int(text) <= MAX_LOG_LINES:
-            return error_answer(
-                400,
-                "bad_request",
-                f"lines must be a whole number from 1 to {MAX_LOG_LINES}",
-                parameter="lines",
-            )
-        if not since.isdigit():
-            return error_answer(
-                400, "bad_request", "since must be a whole number", parameter="since"
-            )
+    @app.get("/services/<name>/logs")
+    async def logs(name: str) -> Response:
+        lines = whole_number(request.args, "lines", default=100, low=1, high=MAX_LOG_LINES)
+        since = whole_number(request.args, "since", default=0)
+        assert lines is not None
+        assert since is not None
         try:
-            lines = control.logs(name, int(text), since=int(since))
+            found = control.logs(name, lines, since=since)
         except UnknownService as error:
             return unknown_service(error)
-        return json_response({"service": name, "lines": lines})
+        return json_response({"service": name, "lines": found})
 
 
-def _register_actions(app: App, control: Control, guarded: Callable[[Handler], Handler]) -> None:
-    """State-changing endpoints: each behind ``guarded`` (token and body checks)."""
+def _register_actions(
+    app: QuartTrio, control: Control, guarded: Callable[[Handler], Handler]
+) -> None:
+    """State-changing endpoints: each behind ``guarded`` (token, cross-site and body checks)."""
 
     async def act(name: str, action: Callable[[str], Awaitable[Any]]) -> Response:
         try:
@@ -186,40 +254,40 @@ def _register_actions(app: App, control: Control, guarded: Callable[[Handler], H
             {"service": name, "state": node.state.value, "restarts": node.restarts}
         )
 
-    @app.post("/restart/{service}")
+    @app.post("/restart/<service>")
     @guarded
-    async def restart(request: Request, service: str) -> Response:
+    async def restart(service: str) -> Response:
         return await act(service, control.restart_service)
 
-    @app.post("/services/{name}/restart")
+    @app.post("/services/<name>/restart")
     @guarded
-    async def restart_service(request: Request, name: str) -> Response:
+    async def restart_service(name: str) -> Response:
         return await act(name, control.restart_service)
 
-    @app.post("/services/{name}/stop")
+    @app.post("/services/<name>/stop")
     @guarded
-    async def stop_service(request: Request, name: str) -> Response:
+    async def stop_service(name: str) -> Response:
         return await act(name, control.stop_service)
 
-    @app.post("/services/{name}/start")
+    @app.post("/services/<name>/start")
     @guarded
-    async def start_service(request: Request, name: str) -> Response:
+    async def start_service(name: str) -> Response:
         return await act(name, control.start_service)
 
     @app.post("/reload")
     @guarded
-    async def reload(request: Request) -> Response:
+    async def reload() -> Response:
         try:
             return json_response(await control.reload())
         except ConfigError as error:
-            return error_answer(422, "invalid_config", str(error))
+            return error_response(422, "invalid_config", str(error))
         except NotAvailable as error:
-            return error_answer(409, "not_available", str(error))
+            return error_response(409, "not_available", str(error))
 
     @app.post("/secrets/refresh")
     @guarded
-    async def refresh_secrets(request: Request) -> Response:
+    async def refresh_secrets() -> Response:
         try:
             return json_response(await control.refresh_secrets())
         except NotAvailable as error:
-            return error_answer(409, "not_available", str(error))
+            return error_response(409, "not_available", str(error))

@@ -10,14 +10,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+from quart import Response, request
+from quart_trio import QuartTrio
 
 from actors import ChildState
 
 from .. import chaos, documents
 from ..control import Control, UnknownService
-from ._answers import error_answer
-from ._http import App, Request, Response, json_response
 from ._openapi import document_content, error_content
+from ._responses import error_response, json_response
 
 Handler = Callable[..., Awaitable[Response]]
 
@@ -28,7 +29,7 @@ _SELF_CRASH_DELAY = 0.1
 
 
 def register_chaos(
-    app: App,
+    app: QuartTrio,
     control: Control,
     guarded: Callable[[Handler], Handler],
     *,
@@ -36,9 +37,9 @@ def register_chaos(
 ) -> None:
     """Add ``POST /chaos/actors/{path}/crash`` and ``POST /chaos/services/{name}/signal``."""
 
-    @app.post("/chaos/actors/{path:path}/crash")
+    @app.post("/chaos/actors/<path:path>/crash")
     @guarded
-    async def chaos_crash_actor(request: Request, path: str) -> Response:
+    async def chaos_crash_actor(path: str) -> Response:
         node = chaos.find_actor(control, path)
         if path == api_path and node is not None:
             if node.state is not ChildState.RUNNING:
@@ -48,31 +49,31 @@ def register_chaos(
                 await trio.sleep(_SELF_CRASH_DELAY)
                 await chaos.crash_actor(control, path)
 
-            app.start_soon(crash_later)
+            app.add_background_task(crash_later)
             return json_response(
                 {"path": path, "state": node.state.value, "restarts": node.restarts}, 202
             )
         try:
             status = await chaos.crash_actor(control, path)
         except UnknownService as error:
-            return error_answer(404, "unknown_actor", f"no actor at {path!r}", known=error.known)
+            return error_response(404, "unknown_actor", f"no actor at {path!r}", known=error.known)
         except chaos.NotRunning as error:
             return _not_running(error)
         return json_response(
             {"path": path, "state": status.state.value, "restarts": status.restarts}
         )
 
-    @app.post("/chaos/services/{name}/signal")
+    @app.post("/chaos/services/<name>/signal")
     @guarded
-    async def chaos_signal_service(request: Request, name: str) -> Response:
+    async def chaos_signal_service(name: str) -> Response:
         try:
-            signum = chaos.parse_signal(request.query.get("signal", ""))
+            signum = chaos.parse_signal(request.args.get("signal", ""))
         except chaos.BadSignal as error:
-            return error_answer(400, "bad_request", str(error))
+            return error_response(400, "bad_request", str(error))
         try:
             pid = chaos.signal_service(control, name, signum)
         except UnknownService as error:
-            return error_answer(
+            return error_response(
                 404, "unknown_service", f"no service named {name!r}", known=error.known
             )
         except chaos.NotRunning as error:
@@ -82,7 +83,7 @@ def register_chaos(
 
 
 def _not_running(error: chaos.NotRunning) -> Response:
-    return error_answer(409, "not_running", str(error), state=error.state)
+    return error_response(409, "not_running", str(error), state=error.state)
 
 
 _GUARD_ERRORS = {

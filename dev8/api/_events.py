@@ -1,218 +1,170 @@
-"""The ``/events`` websocket: one broadcaster writes every event to every subscriber.
+"""The ``/events`` websocket: every subscriber reads the bus's shared history at its own pace.
 
-With a bus subscription and a task per subscriber, each event cost every subscriber an offer, a
-wake-up and a send: about 0.1 ms each, so with 1,000 subscribers every event stalled the loop
-that also supervises the services for 100 ms. Here the bus hands each event to one listener;
-its frame is built once; one task writes what every subscriber should get straight to its
-socket, without waiting, and events published meanwhile go out together in one write. A
-subscriber whose socket is full keeps its queue in its own buffer, and its own task waits for
-the socket; once more events than the bus's ``subscriber_buffer`` queued up while its socket was
-full, it is cut off (4001), told where to resume.
+A subscriber is a cursor (the last event it was sent) into the history the bus already keeps:
+replay and live events are the same thing, read in place, so a thousand subscribers that do not
+read hold no copy of anything (what one holds is at most the message being sent). Each event's
+JSON (``dev8.documents``: camelCase, every key present) is made once however many subscribers
+send it; a subscriber that is
+behind gets up to ``MAX_BATCH`` events in one message, a JSON array, so a burst costs it one
+send instead of one per event.
+
+A resume point (``since``) the history no longer holds, or one from another boot of dev8
+(``bootId``), gets a ``resync`` event (the /status document) and then live events only, so
+``seq`` never goes backwards on a connection. A subscriber that falls ``subscriber_buffer``
+events further behind than it started (replay counts) is cut off with close code 4001 and the
+JSON reason ``{"resumeFrom": N, "bootId": S}``; resuming from there replays what it missed.
 """
 
 from __future__ import annotations
 
-import collections
 import json
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import trio
+from quart import Response, websocket
 
-from actors import Envelope
+from actors import Envelope, EventBus
 
+from .. import documents
 from ..control import Control
-from ._http import App, Request, error_response
-
-if TYPE_CHECKING:
-    from ._websocket import WebSocket
+from ._responses import BadParameter, error_response, whole_number
 
 #: Websocket close code for a subscriber that fell behind (private range 4000-4999).
 CLOSE_LAGGED = 4001
-#: How long a subscriber cut off for lagging has to read the rest of its queue and the close.
+#: Most events in one message to a subscriber that is behind.
+MAX_BATCH = 64
+#: How long a subscriber cut off for lagging has to take the close.
 LAGGED_CLOSE_GRACE = 5.0
 
 
-class _FrameCache:
-    """Each event's websocket frame, built once for however many subscribers send it."""
+def resync_event(control: Control) -> dict[str, Any]:
+    """What a subscriber that cannot be replayed to gets first: the state now."""
+    return documents.resync_document(
+        seq=control.bus.last_seq,
+        boot_id=control.bus.boot_id,
+        time=time.time(),
+        status=control.status_document(),
+    )
 
-    def __init__(self, size: int = 4096) -> None:
-        self._frames: collections.OrderedDict[int, bytes] = collections.OrderedDict()
-        self._size = size
 
-    def __call__(self, envelope: Envelope) -> bytes:
-        frame = self._frames.get(envelope.seq)
-        if frame is None:
-            from ._websocket import text_frame  # noqa: PLC0415 - loaded with the first websocket
+def batch_text(envelopes: list[Envelope], encode: Callable[[Envelope], str]) -> str:
+    """One event as an object; several as an array of them."""
+    if len(envelopes) == 1:
+        return encode(envelopes[0])
+    return "[" + ",".join(encode(e) for e in envelopes) + "]"
 
-            frame = self._frames[envelope.seq] = text_frame(envelope.json)
-            if len(self._frames) > self._size:
-                self._frames.popitem(last=False)
-        return frame
+
+def _accepting(kinds: set[str], services: set[str]) -> Callable[[Envelope], bool] | None:
+    if not kinds and not services:
+        return None
+
+    def accept(envelope: Envelope) -> bool:
+        event = envelope.event
+        if kinds and event.kind not in kinds:
+            return False
+        if services:
+            name = getattr(event, "service", None) or getattr(event, "child", None)
+            return (name or event.source.rsplit("/", 1)[-1]) in services
+        return True
+
+    return accept
 
 
 class _Subscriber:
-    def __init__(
-        self,
-        socket: WebSocket,
-        accept: Callable[[Envelope], bool] | None,
-        *,
-        joined: int,
-        limit: int,
-    ) -> None:
-        self.socket = socket
+    def __init__(self, cursor: int, limit: int) -> None:
+        #: The last event sent (or skipped by the filters): where it resumes if cut off.
+        self.cursor = cursor
+        #: Cut off once it is more than this many events behind.
         self.limit = limit
-        #: Events queued since the socket last took everything.
-        self.behind = 0
-        #: None: every event (the common case, whose bytes are shared by all such subscribers).
-        self.accept = accept
-        #: Events up to this one were replayed or predate the subscriber.
-        self.joined = joined
-        #: The last event queued for this subscriber: where it resumes if cut off.
-        self.last_seq = joined
-        #: The socket is full: this subscriber's own task waits for it.
-        self.blocked = trio.Event()
-        self.ended = trio.Event()
         self.lagged = False
 
-    def deliver(self, envelopes: list[Envelope], everything: bytes, frames: _FrameCache) -> None:
-        """Queue this round's events for this subscriber and write what the socket takes."""
-        if self.ended.is_set():
-            return
-        if envelopes[0].seq > self.joined:
-            fresh = envelopes  # the common case: no copy, and the shared bytes below
-        else:
-            fresh = [e for e in envelopes if e.seq > self.joined]
-            if not fresh:
-                return
-        if self.accept is None and fresh is envelopes:
-            data = everything
-        else:
-            data = b"".join(frames(e) for e in fresh if self.accept is None or self.accept(e))
-        self.last_seq = fresh[-1].seq
-        if not data:
-            return
-        try:
-            if self.socket.write_nowait(data):
-                self.behind = 0
-                return
-        except trio.BrokenResourceError:
-            self.ended.set()
-            return
-        self.blocked.set()
-        self.behind += len(fresh)
-        if self.behind > self.limit:
-            self.lagged = True
-            self.ended.set()
 
+class EventFeed:
+    """Wakes the subscribers of one bus when something is published (one parking lot).
 
-class EventStream:
-    """The subscribers of one app and the broadcaster task that feeds them."""
+    A subscriber stuck in a send (its client stopped reading, the socket is full) cannot
+    check for itself that it fell behind: the feed marks those on each publish, and they stop
+    once the send is done (the server's write deadline ends a send that never is).
+    """
 
-    def __init__(self, control: Control, app: App) -> None:
-        self._control = control
-        self._app = app
-        self._frames = _FrameCache()
-        self._subscribers: set[_Subscriber] = set()
-        self._queue: list[Envelope] = []
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
+        #: Each event's wire JSON, made once for every subscriber.
+        self.encode = documents.EventEncoder(bus.boot_id)
         self._lot = trio.lowlevel.ParkingLot()
-        self._broadcasting_for: object | None = None
-        control.bus.add_listener(self._on_publish)
+        self.sending: set[_Subscriber] = set()
+        bus.add_listener(self._on_publish)
 
     def _on_publish(self, envelope: Envelope) -> None:
-        if self._subscribers:
-            self._queue.append(envelope)
-            if self._lot:
-                self._lot.unpark_all()
+        if self._lot:
+            self._lot.unpark_all()
+        for subscriber in list(self.sending):
+            if envelope.seq - subscriber.cursor > subscriber.limit:
+                self.cut_off(subscriber)
 
-    def _ensure_broadcaster(self) -> None:
-        # The API actor may be restarted: a broadcaster lives and dies with one run of serve.
-        if self._broadcasting_for is not self._app.serving:
-            self._broadcasting_for = self._app.serving
-            self._app.start_soon(self._broadcast)
+    def cut_off(self, subscriber: _Subscriber) -> None:
+        self.sending.discard(subscriber)
+        if not subscriber.lagged:
+            subscriber.lagged = True
+            self.bus.dropped_subscribers += 1  # counted with the bus's own (metrics)
 
-    async def _broadcast(self) -> None:
-        while True:
-            if not self._queue:
-                await self._lot.park()
-            envelopes, self._queue = self._queue, []
-            everything = b"".join(self._frames(e) for e in envelopes)
-            for subscriber in list(self._subscribers):
-                subscriber.deliver(envelopes, everything, self._frames)
-            # Let the loop run (and more events be published) before the next round.
-            await trio.lowlevel.checkpoint()
+    async def wait_after(self, seq: int) -> None:
+        while self.bus.last_seq <= seq:
+            await self._lot.park()
 
-    async def serve(self, request: Request, socket: WebSocket) -> None:
-        """One websocket subscriber: optional resume point and filters from the query string."""
-        since_text = request.query.get("since")
-        kinds = {k for k in request.query.get("kind", "").split(",") if k}
-        services = {s for s in request.query.get("service", "").split(",") if s}
-        if since_text is not None and not since_text.isdigit():
-            socket.reject(error_response(400, "bad_request", "since must be a whole number"))
+
+async def stream_events(control: Control, feed: EventFeed) -> Response | None:
+    """One websocket subscriber; a bad query is an HTTP 400 before the handshake."""
+    args = websocket.args
+    try:
+        since = whole_number(args, "since")
+    except BadParameter as error:
+        return error_response(400, "bad_request", str(error), parameter=error.name)
+    accept = _accepting(
+        {k for k in args.get("kind", "").split(",") if k},
+        {s for s in args.get("service", "").split(",") if s},
+    )
+    bus = control.bus
+    other_boot = args.get("bootId") not in (None, bus.boot_id)
+    resync = since is not None and (other_boot or bus.missed(since))
+    start = bus.last_seq if since is None or resync else since
+    # Replay counts: cut off once it fell subscriber_buffer further behind than it started.
+    subscriber = _Subscriber(start, bus.last_seq - start + bus.subscriber_buffer)
+    await websocket.accept()
+    control.websocket_clients += 1
+    try:
+        if resync:
+            await websocket.send(json.dumps(resync_event(control)))
+        await _follow(subscriber, feed, accept)
+    finally:
+        feed.sending.discard(subscriber)
+        control.websocket_clients -= 1
+    reason = json.dumps({"resumeFrom": subscriber.cursor, "bootId": bus.boot_id})
+    with trio.move_on_after(LAGGED_CLOSE_GRACE):
+        await websocket.close(CLOSE_LAGGED, reason)
+    return None
+
+
+async def _follow(
+    subscriber: _Subscriber, feed: EventFeed, accept: Callable[[Envelope], bool] | None
+) -> None:
+    """Send until the subscriber lags (the client leaving cancels us)."""
+    bus = feed.bus
+    while True:
+        await feed.wait_after(subscriber.cursor)
+        if (
+            subscriber.lagged
+            or bus.last_seq - subscriber.cursor > subscriber.limit
+            or bus.missed(subscriber.cursor)
+        ):
+            feed.cut_off(subscriber)
             return
-        since = int(since_text) if since_text is not None else None
-
-        def accept(envelope: Envelope) -> bool:
-            event = envelope.event
-            if kinds and event.kind not in kinds:
-                return False
-            if services:
-                name = getattr(event, "service", None) or getattr(event, "child", None)
-                return (name or event.source.rsplit("/", 1)[-1]) in services
-            return True
-
-        from ._websocket import text_frame  # noqa: PLC0415 - see _FrameCache
-
-        control = self._control
-        bus = control.bus
-        # Replay and join in one step (no await between): nothing is missed or seen twice.
-        # Until the handshake is done, what is written only queues.
-        with bus.subscribe(since=since, accept=accept) as replay:
-            if replay.missed:
-                resync = {"kind": "resync", "seq": bus.last_seq, "data": control.status()}
-                socket.write_nowait(text_frame(json.dumps(resync)))
-            replayed = []
-            while replay.pending():
-                replayed.append(self._frames(replay.receive_nowait()))
-            socket.write_nowait(b"".join(replayed))
-        filtered = accept if kinds or services else None
-        subscriber = _Subscriber(socket, filtered, joined=bus.last_seq, limit=bus.subscriber_buffer)
-        self._subscribers.add(subscriber)
-        control.websocket_clients += 1
-        try:
-            self._ensure_broadcaster()
-            await socket.accept()  # then writes what queued up
-            await self._follow(subscriber)
-        finally:
-            self._subscribers.discard(subscriber)
-            control.websocket_clients -= 1
-        if subscriber.lagged and socket.close_code is None:
-            bus.dropped_subscribers += 1  # counted with the bus's own (metrics)
-            with trio.move_on_after(LAGGED_CLOSE_GRACE):
-                await socket.close(
-                    CLOSE_LAGGED, f"fell behind; resume with since={subscriber.last_seq}"
-                )
-
-    async def _follow(self, subscriber: _Subscriber) -> None:
-        """Until the client leaves or lags: answer its frames, and wait out a full socket."""
-        async with trio.open_nursery() as nursery:
-
-            async def until_ended() -> None:
-                await subscriber.ended.wait()
-                nursery.cancel_scope.cancel()
-
-            async def until_closed() -> None:
-                await subscriber.socket.wait_closed()  # a close, pings, or a hang-up
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(until_ended)
-            nursery.start_soon(until_closed)
-            while True:
-                await subscriber.blocked.wait()
-                try:
-                    await subscriber.socket.flush()
-                except trio.BrokenResourceError:
-                    break
-                subscriber.blocked = trio.Event()
-                subscriber.behind = 0
-            nursery.cancel_scope.cancel()
+        envelopes = bus.events_after(subscriber.cursor, MAX_BATCH)
+        batch = envelopes if accept is None else [e for e in envelopes if accept(e)]
+        if batch:
+            feed.sending.add(subscriber)
+            await websocket.send(batch_text(batch, feed.encode))
+            feed.sending.discard(subscriber)
+        subscriber.cursor = envelopes[-1].seq

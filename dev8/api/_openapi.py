@@ -158,6 +158,19 @@ def _paths() -> dict[str, Any]:
             "every service is running and ready",
             "some service is not running or not ready",
         ),
+        "/livez": _probe(
+            "Liveness: dev8 and its tree are alive (a service's state never matters); no token "
+            "needed",
+            documents.LivenessDocument,
+            "alive",
+            "wedged: restart the container",
+        ),
+        "/readyz": _probe(
+            "Readiness: the critical services (all when none is marked) are ready; no token needed",
+            documents.ReadinessDocument,
+            "ready to take users",
+            "`notReady` names what is not ready",
+        ),
         "/ready": _probe(
             "Readiness of every service",
             documents.ReadyDocument,
