@@ -133,10 +133,16 @@ def test_every_time_is_a_date_time_and_every_json_answer_has_a_typed_schema(
 
 
 def test_every_change_documents_the_guard_answers(document: dict[str, Any]) -> None:
+    probes = {"/health", "/livez", "/readyz", "/"}
     for path, item in document["paths"].items():
         for method, operation in item.items():
+            responses = set(operation["responses"])
+            assert "403" in responses, path  # the Host allow-list applies to every route
             if method == "post":
-                assert {"400", "401", "403", "413"} <= set(operation["responses"]), path
+                assert {"400", "401", "403", "413", "415"} <= responses, path
+            if path not in probes:  # once a token is set, every other route needs it
+                assert operation["security"] == [{"bearer": []}], path
+                assert "401" in responses, path
     assert {"404"} <= set(document["paths"]["/services/{name}/restart"]["post"]["responses"])
     assert {"409"} <= set(document["paths"]["/reload"]["post"]["responses"])
     events = document["paths"]["/events"]["get"]

@@ -88,10 +88,14 @@ def _not_running(error: chaos.NotRunning) -> Response:
 
 _GUARD_ERRORS = {
     "401": error_content("missing or wrong bearer token"),
-    "403": error_content("changes need a token when the API listens beyond loopback"),
+    "403": error_content(
+        "a cross-origin browser request, a Host this API does not answer to, or changes need "
+        "a token when the API listens beyond loopback"
+    ),
     "400": error_content("an unknown signal name, or a body that is not a JSON object"),
     "409": error_content("the target is not running (backoff, stopped, fatal)"),
     "413": error_content("the body is larger than the API accepts"),
+    "415": error_content("a body that is not application/json"),
 }
 
 #: OpenAPI ``paths`` of the chaos routes, merged into the document when chaos is enabled.

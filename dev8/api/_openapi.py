@@ -57,18 +57,23 @@ def document_content(cls: type[Any], description: str) -> dict[str, Any]:
 
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _SERVICE = {**_NAME, "name": "service"}
+#: Any route may answer this (a DNS-rebinding defence on loopback).
+_HOST_ERRORS = {
+    "403": error_content("the Host header names a host this API does not answer to"),
+}
 #: Answers any state-changing route may give before its handler runs.
 _AUTH_ERRORS = {
     "400": error_content("the body is not a JSON object, or a parameter is malformed"),
     "401": error_content("missing or wrong bearer token"),
     "403": error_content(
-        "a cross-origin browser request, or changes need a token when the API listens beyond "
-        "loopback"
+        "a cross-origin browser request, a Host this API does not answer to, or changes need "
+        "a token when the API listens beyond loopback"
     ),
     "413": error_content("the body is larger than the API accepts"),
+    "415": error_content("a body that is not application/json"),
 }
 #: Once a token is configured every read needs it too, but the health probes.
-_READ_ERRORS = {"401": error_content("missing or wrong bearer token")}
+_READ_ERRORS = {"401": error_content("missing or wrong bearer token"), **_HOST_ERRORS}
 _SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
@@ -93,19 +98,25 @@ def _read(summary: str, cls: type[Any], description: str, **more: Any) -> dict[s
     return {
         "get": {
             "summary": summary,
+            "security": _SECURED,
             "responses": {"200": document_content(cls, description), **_READ_ERRORS},
             **more,
         }
     }
 
 
-def _probe(summary: str, cls: type[Any], ok: str, failing: str) -> dict[str, Any]:
+def _probe(
+    summary: str, cls: type[Any], ok: str, failing: str, *, secured: bool = False
+) -> dict[str, Any]:
+    security = {"security": _SECURED} if secured else {}
     return {
         "get": {
             "summary": summary,
+            **security,
             "responses": {
                 "200": document_content(cls, ok),
                 "503": document_content(cls, failing),
+                **(_READ_ERRORS if secured else _HOST_ERRORS),
             },
         }
     }
@@ -133,19 +144,20 @@ def _paths() -> dict[str, Any]:
     return {
         "/": {
             "get": {
-                "summary": "The live dashboard",
+                "summary": "The live dashboard (a static page: it asks for the token)",
                 "responses": {
                     "200": {
                         "description": "an HTML page",
                         "content": {"text/html": {"schema": {"type": "string"}}},
                     },
-                    **_READ_ERRORS,
+                    **_HOST_ERRORS,
                 },
             }
         },
         "/openapi.json": {
             "get": {
                 "summary": "This document",
+                "security": _SECURED,
                 "responses": {
                     "200": json_content(_OPENAPI_DOCUMENT, "the OpenAPI document"),
                     **_READ_ERRORS,
@@ -176,6 +188,7 @@ def _paths() -> dict[str, Any]:
             documents.ReadyDocument,
             "all services ready",
             "some service is not ready",
+            secured=True,
         ),
         "/status": _read(
             "The whole supervision tree", documents.StatusDocument, "the status snapshot"
@@ -188,6 +201,7 @@ def _paths() -> dict[str, Any]:
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",
+                "security": _SECURED,
                 "responses": {
                     "200": {
                         "description": "the Prometheus text format",
@@ -200,6 +214,7 @@ def _paths() -> dict[str, Any]:
         "/services/{name}/logs": {
             "get": {
                 "summary": "Recent captured output of a service",
+                "security": _SECURED,
                 "parameters": [
                     _NAME,
                     {
@@ -278,7 +293,7 @@ def _paths() -> dict[str, Any]:
                     "101": {"description": "switching to the websocket protocol"},
                     "400": error_content("since is malformed, or not a websocket handshake"),
                     "401": error_content("missing or wrong bearer token"),
-                    "403": error_content("the Origin is not allowed"),
+                    "403": error_content("the Origin or the Host is not allowed"),
                 },
             }
         },
