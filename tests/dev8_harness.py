@@ -159,6 +159,21 @@ def write_config(
     return path
 
 
+def api_token(config: Path) -> str | None:
+    """The token of the config's api.token_file, if it has one."""
+    try:
+        data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError):
+        return None
+    token_file = (data.get("api") or {}).get("token_file")
+    if not token_file:
+        return None
+    try:
+        return Path(token_file).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
 async def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
     """`dev8 ARGS...` to completion, output captured."""
     with fail_after(timeout, f"dev8 {' '.join(args)}"):
@@ -415,6 +430,9 @@ async def open_dev8(
         cwd=REPO_ROOT,
     )
     run = Dev8Run(process, port=port, in_namespace=bool(prefix))
+    token = api_token(config)
+    if token is not None:  # every route but the probes needs it
+        run.http.headers["Authorization"] = f"Bearer {token}"
     try:
         async with run.http, trio.open_nursery() as nursery:
             nursery.start_soon(run._pump_stdout)

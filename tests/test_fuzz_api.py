@@ -102,7 +102,7 @@ async def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
         # 503 is how these two say "not healthy / not ready" (the service may be stopped by
         # then): documented, and checked by status_code_conformance.
         + "[[operations]]\n"
-        + 'include-path-regex = "^/(health|ready)$"\n'
+        + 'include-path-regex = "^/(health|ready|livez|readyz)$"\n'
         + "checks.not_a_server_error.enabled = false\n"
     )
     async with running(tmp_path, api_port, marker, chaos=chaos) as (dev8, _pid):
@@ -144,7 +144,7 @@ async def body_flood(port: int, path: str, total: int, *, chunked: bool) -> byte
     async with stream:
         length = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"
         head = (
-            f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
             f"Content-Type: application/json\r\n{length}\r\n\r\n"
         )
         await stream.send_all(head.encode())
@@ -218,9 +218,9 @@ async def test_long_urls_and_heads_are_refused_with_bounded_memory(
         for size in (64 << 10, 1 << 20, 8 << 20):
             pad = b"a" * size
             heads = {
-                "query": b"GET /status?pad=" + pad + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-                "path": b"GET /" + b"a/" * (size // 2) + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-                "header": b"GET /status HTTP/1.1\r\nHost: x\r\nX-Pad: " + pad + b"\r\n\r\n",
+                "query": b"GET /status?pad=" + pad + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                "path": b"GET /" + b"a/" * (size // 2) + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                "header": b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + pad + b"\r\n\r\n",
                 "unended": b"GET /status HTTP/1.1\r\nX-Pad: " + pad,  # no end of line, ever
             }
             for what, head in heads.items():
@@ -248,7 +248,7 @@ async def open_idle_connections(port: int, count: int) -> list[socket.socket]:
             await trio.lowlevel.wait_writable(sock)
         if index % 3 == 0:
             with contextlib.suppress(OSError):
-                sock.send(b"GET /status HTTP/1.1\r\nHost: x\r\n")  # and never finishes
+                sock.send(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never finishes
     return opened
 
 

@@ -176,7 +176,8 @@ async def test_state_changes_need_the_token(
     config, _home, _profile = secured_config(tmp_path, api_port, marker, workspace_user)
     async with open_dev8(config, port=api_port, marker=marker) as dev8:
         await dev8.wait_log(lambda e: e.get("service") == "whoami", what="whoami")
-        document = (await dev8.http.get("/openapi.json")).json()
+        right = {"Authorization": f"Bearer {TOKEN}"}
+        document = (await dev8.http.get("/openapi.json", headers=right)).json()
         changes = [
             path.replace("{name}", "whoami").replace("{service}", "whoami")
             .replace("{path}", "dev8/services/whoami")
@@ -195,28 +196,32 @@ async def test_state_changes_need_the_token(
             {"Authorization": TOKEN},
             {"X-Token": TOKEN},
         ]
-        before = await dev8.status()
+        before = (await dev8.http.get("/status", headers=right)).json()
+        anonymous = httpx.AsyncClient(base_url=dev8.http.base_url)  # without the harness' token
         for path in changes:
             for headers in wrong:
-                response = await dev8.http.post(
+                response = await anonymous.post(
                     path, headers=headers, params={"signal": "KILL", "token": TOKEN}
                 )
                 assert response.status_code == 401, (path, headers, response.text)
                 assert response.json()["error"]["code"] == "unauthorized"
-        after = await dev8.status()
-        assert after["last_event"] == before["last_event"]  # nothing happened at all
+        after = (await dev8.http.get("/status", headers=right)).json()
+        assert after["lastEvent"] == before["lastEvent"]  # nothing happened at all
         assert not dev8.messages("config_reloaded")
         assert not dev8.messages("chaos_fault_injected")
-        # The event stream too, while reads stay open to probes.
+        # The event stream and every read too; only the probes answer without the token.
         await assert_events_refused(dev8, {})
         await assert_events_refused(dev8, {"Authorization": "Bearer wrong"})
-        for read in ("/health", "/ready", "/status", "/metrics", "/openapi.json", "/connections"):
-            assert (await dev8.http.get(read)).status_code in (200, 503), read
+        for probe in ("/health", "/livez", "/readyz"):
+            assert (await anonymous.get(probe)).status_code in (200, 503), probe
+        for read in ("/ready", "/status", "/metrics", "/openapi.json", "/connections"):
+            assert (await anonymous.get(read)).status_code == 401, read
+            assert (await dev8.http.get(read, headers=right)).status_code in (200, 503), read
         # With the token, a change goes through.
-        right = {"Authorization": f"Bearer {TOKEN}"}
         restarted = await dev8.http.post("/services/whoami/restart", headers=right)
         assert restarted.status_code == 200
         assert restarted.json()["restarts"] == 1
+        await anonymous.aclose()
 
 
 async def assert_events_refused(dev8: Dev8Run, headers: dict[str, str]) -> None:
@@ -226,8 +231,10 @@ async def assert_events_refused(dev8: Dev8Run, headers: dict[str, str]) -> None:
         "Sec-WebSocket-Version": "13",
         "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
     }
+    # On a connection of its own: the refusal closes it.
     with trio.fail_after(10):
-        response = await dev8.http.get("/events", headers={**upgrade, **headers})
+        async with httpx.AsyncClient(base_url=dev8.http.base_url) as client:
+            response = await client.get("/events", headers={**upgrade, **headers})
     assert response.status_code in (401, 403), response.status_code
 
 
