@@ -277,7 +277,7 @@ async def wait_healthy(run: Dev8Run, *, timeout: float = 60.0) -> Json:
 
 async def all_events(run: Dev8Run, *, timeout: float = 10.0) -> list[str]:
     """Every event dev8 has published so far, as the raw websocket messages (replay from 0)."""
-    last = (await run.status())["last_event"]
+    last = (await run.status())["lastEvent"]
     messages: list[str] = []
     with fail_after(timeout, "the event replay", run.tail):
         async with open_websocket_url(f"ws://127.0.0.1:{run.port}/events?since=0") as ws:
