@@ -7,6 +7,7 @@ outside by their command line.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -377,10 +378,14 @@ class EventStream:
         self.ws = ws
         self.seen: list[Json] = []
         self._tail = tail
+        self._batch: collections.deque[Json] = collections.deque()
 
     async def next(self) -> Json:
-        message = await self.ws.get_message()
-        event: Json = json.loads(message)
+        """The next event; a message holds one, or a JSON array of them (a batch)."""
+        while not self._batch:
+            parsed = json.loads(await self.ws.get_message())
+            self._batch.extend(parsed if isinstance(parsed, list) else [parsed])
+        event: Json = self._batch.popleft()
         self.seen.append(event)
         return event
 
