@@ -22,7 +22,7 @@ from dev8_harness import (
     NO_BACKOFF,
     fail_after,
     open_dev8,
-    python_service,
+    shell_service,
     write_config,
 )
 
@@ -30,7 +30,7 @@ from dev8 import documents
 
 GO_SOURCES = Path(__file__).parent / "go"
 GOPATH_SYSTEM = "/usr/share/gocode"
-SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(1000)\n"
+SLEEPER = "echo up; exec sleep 1000"
 TOKEN = "go-agent-token-0123456789abcdef"
 
 
@@ -64,7 +64,7 @@ def go_agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def config(tmp_path: Path, port: int, marker: str) -> Path:
     path = write_config(
         tmp_path / "dev8.yaml",
-        {"web": python_service(SLEEPER, marker, backoff=dict(NO_BACKOFF))},
+        {"web": shell_service(SLEEPER, marker, backoff=dict(NO_BACKOFF))},
         port=port,
     )
     data = yaml.safe_load(path.read_text())
@@ -119,6 +119,8 @@ def agent_command(binary: Path, port: int, tmp_path: Path, *extra: str) -> list[
         "web",
         "-restart-timeout",
         "60s",
+        "-lag",
+        "90s",
         *extra,
     ]
 
@@ -175,6 +177,11 @@ async def test_the_go_agent_decodes_everything_strictly_and_follows_events_acros
     assert {"child_stopping", "child_exited", "child_started", "restart_scheduled"} <= set(kinds)
     dropped, resumed = agent.step("dropped"), agent.step("resumed")
     assert resumed["last"] > dropped["last"]  # what happened while away came, without a gap
+    # Not reading while the service restarts over and over: dev8 cut it off (4001) with the
+    # resume point in the close reason (checked against what it had read), and it caught up.
+    print(agent.step("flooded"), agent.step("cut_off"))
+    assert agent.step("caught_up")["cutOff"] is True
+    assert agent.step("cut_off")["resumeFrom"] == agent.step("cut_off")["last"]
     noticed = agent.step("restart_noticed")
     assert (noticed["oldBootId"], noticed["newBootId"]) == (first_boot, second_boot)
     # It came back with the old boot's resume point: dev8 answered a resync (its /status).

@@ -643,6 +643,8 @@ type follower struct {
 	last   int64
 	seen   []int64
 	byKind map[string]int
+	// smallBuffer: a tiny kernel receive buffer, so that not reading backs up to dev8 soon.
+	smallBuffer bool
 }
 
 func (f *follower) connect(deadline time.Time) (*http.Response, error) {
@@ -662,6 +664,11 @@ func (f *follower) connect(deadline time.Time) (*http.Response, error) {
 		HandshakeTimeout: 5 * time.Second,
 		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err == nil && f.smallBuffer {
+				if tcp, ok := conn.(*net.TCPConn); ok {
+					tcp.SetReadBuffer(4096)
+				}
+			}
 			f.raw = conn
 			return conn, err
 		},
@@ -796,10 +803,27 @@ func (a *agent) resumeAfterDrop(f *follower) {
 	a.report("resumed", map[string]interface{}{"last": f.last, "events": len(f.seen)})
 }
 
-// lag: stop reading until dev8 cuts the subscriber off (4001) or the test says it is enough.
+// lag: on a connection with a tiny receive buffer, stop reading while restarting the service
+// over and over (for at most hold), then read: dev8 cuts the subscriber off (4001) once it is
+// far enough behind, telling it where to resume.
 func (a *agent) lag(f *follower, hold time.Duration) {
+	f.conn.Close()
+	f.smallBuffer = true
+	if _, err := f.connect(time.Now().Add(10 * time.Second)); err != nil {
+		fail("reconnect to lag: %v", err)
+	}
+	f.smallBuffer = false
 	a.report("lagging", map[string]interface{}{"last": f.last})
-	time.Sleep(hold)
+	dropped := a.droppedSubscribers()
+	restarts := 0
+	for deadline := time.Now().Add(hold); time.Now().Before(deadline); restarts++ {
+		status, body := a.request(http.MethodPost, "/services/"+a.service+"/restart", true)
+		a.expect("POST restart", status, []int{200}, body)
+		if a.droppedSubscribers() > dropped {
+			break // dev8 has cut us off: what it sent before the close is still to be read
+		}
+	}
+	a.report("flooded", map[string]interface{}{"restarts": restarts})
 	cutOff := false
 	for {
 		events, err := f.next(10 * time.Second)
@@ -832,6 +856,29 @@ func (a *agent) lag(f *follower, hold time.Duration) {
 		fail("after lag, no child_started: %v", err)
 	}
 	a.report("caught_up", map[string]interface{}{"last": f.last, "events": len(f.seen), "cutOff": cutOff})
+}
+
+// droppedSubscribers: dev8's count of subscribers cut off for lagging (from /metrics).
+func (a *agent) droppedSubscribers() float64 {
+	req, _ := http.NewRequest(http.MethodGet, a.base+"/metrics", nil)
+	if a.token != "" {
+		req.Header.Set("Authorization", "Bearer "+a.token)
+	}
+	resp, err := a.client.Do(req)
+	if err != nil {
+		fail("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, "dev8_event_subscribers_dropped_total ") {
+			var value float64
+			fmt.Sscanf(strings.Fields(line)[1], "%g", &value)
+			return value
+		}
+	}
+	fail("/metrics has no dev8_event_subscribers_dropped_total")
+	return 0
 }
 
 // acrossRestart: dev8 is restarted under the agent; it notices by bootId, and re-reads /status.
