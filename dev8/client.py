@@ -408,7 +408,10 @@ async def follow_events(
     """
     transport = httpx.AsyncHTTPTransport(uds=target.endpoint.uds) if target.endpoint.uds else None
     async with httpx.AsyncClient(
-        base_url=target.endpoint.base_url, transport=transport, timeout=connect_timeout
+        base_url=target.endpoint.base_url,
+        transport=transport,
+        timeout=connect_timeout,
+        headers=target.headers(),  # /status needs the token too
     ) as http:
 
         async def read_status() -> dict[str, Any]:
