@@ -39,6 +39,7 @@ class Api:
     services: Supervisor
     crash: dict[str, trio.Event]
     control: Control
+    app: Any = None
 
 
 async def worker(
@@ -51,9 +52,15 @@ async def worker(
 
 
 async def start_api(
-    nursery: trio.Nursery, *, token: str | None = None, open_changes: bool = True
+    nursery: trio.Nursery,
+    *,
+    token: str | None = None,
+    open_changes: bool = True,
+    history: int = 1000,
+    subscriber_buffer: int = 256,
+    **options: Any,
 ) -> Api:
-    bus = EventBus()
+    bus = EventBus(history=history, subscriber_buffer=subscriber_buffer)
     crash: dict[str, trio.Event] = {}
 
     async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
@@ -70,11 +77,13 @@ async def start_api(
     root = Supervisor("dev8", [services.child_spec()], bus=bus)
     await nursery.start(root.run)
     control = Control(bus=bus, root=root, services=services, environment_id="e1", user_id="u1")
-    app = create_app(control, token=token, open_changes=open_changes)
+    app = create_app(control, token=token, open_changes=open_changes, **options)
     port = free_port()
     ctx = ChildContext(name="api", path="dev8/api", attempt=0, publish=bus.publish)
     await nursery.start(serve_api, ctx, app, f"127.0.0.1:{port}")
-    return Api(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", bus, services, crash, control)
+    return Api(
+        f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", bus, services, crash, control, app
+    )
 
 
 def events_in(message: str | bytes) -> list[dict[str, Any]]:

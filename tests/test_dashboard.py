@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -234,3 +235,76 @@ async def test_the_dashboard_asks_for_the_token_and_sends_it(
             await page.click('button.restart[data-service="web"]')
             await dev8.wait_service("web", lambda n: n["restarts"] == 1, what="restarted")
             await page.wait(MESSAGE, lambda text: text == "web: running (restarts: 1)", "success")
+
+
+ATTACK_PAGE = """<!doctype html><html><body><script>
+(async () => {
+  const api = "http://127.0.0.1:%(port)d";
+  const results = {};
+  // A simple request (no preflight): a form-like POST a page of any origin may send.
+  for (const [name, options] of Object.entries({
+    text: { method: "POST", mode: "no-cors", body: "{}",
+            headers: { "Content-Type": "text/plain" } },
+    empty: { method: "POST", mode: "no-cors" },
+    json: { method: "POST", body: "{}", headers: { "Content-Type": "application/json" } },
+  })) {
+    try { await fetch(api + "/services/web/restart", options); results[name] = "sent"; }
+    catch (error) { results[name] = "error"; }
+  }
+  // The event stream: opened or refused?
+  results.ws = await new Promise((resolve) => {
+    const ws = new WebSocket("ws://127.0.0.1:%(port)d/events");
+    ws.onmessage = () => resolve("message");
+    ws.onopen = () => setTimeout(() => resolve("open"), 300);
+    ws.onerror = () => resolve("refused");
+  });
+  document.body.dataset.done = JSON.stringify(results);
+})();
+</script></body></html>
+"""
+
+
+async def serve_page(html: str, *, task_status: trio.TaskStatus[int]) -> None:
+    """A second origin: one static page on another loopback port (http.server in a thread)."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = html.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    try:
+        task_status.started(server.server_address[1])
+        await trio.to_thread.run_sync(server.serve_forever, abandon_on_cancel=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_page_of_another_origin_cannot_drive_the_api(
+    tmp_path: Path, api_port: int, marker: str, nursery: trio.Nursery
+) -> None:
+    """No token (loopback): a page on another origin may neither restart a service nor read
+    the event stream; the dashboard on the API's own origin still can."""
+    config = configure(tmp_path / "dev8.yaml", marker, api_port)
+    async with open_dev8(config, port=api_port, marker=marker) as dev8:
+        await running_pids(dev8)
+        page_port = await nursery.start(serve_page, ATTACK_PAGE % {"port": api_port})
+        # "localhost" and "127.0.0.1" are different origins, on another port too.
+        async with open_page(f"http://localhost:{page_port}/", tmp_path / "profile") as page:
+            done = "return document.body.dataset.done || '';"
+            results = json.loads(await page.wait(done, bool, "the attack page to finish"))
+        assert results["ws"] == "refused", results
+        assert (await dev8.service("web"))["restarts"] == 0, results
+        assert not dev8.messages("child_stopping")
+        refused = [line for line in dev8.lines if "cross_site" in line]
+        assert refused == [], "refusals are answers, not log lines"
+        nursery.cancel_scope.cancel()

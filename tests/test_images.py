@@ -281,10 +281,14 @@ def test_health_and_ready_answer_and_the_healthcheck_agrees(workspace: Workspace
     health = json.loads(body)
     assert health["healthy"] is True
     assert health["services"] == {"ssh": "running", "code-server": "running"}
-    code, body = workspace.http("GET", 9000, "/ready")  # the Kubernetes readiness probe
+    code, body = workspace.http("GET", 9000, "/readyz")  # the Kubernetes readiness probe
     assert code == 200, body
-    assert json.loads(body)["services"] == {"ssh": True, "code-server": True}
-    status = json.loads(workspace.http("GET", 9000, "/status")[1])
+    assert json.loads(body) == {"status": "ready", "notReady": []}
+    code, body = workspace.http("GET", 9000, "/livez")  # liveness, and the HEALTHCHECK's
+    assert code == 200, body
+    auth = f"Authorization: Bearer {workspace.token}"
+    assert workspace.http("GET", 9000, "/status")[0] == 401  # reads need the token too
+    status = json.loads(workspace.http("GET", 9000, "/status", auth)[1])
     assert (status["environment_id"], status["user_id"]) == ("env-test", "user-test")
     assert status["pid"] == 1
     # The image's HEALTHCHECK, run by podman inside the container.

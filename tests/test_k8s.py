@@ -63,11 +63,16 @@ def test_probes_hit_dev8s_api_port() -> None:
         probe: (container[probe]["httpGet"]["path"], container[probe]["httpGet"]["port"])
         for probe in ("startupProbe", "livenessProbe", "readinessProbe")
     }
+    # Liveness never follows a service's state (one stopped on purpose would restart the pod).
     assert paths == {
-        "startupProbe": ("/health", "api"),
-        "livenessProbe": ("/health", "api"),
-        "readinessProbe": ("/ready", "api"),
+        "startupProbe": ("/livez", "api"),
+        "livenessProbe": ("/livez", "api"),
+        "readinessProbe": ("/readyz", "api"),
     }
+    healthcheck = (CONTAINERS / "base" / "Dockerfile").read_text()
+    assert '"http://127.0.0.1:9000/livez"' in healthcheck
+    # The token comes from the mounted secret file the manifest provides.
+    assert config.api.token_file == "/run/secrets/dev8/api-token"
     exposed = re.search(r"^EXPOSE (.+)$", (CONTAINERS / "base" / "Dockerfile").read_text(), re.M)
     assert exposed is not None
     assert sorted(int(p) for p in exposed.group(1).split()) == sorted(ports.values())
