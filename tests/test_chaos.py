@@ -250,7 +250,14 @@ class Follower:
         for canary in self.canaries:
             if canary in text:
                 self.report(f"a secret value appeared in the event stream: {text[:120]}...")
-        event = json.loads(text)
+        parsed = json.loads(text)
+        # One event, or a JSON array of them (a subscriber that is behind).
+        for event in parsed if isinstance(parsed, list) else [parsed]:
+            self._take_event(event)
+        self._moved.set()
+        self._moved = trio.Event()
+
+    def _take_event(self, event: Json) -> None:
         if event["kind"] == "resync":
             self.report(f"events were lost: resync at {event['seq']} after {self.last_seq}")
             self.last_seq = event["seq"]
@@ -261,8 +268,6 @@ class Follower:
         self.seen += 1
         if event["kind"] in ("child_exited", "restart_scheduled", "child_gave_up"):
             self.events.append(event)
-        self._moved.set()
-        self._moved = trio.Event()
 
     async def wait_seq(self, seq: int, timeout: float) -> bool:
         with trio.move_on_after(timeout):
