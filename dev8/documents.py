@@ -185,6 +185,7 @@ class NodeInfo:
     exit_code: int | None = None
     strategy: str | None = None
     service: str | None = None
+    binds: list[str] | None = attrs.field(default=None, metadata=_doc("where the API listens"))
 
 
 @attrs.frozen(kw_only=True)
@@ -387,6 +388,7 @@ def node_info(info: Mapping[str, Any]) -> NodeInfo:
         exit_code=info.get("exit_code"),
         strategy=info.get("strategy"),
         service=info.get("service"),
+        binds=None if info.get("binds") is None else [str(b) for b in info["binds"]],
     )
 
 

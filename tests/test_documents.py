@@ -235,6 +235,7 @@ async def test_events_and_resync_match_their_schemas(api: Api, document: dict[st
         "exitCode": None,
         "strategy": None,
         "service": None,
+        "binds": None,
     }
     resync = documents.resync_document(
         seq=api.bus.last_seq,

@@ -63,11 +63,12 @@ type Exit struct {
 }
 
 type NodeInfo struct {
-	Pid      *int    `json:"pid"`
-	User     *string `json:"user"`
-	ExitCode *int    `json:"exitCode"`
-	Strategy *string `json:"strategy"`
-	Service  *string `json:"service"`
+	Pid      *int     `json:"pid"`
+	User     *string  `json:"user"`
+	ExitCode *int     `json:"exitCode"`
+	Strategy *string  `json:"strategy"`
+	Service  *string  `json:"service"`
+	Binds    []string `json:"binds"`
 }
 
 type TreeNode struct {
