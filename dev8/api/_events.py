@@ -141,7 +141,8 @@ async def stream_events(control: Control, feed: EventFeed) -> Response | None:
     finally:
         feed.sending.discard(subscriber)
         control.websocket_clients -= 1
-    reason = json.dumps({"resumeFrom": subscriber.cursor, "bootId": bus.boot_id})
+    lagged = documents.LaggedCloseDocument(resume_from=subscriber.cursor, boot_id=bus.boot_id)
+    reason = documents.to_json(lagged).decode()
     with trio.move_on_after(LAGGED_CLOSE_GRACE):
         await websocket.close(CLOSE_LAGGED, reason)
     return None
