@@ -312,3 +312,52 @@ async def test_insecure_no_auth_is_a_choice_written_in_the_config() -> None:
     assert api_auth_problem(parse("api: {bind: '0.0.0.0:9000', insecure_no_auth: true}")) is None
     assert api_auth_problem(parse("api: {bind: '0.0.0.0:9000'}")) is not None
     assert api_auth_problem(parse("api: {bind: '127.0.0.1:9000'}")) is None
+
+
+async def test_replay_to_clients_that_do_not_read_holds_no_copy_and_memory_returns(
+    nursery: trio.Nursery,
+) -> None:
+    """Replay is read from the bus's own history: 200 clients resuming from 0 that never read
+    hold at most what is in flight each, and it is all given back once they leave."""
+    import gc
+    import tracemalloc
+
+    api = await start_api(nursery, history=2000)
+    for _ in range(2000):
+        api.bus.publish(Padded(source="test"))  # about 4 KB each: 8 MB of history
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        async with trio.open_nursery() as clients:
+            opened = trio.Semaphore(0)
+
+            async def resume_and_never_read() -> None:
+                async with trio_websocket.open_websocket_url(f"{api.ws_url}/events?since=0"):
+                    opened.release()
+                    await trio.sleep_forever()
+
+            for _ in range(200):
+                clients.start_soon(resume_and_never_read)
+            for _ in range(200):
+                await opened.acquire()
+            await trio.sleep(1)
+            during = tracemalloc.get_traced_memory()[0] - before
+            clients.cancel_scope.cancel()
+        await wait_until_quiet(api)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    print(f"traced memory: {during // 1024} KiB with 200 clients, {after // 1024} KiB after")
+    # A copy of the history per client would be 200 x 8 MB; in flight is a batch (64 events).
+    assert during < 200 * 64 * 4200 * 2
+    # What stays is what the first websocket loads once (the stack's caches), not per client.
+    assert after < 4 * 1024 * 1024
+    assert after < during / 3
+
+
+async def wait_until_quiet(api: Api) -> None:
+    with trio.fail_after(30):
+        while api.control.websocket_clients:  # noqa: ASYNC110 - the server's handlers ending
+            await trio.sleep(0.05)

@@ -168,12 +168,18 @@ def _register_reads(app: QuartTrio, control: Control, *, chaos: bool = False) ->
         page = resources.files("dev8.api").joinpath("dashboard.html").read_bytes()
         return Response(page, content_type="text/html; charset=utf-8")
 
+    openapi_text: str | None = None
+
     @app.get("/openapi.json")
     async def openapi() -> Response:
-        document = openapi_document()
-        if chaos:
-            document["paths"].update(CHAOS_PATHS)
-        return json_response(document)
+        # The same for the life of the app: rendered once (it is the largest answer).
+        nonlocal openapi_text
+        if openapi_text is None:
+            document = openapi_document()
+            if chaos:
+                document["paths"].update(CHAOS_PATHS)
+            openapi_text = json.dumps(document)
+        return json_text_response(openapi_text)
 
     @app.get("/livez")
     async def livez() -> Response:
