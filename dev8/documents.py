@@ -1,9 +1,10 @@
 """The wire shapes of the management API, declared once.
 
 Every JSON body and every event payload the API sends is one of these attrs classes. The same
-declaration gives three things, so they cannot drift apart: the JSON text (``to_json``: keys in
-camelCase, every key present, ``null`` when unknown), the JSON schemas of ``/openapi.json``
-(``schema_components``), and the types the client and the Go test decode into.
+declaration gives what the routes send (``to_jsonable``/``to_json``: keys in camelCase, every
+key present, ``null`` when unknown) and the JSON schemas of ``/openapi.json`` (``Schemas``),
+so the two cannot drift apart; the client, the dashboard and the Go agent (tests/go) read
+those shapes, and tests hold real answers to the schemas.
 
 Conventions: a time is an RFC 3339 UTC string (:data:`Timestamp`); a duration is a number of
 seconds (a human string such as ``uptime`` may sit beside it). Logs (stdout) are not documents:

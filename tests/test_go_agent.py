@@ -120,7 +120,7 @@ def agent_command(binary: Path, port: int, tmp_path: Path, *extra: str) -> list[
         "-restart-timeout",
         "60s",
         "-lag",
-        "90s",
+        "120s",
         *extra,
     ]
 
@@ -139,7 +139,7 @@ async def test_the_go_agent_decodes_everything_strictly_and_follows_events_acros
         )
         agent = Agent(process)
         try:
-            with fail_after(60, "the agent to follow, drop and resume", first.tail):
+            with fail_after(180, "the agent to follow, drop, lag and resume", first.tail):
                 await agent.wait_step("waiting_for_restart")
         except BaseException:
             process.kill()
