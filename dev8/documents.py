@@ -524,10 +524,10 @@ _EVENT_FIELD_TYPES: dict[str, Any] = {"info": NodeInfo, "details": ExitDetails}
 
 
 def _event_value(name: str, value: Any) -> Any:
-    if name == "info":
-        return node_info(value or {})
-    if name == "details":
-        return exit_details(value or {})
+    if name == "info" and isinstance(value, Mapping):
+        return node_info(value)
+    if name == "details" and isinstance(value, Mapping):
+        return exit_details(value)
     if isinstance(value, tuple):
         return list(value)
     return value
