@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import functools
 import json
 import types
 import typing
@@ -555,21 +556,26 @@ def event_document(envelope: Envelope, boot_id: str) -> dict[str, Any]:
 
 
 class EventEncoder:
-    """Each event's wire JSON, made once however many subscribers send it (a bounded cache)."""
+    """Each event's wire JSON, made once however many subscribers send it.
 
-    def __init__(self, boot_id: str, size: int = 4096) -> None:
+    Subscribers that keep up are sent the same recent events at about the same time: the last
+    ``size`` texts are kept for them (by seq: one encoder serves one bus). One that is further
+    behind has its events encoded again (a few microseconds each) rather than the cache holding
+    the history a second time.
+    """
+
+    def __init__(self, boot_id: str, size: int = 256) -> None:
         self.boot_id = boot_id
-        self._texts: collections.OrderedDict[int, tuple[Envelope, str]] = collections.OrderedDict()
+        self._texts: collections.OrderedDict[int, str] = collections.OrderedDict()
         self._size = size
 
     def __call__(self, envelope: Envelope) -> str:
-        cached = self._texts.get(envelope.seq)
-        if cached is not None and cached[0] is envelope:
-            return cached[1]
-        text = json.dumps(event_document(envelope, self.boot_id))
-        self._texts[envelope.seq] = (envelope, text)
-        if len(self._texts) > self._size:
-            self._texts.popitem(last=False)
+        text = self._texts.get(envelope.seq)
+        if text is None:
+            text = json.dumps(event_document(envelope, self.boot_id))
+            self._texts[envelope.seq] = text
+            if len(self._texts) > self._size:
+                self._texts.popitem(last=False)
         return text
 
 
@@ -605,13 +611,21 @@ def event_classes() -> list[type[Event]]:
 # ---------------------------------------------------------------------------------- to JSON
 
 
+@functools.cache
+def _wire_names(cls: type[Any]) -> tuple[tuple[str, str], ...] | None:
+    """(attribute, JSON key) of a document class; None for anything else. Once per class."""
+    if not attrs.has(cls):
+        return None
+    return tuple((field.name, camel(field.name)) for field in attrs.fields(cls))
+
+
 def to_jsonable(value: Any) -> Any:
     """A document (or anything inside one) as plain JSON data with camelCase keys."""
-    if attrs.has(type(value)):
-        return {
-            camel(field.name): to_jsonable(getattr(value, field.name))
-            for field in attrs.fields(type(value))
-        }
+    if value is None or isinstance(value, str | int | float):
+        return value
+    names = _wire_names(type(value))  # type: ignore[arg-type] # classes are hashable
+    if names is not None:
+        return {key: to_jsonable(getattr(value, name)) for name, key in names}
     if isinstance(value, dict):
         return {key: to_jsonable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
