@@ -2,7 +2,7 @@
 
     dev8 (root, one_for_one)
     ├── services (one_for_one)  one process actor per configured service
-    └── api                     the HTTP + websocket server (trio, h11, wsproto)
+    └── api                     the Quart-Trio app on Hypercorn
 
 Around the tree, outside it, the init duties: the orphan reaper, the signal handling, and the
 shutdown sequence (stop the tree in reverse order, sweep what is left, exit with a code).

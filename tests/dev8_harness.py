@@ -367,7 +367,9 @@ class Dev8Run:
             since = (await self.status())["lastEvent"]
             query = f"since={since}&{query}" if query else f"since={since}"
         url = f"ws://127.0.0.1:{self.port}/events?{query}"
-        async with open_websocket_url(url) as ws:
+        auth = self.http.headers.get("Authorization")
+        headers = [("Authorization", auth)] if auth else None
+        async with open_websocket_url(url, extra_headers=headers) as ws:
             yield EventStream(ws, self.tail)
 
 
@@ -378,14 +380,13 @@ class EventStream:
         self.ws = ws
         self.seen: list[Json] = []
         self._tail = tail
-        self._batch: collections.deque[Json] = collections.deque()
+        self._queued: list[Json] = []
 
     async def next(self) -> Json:
-        """The next event; a message holds one, or a JSON array of them (a batch)."""
-        while not self._batch:
-            parsed = json.loads(await self.ws.get_message())
-            self._batch.extend(parsed if isinstance(parsed, list) else [parsed])
-        event: Json = self._batch.popleft()
+        if not self._queued:
+            body = json.loads(await self.ws.get_message())
+            self._queued = body if isinstance(body, list) else [body]  # an array when behind
+        event: Json = self._queued.pop(0)
         self.seen.append(event)
         return event
 

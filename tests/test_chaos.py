@@ -250,24 +250,20 @@ class Follower:
         for canary in self.canaries:
             if canary in text:
                 self.report(f"a secret value appeared in the event stream: {text[:120]}...")
-        parsed = json.loads(text)
-        # One event, or a JSON array of them (a subscriber that is behind).
-        for event in parsed if isinstance(parsed, list) else [parsed]:
-            self._take_event(event)
+        body = json.loads(text)
+        for event in body if isinstance(body, list) else [body]:  # an array when behind
+            if event["kind"] == "resync":
+                self.report(f"events were lost: resync at {event['seq']} after {self.last_seq}")
+                self.last_seq = event["seq"]
+                continue
+            if event["seq"] != self.last_seq + 1:
+                self.report(f"event stream gap: {self.last_seq} then {event['seq']}")
+            self.last_seq = event["seq"]
+            self.seen += 1
+            if event["kind"] in ("child_exited", "restart_scheduled", "child_gave_up"):
+                self.events.append(event)
         self._moved.set()
         self._moved = trio.Event()
-
-    def _take_event(self, event: Json) -> None:
-        if event["kind"] == "resync":
-            self.report(f"events were lost: resync at {event['seq']} after {self.last_seq}")
-            self.last_seq = event["seq"]
-            return
-        if event["seq"] != self.last_seq + 1:
-            self.report(f"event stream gap: {self.last_seq} then {event['seq']}")
-        self.last_seq = event["seq"]
-        self.seen += 1
-        if event["kind"] in ("child_exited", "restart_scheduled", "child_gave_up"):
-            self.events.append(event)
 
     async def wait_seq(self, seq: int, timeout: float) -> bool:
         with trio.move_on_after(timeout):
@@ -613,7 +609,8 @@ class ChaosRun:
         method, path, body, accepted = choices[index % len(choices)]
         try:
             with trio.fail_after(15):
-                response = await client.request(method, path, content=body)
+                typed = {"Content-Type": "application/json"} if body is not None else None
+                response = await client.request(method, path, content=body, headers=typed)
         except trio.TooSlowError:
             self.violation(f"{method} {path[:40]} did not answer within 15 s")
             return

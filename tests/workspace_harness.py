@@ -280,16 +280,18 @@ async def all_events(run: Dev8Run, *, timeout: float = 10.0) -> list[str]:
     last = (await run.status())["lastEvent"]
     messages: list[str] = []
     with fail_after(timeout, "the event replay", run.tail):
-        async with open_websocket_url(f"ws://127.0.0.1:{run.port}/events?since=0") as ws:
+        auth = run.http.headers.get("Authorization")
+        headers = [("Authorization", auth)] if auth else None
+        url = f"ws://127.0.0.1:{run.port}/events?since=0"
+        async with open_websocket_url(url, extra_headers=headers) as ws:
             while True:
                 message = await ws.get_message()
                 assert isinstance(message, str)
                 messages.append(message)
-                parsed = json.loads(message)
-                # One event, or a JSON array of them (a subscriber that is behind).
-                for event in parsed if isinstance(parsed, list) else [parsed]:
-                    assert event["kind"] != "resync", "history was lost: the leak check needs it"
-                    if event["seq"] >= last:
+                body = json.loads(message)
+                for parsed in body if isinstance(body, list) else [body]:  # an array when behind
+                    assert parsed["kind"] != "resync", "history was lost: the leak check needs it"
+                    if parsed["seq"] >= last:
                         return messages
 
 
