@@ -7,7 +7,6 @@ outside by their command line.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import os
