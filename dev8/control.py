@@ -37,6 +37,11 @@ class NotAvailable(Exception):
 _ALIVE = frozenset({ChildState.STARTING, ChildState.RUNNING, ChildState.STOPPING})
 
 
+def _stopped_on_purpose(node: NodeStatus) -> bool:
+    """Stopped after it ran (``stop``), not yet to be started (that one is not healthy yet)."""
+    return node.state is ChildState.STOPPED and node.last_exit is not None
+
+
 def format_uptime(seconds: float) -> str:
     """``2h30m15s``, the seed's shape; days are folded into hours."""
     total = int(seconds)
@@ -137,9 +142,7 @@ class Control:
         """The seed's /health: a service stopped on purpose is ``"stopped"``, not unhealthy."""
         nodes = self.service_nodes()
         ready = self.readiness()
-        healthy = all(
-            ready[name] for name, node in nodes.items() if node.state is not ChildState.STOPPED
-        )
+        healthy = all(ready[name] for name, node in nodes.items() if not _stopped_on_purpose(node))
         uptime = self.uptime()
         document = documents.HealthDocument(
             healthy=healthy,

@@ -30,6 +30,7 @@ from workspace_harness import (
     WorkspaceUser,
     all_events,
     assert_no_leak,
+    events_in,
     file_facts,
     git_credential_fill,
     make_secrets,
@@ -298,7 +299,7 @@ async def test_keyvault_secrets_are_injected_rotated_and_kept_through_failures_w
         needles(material, extra=[new_token]), run=run, recorder=recorder, events=events_seen
     )
     assert searched > 50_000
-    assert any(json.loads(e)["kind"] == "secret_fetch_failed" for e in events_seen)
+    assert any(e["kind"] == "secret_fetch_failed" for e in events_in(events_seen))
 
 
 async def test_rotation_is_picked_up_on_the_interval_without_a_request(

@@ -275,6 +275,15 @@ async def wait_healthy(run: Dev8Run, *, timeout: float = 60.0) -> Json:
             await trio.sleep(0.1)
 
 
+def events_in(messages: list[str]) -> list[dict[str, Any]]:
+    """The events of raw event-stream messages (an array when the subscriber was behind)."""
+    events: list[dict[str, Any]] = []
+    for message in messages:
+        body = json.loads(message)
+        events.extend(body if isinstance(body, list) else [body])
+    return events
+
+
 async def all_events(run: Dev8Run, *, timeout: float = 10.0) -> list[str]:
     """Every event dev8 has published so far, as the raw websocket messages (replay from 0)."""
     last = (await run.status())["lastEvent"]
