@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -52,16 +51,6 @@ def format_uptime(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs}s"
     return f"{secs}s"
-
-
-def iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat()
-
-
-def iso_now() -> str:
-    return datetime.now(tz=UTC).isoformat()
 
 
 @attrs.define
@@ -206,7 +195,7 @@ class Control:
             boot_id=self.boot_id,
             environment_id=self.environment_id,
             user_id=self.user_id,
-            started=documents.Timestamp(iso(self.started_wall) or ""),
+            started=documents.Timestamp(documents.timestamp(self.started_wall) or ""),
             uptime=format_uptime(uptime),
             uptime_seconds=round(uptime, 3),
             last_event=self.bus.last_seq,
