@@ -384,8 +384,8 @@ def format_status(status: dict[str, Any], *, now: float | None = None) -> str:
     now = time.time() if now is None else now
     head = (
         f"dev8 {status.get('version', '?')}  pid {status.get('pid', '?')}  "
-        f"up {status.get('uptime', '?')}  environment {status.get('environment_id', '-')}  "
-        f"user {status.get('user_id', '-')}  last event {status.get('last_event', 0)}"
+        f"up {status.get('uptime', '?')}  environment {status.get('environmentId', '-')}  "
+        f"user {status.get('userId', '-')}  last event {status.get('lastEvent', 0)}"
     )
     rows = [("SERVICE", "STATE", "READY", "PID", "RESTARTS", "LAST EXIT", "SINCE")]
     for name, service in sorted(status.get("services", {}).items()):
@@ -396,7 +396,7 @@ def format_status(status: dict[str, Any], *, now: float | None = None) -> str:
                 "yes" if service.get("ready") else "no",
                 str(service.get("pid") or "-"),
                 str(service.get("restarts", 0)),
-                _last_exit(service.get("last_exit")),
+                _last_exit(service.get("lastExit")),
                 _ago(service.get("since"), now),
             )
         )
@@ -416,8 +416,8 @@ def _last_exit(last: Any) -> str:
     details = last.get("details") or {}
     if details.get("signal"):
         return f"signal {details['signal']}"
-    if details.get("exit_code") is not None:
-        return f"exit {details['exit_code']}"
+    if details.get("exitCode") is not None:
+        return f"exit {details['exitCode']}"
     return str(last.get("reason", "-"))
 
 

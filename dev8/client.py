@@ -13,6 +13,7 @@ import json
 import os
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import attrs
@@ -357,9 +358,8 @@ class _Cursor:
     """Where the stream stands: the last sequence number delivered and which dev8 sent it."""
 
     seq: int
-    started: str | None
-    #: The dev8 boot the numbering belongs to; the server sends a resync for another one.
-    boot_id: str | None = None
+    #: The ``bootId`` of the dev8 that numbered ``seq`` (sent back on reconnection).
+    boot_id: str | None
 
 
 @attrs.frozen
@@ -375,10 +375,11 @@ def events_resource(
     since: int,
     kinds: Iterable[str] = (),
     services: Iterable[str] = (),
+    *,
     boot_id: str | None = None,
 ) -> str:
     query: dict[str, str] = {"since": str(since)}
-    if boot_id:
+    if boot_id:  # from another boot of dev8, the server answers with a resync
         query["bootId"] = boot_id
     if kinds := ",".join(kinds):
         query["kind"] = kinds
@@ -399,10 +400,11 @@ async def follow_events(
 ) -> NoReturn:
     """Call ``emit`` with every event, for ever; raise ``ApiError`` when the stream is lost.
 
-    Without ``since`` it starts at the present (the /status ``last_event``). After a drop it
+    Without ``since`` it starts at the present (the /status ``lastEvent``). After a drop it
     waits ``retry_delays[i]`` before attempt ``i`` and resumes from the last event delivered;
-    a dev8 that restarted in between (its seq numbers start again) is announced by a
-    ``resync`` message carrying its fresh /status, as the server does when events are gone.
+    a dev8 that restarted in between (a new ``bootId``: its seq numbers start again) is
+    announced by a ``resync`` message carrying its fresh /status, as the server does when
+    events are gone.
     """
     transport = httpx.AsyncHTTPTransport(uds=target.endpoint.uds) if target.endpoint.uds else None
     async with httpx.AsyncClient(
@@ -421,7 +423,7 @@ async def follow_events(
             return body
 
         status = await read_status()
-        cursor = _Cursor(status["last_event"] if since is None else since, status.get("started"))
+        cursor = _Cursor(status["lastEvent"] if since is None else since, status.get("bootId"))
         failures = 0
         while True:
             ended = await _session(
@@ -442,11 +444,19 @@ async def follow_events(
                 except Unreachable as error:
                     ended = _Ended(False, error.reason)
                     continue
-                if status.get("started") != cursor.started:
-                    cursor.started = status.get("started")
-                    cursor.seq = status["last_event"]
-                    cursor.boot_id = None  # the resync below stands for the new boot's
-                    emit({"kind": "resync", "seq": cursor.seq, "data": status})
+                if status.get("bootId") != cursor.boot_id:
+                    cursor.boot_id = status.get("bootId")
+                    cursor.seq = status["lastEvent"]
+                    emit(
+                        {
+                            "seq": cursor.seq,
+                            "bootId": cursor.boot_id,
+                            "time": datetime.now(tz=UTC).isoformat(),
+                            "kind": "resync",
+                            "source": "dev8",
+                            "data": status,
+                        }
+                    )
                 break
 
 
@@ -460,7 +470,7 @@ async def _session(
     timeout: float,
 ) -> _Ended:
     """One websocket connection, from handshake to close."""
-    resource = events_resource(cursor.seq, kinds, services, cursor.boot_id)
+    resource = events_resource(cursor.seq, kinds, services, boot_id=cursor.boot_id)
     connected = False
     try:
         async with _open_websocket(target, resource, timeout) as ws:
@@ -494,15 +504,15 @@ def _refused_stream(target: Target, why: str) -> ApiError:
 def _deliver(
     target: Target, cursor: _Cursor, message: str | bytes, emit: Callable[[dict[str, Any]], None]
 ) -> None:
-    """One message: an event, or a JSON array of events (the server batches when we are behind)."""
+    """One message: an event, or a JSON array of events (a subscriber that was behind)."""
     try:
-        body = json.loads(message)
-        events = body if isinstance(body, list) else [body]
+        parsed = json.loads(message)
+        events = parsed if isinstance(parsed, list) else [parsed]
         seqs = [int(event["seq"]) for event in events]
     except (ValueError, KeyError, TypeError):
         raise ApiError(f"unexpected message on the event stream at {target.endpoint}") from None
     for event, seq in zip(events, seqs, strict=True):
-        # A resync restarts the numbering from the snapshot; events never go backwards.
+        # A resync restarts the numbering (maybe a new boot); otherwise seq never goes back.
         cursor.seq = seq if event.get("kind") == "resync" else max(cursor.seq, seq)
         if isinstance(event.get("bootId"), str):
             cursor.boot_id = event["bootId"]

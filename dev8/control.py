@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -18,6 +17,7 @@ import trio
 import dev8
 from actors import ChildState, EventBus, NodeStatus, Supervisor, UnknownChild
 
+from . import documents
 from .process import OutputRing
 from .secrets.errors import SecretsRefreshFailed
 
@@ -34,17 +34,13 @@ class NotAvailable(Exception):
 
 
 class ActionFailed(Exception):
-    """An action ran and did not succeed: answered with ``status`` and a JSON error, never 500.
+    """An action ran and did not succeed: answered with ``status`` and ``document`` (an error
+    document of dev8.documents, JSON-ready, holding no secret value), never a 500."""
 
-    ``details`` is JSON-ready and holds no secret value.
-    """
-
-    def __init__(self, status: int, code: str, message: str, details: Mapping[str, Any]) -> None:
-        super().__init__(message)
+    def __init__(self, status: int, document: Any) -> None:
+        super().__init__(document.error.message)
         self.status = status
-        self.code = code
-        self.message = message
-        self.details = dict(details)
+        self.document = document
 
 
 #: Supervisor states in which the tree is alive (starting up or shutting down included).
@@ -66,16 +62,6 @@ def format_uptime(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs}s"
     return f"{secs}s"
-
-
-def iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat()
-
-
-def iso_now() -> str:
-    return datetime.now(tz=UTC).isoformat()
 
 
 @attrs.define
@@ -133,6 +119,11 @@ class Control:
 
     # -- reading --------------------------------------------------------------------------
 
+    @property
+    def boot_id(self) -> str:
+        """New at every start of dev8 (the bus's): a client resuming across a restart resyncs."""
+        return self.bus.boot_id
+
     def uptime(self) -> float:
         return trio.current_time() - self.started_clock
 
@@ -166,15 +157,16 @@ class Control:
         healthy = not waiting and all(
             ready[name] for name, node in nodes.items() if not _stopped_on_purpose(node)
         )
-        body: dict[str, Any] = {
-            "healthy": healthy,
-            "lastCheck": iso_now(),
-            "services": {name: node.state.value for name, node in nodes.items()},
-            "uptime": format_uptime(self.uptime()),
-        }
-        if waiting:  # the services wait for these before they start
-            body["waitingForSecrets"] = waiting
-        return healthy, body
+        uptime = self.uptime()
+        document = documents.HealthDocument(
+            healthy=healthy,
+            last_check=documents.timestamp_now(),
+            services={name: node.state.value for name, node in nodes.items()},
+            uptime=format_uptime(uptime),
+            uptime_seconds=round(uptime, 3),
+            waiting_for_secrets=documents.waiting_secrets(waiting),
+        )
+        return healthy, documents.to_jsonable(document)
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         """/livez: dev8 and its tree are alive; a service's state never matters here.
@@ -191,14 +183,12 @@ class Control:
             if supervisor.snapshot().state not in _ALIVE
             and not (waiting and supervisor is self.services)
         ]
-        body: dict[str, Any] = {"status": "alive", "bootId": self.bus.boot_id}
-        if down:
-            body = {
-                "status": "wedged",
-                "bootId": self.bus.boot_id,
-                "reason": "supervisor not running: " + ", ".join(down),
-            }
-        return not down, body
+        document = documents.LivenessDocument(
+            status="wedged" if down else "alive",
+            boot_id=self.boot_id,
+            reason="supervisor not running: " + ", ".join(down) if down else None,
+        )
+        return not down, documents.to_jsonable(document)
 
     def readyz(self) -> tuple[bool, dict[str, Any]]:
         """/readyz: the workspace can take users (its critical services, else all, are ready)."""
@@ -206,56 +196,61 @@ class Control:
         critical = set(self.hooks.critical()) if self.hooks.critical else set()
         wanted = [name for name in ready if name in critical] if critical else list(ready)
         not_ready = sorted(name for name in wanted if not ready[name])
-        if not_ready:
-            return False, {"status": "notReady", "notReady": not_ready}
-        return True, {"status": "ready", "notReady": []}
+        document = documents.ReadinessDocument(
+            status="notReady" if not_ready else "ready", not_ready=not_ready
+        )
+        return not not_ready, documents.to_jsonable(document)
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         ready = self.readiness()
-        return all(ready.values()), {"ready": all(ready.values()), "services": ready}
+        document = documents.ReadyDocument(ready=all(ready.values()), services=ready)
+        return document.ready, documents.to_jsonable(document)
 
-    def status(self) -> dict[str, Any]:
+    def status_document(self) -> documents.StatusDocument:
         details = self.hooks.service_details() if self.hooks.service_details else {}
         ready = self.readiness()
-        services = {}
-        for name, node in self.service_nodes().items():
-            services[name] = {
-                "state": node.state.value,
-                "ready": ready.get(name, False),
-                "pid": node.info.get("pid") if node.state is ChildState.RUNNING else None,
-                "restarts": node.restarts,
-                "restart_reasons": dict(node.restart_reasons),
-                "last_exit": node.to_dict()["last_exit"],
-                "since": iso(node.since),
-                **details.get(name, {}),
-            }
-        body: dict[str, Any] = {
-            "version": dev8.__version__,
-            "pid": os.getpid(),
-            "environment_id": self.environment_id,
-            "user_id": self.user_id,
-            "started": iso(self.started_wall),
-            "uptime": format_uptime(self.uptime()),
-            "uptime_seconds": round(self.uptime(), 3),
-            "last_event": self.bus.last_seq,
-            "services": services,
-            "tree": self.root.snapshot().to_dict(),
+        services = {
+            name: documents.service_document(
+                node,
+                ready=ready.get(name, False),
+                probes=documents.probes_document(details.get(name)),
+            )
+            for name, node in self.service_nodes().items()
         }
-        if self.hooks.secrets is not None:
-            body["secrets"] = self.hooks.secrets()
-        if self.hooks.log_output is not None:
-            body["log_output"] = self.hooks.log_output()
-        if self.hooks.storage is not None:
-            body["storage"] = self.hooks.storage()
-        waiting = self.secrets_waiting()
-        if waiting:
-            body["waitingForSecrets"] = waiting
-        return body
+        secrets = self.hooks.secrets() if self.hooks.secrets is not None else None
+        log_output = self.hooks.log_output() if self.hooks.log_output is not None else None
+        storage = self.hooks.storage() if self.hooks.storage is not None else None
+        uptime = self.uptime()
+        return documents.StatusDocument(
+            version=dev8.__version__,
+            pid=os.getpid(),
+            boot_id=self.boot_id,
+            environment_id=self.environment_id,
+            user_id=self.user_id,
+            started=documents.Timestamp(documents.timestamp(self.started_wall) or ""),
+            uptime=format_uptime(uptime),
+            uptime_seconds=round(uptime, 3),
+            last_event=self.bus.last_seq,
+            services=services,
+            tree=documents.tree_node(self.root.snapshot()),
+            secrets=None if secrets is None else documents.secrets_document(secrets),
+            waiting_for_secrets=documents.waiting_secrets(self.secrets_waiting()),
+            log_output=None if log_output is None else documents.LogOutputDocument(**log_output),
+            storage=None if storage is None else documents.storage_document(storage),
+        )
+
+    def status(self) -> dict[str, Any]:
+        """``GET /status`` as JSON-ready data (camelCase, every key present)."""
+        data: dict[str, Any] = documents.to_jsonable(self.status_document())
+        return data
 
     def connections(self) -> dict[str, Any]:
         if self.hooks.connections is None:
-            return {"services": {}, "websocketClients": self.websocket_clients}
-        return self.hooks.connections()
+            snapshot: dict[str, Any] = {"services": {}, "websocketClients": self.websocket_clients}
+        else:
+            snapshot = self.hooks.connections()
+        data: dict[str, Any] = documents.to_jsonable(documents.connections_document(snapshot))
+        return data
 
     def logs(self, name: str, lines: int, *, since: int = 0) -> list[dict[str, Any]]:
         self._node(name)
@@ -271,9 +266,14 @@ class Control:
             names = ", ".join(str(entry.get("name")) for entry in waiting)
             raise ActionFailed(
                 409,
-                "waiting_for_secrets",
-                f"the services have not started: they wait for required secret(s) {names}",
-                {"waitingForSecrets": waiting},
+                documents.WaitingErrorDocument(
+                    error=documents.WaitingErrorDetail(
+                        code="waiting_for_secrets",
+                        message=f"the services have not started: they wait for required "
+                        f"secret(s) {names}",
+                        waiting_for_secrets=documents.waiting_secrets(waiting),
+                    )
+                ),
             )
 
     async def restart_service(self, name: str) -> NodeStatus:
@@ -300,17 +300,23 @@ class Control:
     async def reload(self) -> dict[str, Any]:
         if self.hooks.reload is None:
             raise NotAvailable("reload needs dev8 to run from a config file")
-        return await self.hooks.reload()
+        data: dict[str, Any] = documents.to_jsonable(
+            documents.reload_document(await self.hooks.reload())
+        )
+        return data
 
     async def refresh_secrets(self) -> dict[str, Any]:
         if self.hooks.refresh_secrets is None:
             raise NotAvailable("no secret provider is configured")
         try:
-            return await self.hooks.refresh_secrets()
+            reply = await self.hooks.refresh_secrets()
         except SecretsRefreshFailed as failure:
             raise ActionFailed(
-                failure.status, failure.code, failure.message, failure.details
+                failure.status,
+                documents.secrets_refresh_error(failure.code, failure.message, failure.details),
             ) from None
+        data: dict[str, Any] = documents.to_jsonable(documents.secrets_refresh_document(reply))
+        return data
 
     async def crash_actor(self, path: str) -> NodeStatus:
         """Fault injection: make the actor at ``path`` (``dev8/services/web``) fail."""

@@ -349,17 +349,21 @@ class Dev8Run:
         """The pid of every service that has one (as /status shows it)."""
         tree = (await self.status())["tree"]
         services = find_node(tree, "dev8/services")["children"]
-        return {node["name"]: node["info"]["pid"] for node in services if "pid" in node["info"]}
+        return {
+            node["name"]: node["info"]["pid"]
+            for node in services
+            if node["info"]["pid"] is not None
+        }
 
     @contextlib.asynccontextmanager
     async def events(self, query: str = "") -> AsyncIterator[EventStream]:
         """A real websocket client on /events (`query`: "since=0&service=web").
 
-        Without `since` it resumes from /status's last event: the subscription starts after the
+        Without `since` it resumes from /status's lastEvent: the subscription starts after the
         websocket handshake, so "from now" alone could miss what happens in between.
         """
         if "since=" not in query:
-            since = (await self.status())["last_event"]
+            since = (await self.status())["lastEvent"]
             query = f"since={since}&{query}" if query else f"since={since}"
         url = f"ws://127.0.0.1:{self.port}/events?{query}"
         auth = self.http.headers.get("Authorization")

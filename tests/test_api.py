@@ -105,8 +105,9 @@ async def test_health_is_the_seed_shape_and_turns_503_when_a_service_is_fatal(ap
         body = response.json()
         assert body["healthy"] is True
         assert body["services"] == {"web": "running", "flaky": "running"}
-        assert set(body) == {"healthy", "lastCheck", "services", "uptime"}
+        assert set(body) == {"healthy", "lastCheck", "services", "uptime", "uptimeSeconds"}
         assert body["uptime"].endswith("s")
+        assert isinstance(body["uptimeSeconds"], float)
 
         api.crash["flaky"].set()
         await trio.testing.wait_all_tasks_blocked()
@@ -123,7 +124,9 @@ async def test_status_shows_the_tree(api: Api) -> None:
     (services,) = tree["children"]
     assert services["kind"] == "supervisor"
     assert [c["name"] for c in services["children"]] == ["web", "flaky"]
-    assert body["environment_id"] == "e1"
+    assert (body["environmentId"], body["userId"]) == ("e1", "u1")
+    assert body["bootId"] == api.control.boot_id
+    assert body["secrets"] is None  # no provider: present, and null
 
 
 async def test_restart_of_an_unknown_service_is_404_with_the_known_names(api: Api) -> None:
@@ -234,7 +237,7 @@ async def test_stop_and_start_a_service(api: Api) -> None:
         assert health.json()["services"]["web"] == "stopped"
         livez = await client.get("/livez")
         assert livez.status_code == 200
-        assert livez.json() == {"status": "alive", "bootId": api.bus.boot_id}
+        assert livez.json() == {"status": "alive", "bootId": api.bus.boot_id, "reason": None}
         readyz = await client.get("/readyz")
         assert readyz.status_code == 503
         assert readyz.json() == {"status": "notReady", "notReady": ["web"]}

@@ -259,9 +259,9 @@ class Follower:
             if event["seq"] != self.last_seq + 1:
                 self.report(f"event stream gap: {self.last_seq} then {event['seq']}")
             self.last_seq = event["seq"]
-        self.seen += 1
-        if event["kind"] in ("child_exited", "restart_scheduled", "child_gave_up"):
-            self.events.append(event)
+            self.seen += 1
+            if event["kind"] in ("child_exited", "restart_scheduled", "child_gave_up"):
+                self.events.append(event)
         self._moved.set()
         self._moved = trio.Event()
 
@@ -686,9 +686,9 @@ class ChaosRun:
             self.violation(f"dev8 holds {fds} fds (baseline {self.report.fd_baseline})")
         self.check_files()
         await self.check_health_truthful()
-        if not await self.follower.wait_seq(status["last_event"], 5.0):
+        if not await self.follower.wait_seq(status["lastEvent"], 5.0):
             self.violation(
-                f"the subscriber is at {self.follower.last_seq}, dev8 at {status['last_event']}"
+                f"the subscriber is at {self.follower.last_seq}, dev8 at {status['lastEvent']}"
             )
 
     async def check_processes(self, status: Json) -> None:
@@ -1064,7 +1064,7 @@ async def test_chaos_endpoints_and_cli(tmp_path: Path, api_port: int, marker: st
         assert exited["data"]["error"] == "InjectedFault: crashed on request"
         assert not pid_alive(pid)
         node = await dev8.service("sleeper")
-        assert (node["restarts"], node["restart_reasons"]) == (1, {"crash": 1})
+        assert (node["restarts"], node["restartReasons"]) == (1, {"crash": 1})
 
         # Signal the service's group: KILL is a crash like any other.
         pid = (await dev8.service_pids())["sleeper"]
@@ -1075,7 +1075,7 @@ async def test_chaos_endpoints_and_cli(tmp_path: Path, api_port: int, marker: st
         node = await dev8.wait_service(
             "sleeper", lambda n: n["restarts"] == 2 and n["state"] == "running", what="restarted"
         )
-        assert node["last_exit"]["details"]["signal"] == "SIGKILL"
+        assert node["lastExit"]["details"]["signal"] == "SIGKILL"
 
         # STOP then CONT: the same process, stopped then running again, not restarted.
         pid = node["info"]["pid"]

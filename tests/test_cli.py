@@ -390,7 +390,7 @@ async def test_token_and_unix_socket(
         assert (await service("web"))["restarts"] == 2
 
         # The event stream with the config's token, over the same transport.
-        since = (await http.get("/status")).json()["last_event"]
+        since = (await http.get("/status")).json()["lastEvent"]
         async with cli_running("events", "--since", str(since), "--config", str(config)) as events:
             await run("start", "idle", "--config", str(config))
             started = json.loads(await events.until(lambda line: "child_started" in line))
@@ -406,7 +406,7 @@ async def test_events_follow_a_restart_and_resume_across_a_dev8_restart(
     api = f"127.0.0.1:{api_port}"
     async with open_dev8(config, port=api_port, marker=marker) as first:
         await first.wait_service("idle", lambda n: n["state"] == "running", what="running")
-        since = (await first.status())["last_event"]
+        since = (await first.status())["lastEvent"]
         async with cli_running(
             "events", "--api", api, "--service", "web", "--since", str(since), "--retries", "4"
         ) as events:
@@ -457,7 +457,7 @@ class FakeEvents:
 
         @app.get("/status")
         async def status() -> dict[str, Any]:
-            return {"started": self.started, "last_event": self.last_event, "services": {}}
+            return {"bootId": self.started, "lastEvent": self.last_event, "services": {}}
 
         @app.websocket("/events")
         async def events() -> None:
@@ -582,7 +582,8 @@ async def test_a_restarted_server_is_announced_with_a_resync() -> None:
         ("resync", 7),
         ("child_started", 8),
     ]
-    assert received[1]["data"]["started"] == "life-2"
+    assert received[1]["data"]["bootId"] == "life-2"
+    assert received[1]["bootId"] == "life-2"
     assert fake.sinces == ["40", "3", "4"]
 
 
@@ -694,18 +695,18 @@ def test_status_table_and_pretty_events() -> None:
         "version": "1.2.3",
         "pid": 1,
         "uptime": "1h2m3s",
-        "environment_id": "env",
-        "user_id": "user",
-        "last_event": 9,
+        "environmentId": "env",
+        "userId": "user",
+        "lastEvent": 9,
         "services": {
             "web": {
                 "state": "backoff",
                 "ready": False,
                 "pid": None,
                 "restarts": 3,
-                "last_exit": {
+                "lastExit": {
                     "reason": "error",
-                    "details": {"signal": "SIGKILL", "exit_code": None},
+                    "details": {"signal": "SIGKILL", "exitCode": None},
                 },
                 "since": "2026-01-01T00:00:00+00:00",
             },
@@ -714,7 +715,7 @@ def test_status_table_and_pretty_events() -> None:
                 "ready": True,
                 "pid": 42,
                 "restarts": 0,
-                "last_exit": {"reason": "error", "details": {"signal": None, "exit_code": 3}},
+                "lastExit": {"reason": "error", "details": {"signal": None, "exitCode": 3}},
                 "since": "2026-01-01T00:59:00+00:00",
             },
         },
@@ -732,9 +733,9 @@ def test_status_table_and_pretty_events() -> None:
             "time": "2026-01-01T00:00:00+00:00",
             "kind": "child_exited",
             "source": "dev8/services/web",
-            "data": {"child": "web", "reason": "error", "error": None, "details": {"exit_code": 1}},
+            "data": {"child": "web", "reason": "error", "error": None, "details": {"exitCode": 1}},
         }
     )
     assert line.split(" ", 1)[1] == (
-        '#5 child_exited dev8/services/web reason=error details={"exit_code":1}'
+        '#5 child_exited dev8/services/web reason=error details={"exitCode":1}'
     )

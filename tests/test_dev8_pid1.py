@@ -125,7 +125,7 @@ async def test_dev8_as_pid1_reaps_orphans_keeps_exit_codes_and_stops_all(
 
         # Exit code 5, every time, while orphans are reaped around it.
         exits = await collect_exit5(dev8)
-        codes = [(e["data"]["reason"], e["data"]["details"].get("exit_code")) for e in exits]
+        codes = [(e["data"]["reason"], e["data"]["details"]["exitCode"]) for e in exits]
         assert codes == [("error", 5)] * (EXIT5_RESTARTS + 1)
         logged = [e["details"]["exit_code"] for e in dev8.messages("child_exited", child="exit5")]
         assert logged == [5] * (EXIT5_RESTARTS + 1)

@@ -76,7 +76,7 @@ async def test_sigkilled_child_is_restarted_and_reported(
         # Its last output comes with its exit (`lastOutput`): why it failed, at a glance.
         assert exited["data"]["details"] == {
             "signal": "SIGKILL",
-            "exit_code": None,
+            "exitCode": None,
             "lastOutput": ["up"],
         }
         assert scheduled["data"]["reason"] == "crash"
@@ -89,10 +89,10 @@ async def test_sigkilled_child_is_restarted_and_reported(
         node = await dev8.service("victim")
         assert node["state"] == "running"
         assert node["restarts"] == 1
-        assert node["restart_reasons"] == {"crash": 1}
+        assert node["restartReasons"] == {"crash": 1}
         assert node["info"]["pid"] == new_pid
-        assert node["last_exit"]["details"]["signal"] == "SIGKILL"
-        assert "killed by SIGKILL" in node["last_exit"]["error"]
+        assert node["lastExit"]["details"]["signal"] == "SIGKILL"
+        assert "killed by SIGKILL" in node["lastExit"]["error"]
         assert pid_alive(new_pid)
         assert not pid_alive(old_pid)
         logged = dev8.messages("child_exited", child="victim")
@@ -103,7 +103,7 @@ async def test_sigkilled_child_is_restarted_and_reported(
         assert response.status_code == 200, response.text
         assert response.json()["restarts"] == 2
         node = await dev8.service("victim")
-        assert node["restart_reasons"] == {"crash": 1, "manual": 1}
+        assert node["restartReasons"] == {"crash": 1, "manual": 1}
         assert node["info"]["pid"] != new_pid
         assert not pid_alive(new_pid)
 
@@ -128,9 +128,9 @@ async def test_crash_loop_ends_fatal_and_dev8_keeps_running(
         async with dev8.events("since=0&service=crasher") as events:
             gave_up = await events.wait_for("child_gave_up", child="crasher")
         assert gave_up["data"]["restarts"] == 3
-        assert gave_up["data"]["max_restarts"] == 3
+        assert gave_up["data"]["maxRestarts"] == 3
         exits = events.of("child_exited", "crasher")
-        assert [e["data"]["details"]["exit_code"] for e in exits] == [7, 7, 7, 7]
+        assert [e["data"]["details"]["exitCode"] for e in exits] == [7, 7, 7, 7]
         assert len(events.of("child_started", "crasher")) == 4
 
         health = await dev8.http.get("/health")

@@ -213,7 +213,7 @@ async def test_keyvault_secrets_are_injected_rotated_and_kept_through_failures_w
         assert status["provider"] == "keyvault"
         assert status["versions"]["github_token"] == first_version
         assert set(status["versions"]) == set(ROLES)
-        assert status["last_pass_ok"] is True
+        assert status["lastPassOk"] is True
         # Managed identity: the SDK took the challenge, then a token from the (fake) IMDS.
         assert imds.requests
         assert vault.secret_requests()[0].authorization is None
@@ -239,7 +239,7 @@ async def test_keyvault_secrets_are_injected_rotated_and_kept_through_failures_w
             rotated = await seen_or_wait(events, "secret_rotated", name=GITHUB)
             assert rotated["data"] == {
                 "name": GITHUB, "role": "github_token", "version": new_version,
-                "previous_version": first_version,
+                "previousVersion": first_version,
             }  # fmt: skip
             injected = await seen_or_wait(events, "secrets_injected")
             assert str(home / ".git-credentials") in injected["data"]["paths"]
@@ -247,7 +247,7 @@ async def test_keyvault_secrets_are_injected_rotated_and_kept_through_failures_w
             assert restart["data"]["reason"] == "secret"
             await seen_or_wait(events, "child_started", child="app")
             node = (await run.status())["services"]["app"]
-            assert node["restart_reasons"] == {"secret": 1}
+            assert node["restartReasons"] == {"secret": 1}
             assert node["pid"] != app_pid
 
             # -- the vault fails: last good files stay, failures are published --
@@ -297,7 +297,7 @@ async def test_keyvault_secrets_are_injected_rotated_and_kept_through_failures_w
             assert body["changed"] == []
             assert snapshot(home) == before
             node = (await run.status())["services"]["app"]
-            assert node["restart_reasons"] == {"secret": 1}  # failures restart nothing
+            assert node["restartReasons"] == {"secret": 1}  # failures restart nothing
         assert (await run.status())["secrets"]["stats"]["rotations"] == 1
 
         # Every read endpoint once more, for the leak check.
@@ -331,7 +331,7 @@ async def test_rotation_is_picked_up_on_the_interval_without_a_request(
             version = vault.set_secret(GITHUB, new_token)
             rotated = await seen_or_wait(events, "secret_rotated", name=GITHUB, timeout=15)
         assert rotated["data"]["version"] == version
-        assert rotated["data"]["previous_version"] == previous
+        assert rotated["data"]["previousVersion"] == previous
         assert (user.home / ".git-credentials").read_text() == (
             f"https://x-access-token:{new_token}@github.com\n"
         )

@@ -204,7 +204,7 @@ async def test_sshd_lets_the_injected_key_in_only_and_keeps_its_identity_across_
         assert scheduled["data"]["reason"] == "crash"
         node = await wait_ready_again(run, SSH, pid, timeout=30)
         assert node["restarts"] == 1
-        assert node["restart_reasons"] == {"crash": 1}
+        assert node["restartReasons"] == {"crash": 1}
         assert not pid_alive(pid)
 
         assert await ssh_keyscan(port) == identity
@@ -273,7 +273,7 @@ async def test_code_server_serves_the_editor_behind_the_secret_password_and_reco
         assert scheduled["data"]["reason"] in ("crash", "probe")
         node = await wait_ready_again(run, CODE, pid, timeout=90)
         assert node["restarts"] >= 1
-        assert set(node["restart_reasons"]) <= {"crash", "probe"}  # a crash, or its port still held
+        assert set(node["restartReasons"]) <= {"crash", "probe"}  # a crash, or its port still held
         assert not pid_alive(pid)
         await wait_healthy(run)
         assert (await browser.get(f"{url}/healthz")).status_code == 200
@@ -462,8 +462,8 @@ async def test_a_hung_service_is_restarted_by_its_liveness_probe(
         assert started["data"]["info"]["pid"] != old_pid
         assert not pid_alive(old_pid)  # a hung process is stopped, not left behind
         node = (await run.status())["services"]["hung"]
-        assert node["restart_reasons"].get("probe", 0) >= 1
-        assert set(node["restart_reasons"]) == {"probe"}
+        assert node["restartReasons"].get("probe", 0) >= 1
+        assert set(node["restartReasons"]) == {"probe"}
         assert node["probes"]["liveness"]["failureThreshold"] == 2
         events_seen = await all_events(run)
     assert_no_leak(needles(material), run=run, recorder=recorder, events=events_seen)

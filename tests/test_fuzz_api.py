@@ -296,7 +296,7 @@ async def test_a_connection_flood_does_not_take_the_workspace_down(
                 timeout=15,
                 what="restarted or given up",
             )
-            assert node["state"] == "running", node["last_exit"]
+            assert node["state"] == "running", node["lastExit"]
             assert dev8.process.returncode is None
         finally:
             for sock in sockets:

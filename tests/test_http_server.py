@@ -216,7 +216,7 @@ async def test_a_resync_never_replays_older_events(nursery: trio.Nursery) -> Non
         assert resync["source"] == "dev8"
         assert resync["seq"] == api.bus.last_seq
         assert resync["bootId"] == api.bus.boot_id
-        assert resync["data"]["last_event"] == api.bus.last_seq
+        assert resync["data"]["lastEvent"] == api.bus.last_seq
         assert "time" in resync
         api.bus.publish(Event(source="test"))
         (live,) = await next_events(ws)

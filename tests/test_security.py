@@ -206,7 +206,7 @@ async def test_state_changes_need_the_token(
                 assert response.status_code == 401, (path, headers, response.text)
                 assert response.json()["error"]["code"] == "unauthorized"
         after = (await dev8.http.get("/status", headers=right)).json()
-        assert after["last_event"] == before["last_event"]  # nothing happened at all
+        assert after["lastEvent"] == before["lastEvent"]  # nothing happened at all
         assert not dev8.messages("config_reloaded")
         assert not dev8.messages("chaos_fault_injected")
         # The event stream and every read too; only the probes answer without the token.

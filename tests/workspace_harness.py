@@ -286,7 +286,7 @@ def events_in(messages: list[str]) -> list[dict[str, Any]]:
 
 async def all_events(run: Dev8Run, *, timeout: float = 10.0) -> list[str]:
     """Every event dev8 has published so far, as the raw websocket messages (replay from 0)."""
-    last = (await run.status())["last_event"]
+    last = (await run.status())["lastEvent"]
     messages: list[str] = []
     with fail_after(timeout, "the event replay", run.tail):
         auth = run.http.headers.get("Authorization")

@@ -14,6 +14,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from .. import documents
 from ..config import ConfigError
 from ..control import ActionFailed, Control, NotAvailable, UnknownService
 from ._access import PUBLIC_PATHS, AccessPolicy, unauthorized
@@ -257,7 +258,7 @@ def _register_actions(
         except UnknownService as error:
             return unknown_service(error)
         except ActionFailed as failure:
-            return error_response(failure.status, failure.code, failure.message, **failure.details)
+            return json_text_response(documents.to_json(failure.document), failure.status)
         return json_response(
             {"service": name, "state": node.state.value, "restarts": node.restarts}
         )
@@ -300,4 +301,4 @@ def _register_actions(
         except NotAvailable as error:
             return error_response(409, "not_available", str(error))
         except ActionFailed as failure:
-            return error_response(failure.status, failure.code, failure.message, **failure.details)
+            return json_text_response(documents.to_json(failure.document), failure.status)

@@ -15,9 +15,9 @@ from quart_trio import QuartTrio
 
 from actors import ChildState
 
-from .. import chaos
+from .. import chaos, documents
 from ..control import Control, UnknownService
-from ._openapi import error_content, json_content
+from ._openapi import document_content, error_content
 from ._responses import error_response, json_response
 
 Handler = Callable[..., Awaitable[Response]]
@@ -86,26 +86,16 @@ def _not_running(error: chaos.NotRunning) -> Response:
     return error_response(409, "not_running", str(error), state=error.state)
 
 
-def _ok(description: str, properties: dict[str, Any]) -> dict[str, Any]:
-    schema = {"type": "object", "required": list(properties), "properties": properties}
-    return json_content(schema, description)
-
-
-_CRASHED = {
-    "path": {"type": "string"},
-    "state": {"type": "string"},
-    "restarts": {"type": "integer", "minimum": 0},
-}
-_SIGNALLED = {
-    "service": {"type": "string"},
-    "signal": {"type": "string", "enum": list(chaos.CHAOS_SIGNALS)},
-    "pid": {"type": "integer", "minimum": 1},
-}
 _GUARD_ERRORS = {
     "401": error_content("missing or wrong bearer token"),
-    "403": error_content("changes need a token when the API listens beyond loopback"),
+    "403": error_content(
+        "a cross-origin browser request, a Host this API does not answer to, or changes need "
+        "a token when the API listens beyond loopback"
+    ),
     "400": error_content("an unknown signal name, or a body that is not a JSON object"),
     "409": error_content("the target is not running (backoff, stopped, fatal)"),
+    "413": error_content("the body is larger than the API accepts"),
+    "415": error_content("a body that is not application/json"),
 }
 
 #: OpenAPI ``paths`` of the chaos routes, merged into the document when chaos is enabled.
@@ -124,8 +114,13 @@ CHAOS_PATHS: dict[str, Any] = {
             ],
             "security": [{"bearer": []}],
             "responses": {
-                "200": _ok("the actor's state as the crash was requested", _CRASHED),
-                "202": _ok("the API's own actor: answered first, crashed right after", _CRASHED),
+                "200": document_content(
+                    documents.CrashedDocument, "the actor's state as the crash was requested"
+                ),
+                "202": document_content(
+                    documents.CrashedDocument,
+                    "the API's own actor: answered first, crashed right after",
+                ),
                 "404": error_content("no actor at that path; `known` lists the paths"),
                 **_GUARD_ERRORS,
             },
@@ -145,7 +140,9 @@ CHAOS_PATHS: dict[str, Any] = {
             ],
             "security": [{"bearer": []}],
             "responses": {
-                "200": _ok("the signal was sent to the group led by `pid`", _SIGNALLED),
+                "200": document_content(
+                    documents.SignalledDocument, "the signal was sent to the group led by `pid`"
+                ),
                 "404": error_content("no such service; `known` lists the names"),
                 **_GUARD_ERRORS,
             },

@@ -3,7 +3,8 @@
 A subscriber is a cursor (the last event it was sent) into the history the bus already keeps:
 replay and live events are the same thing, read in place, so a thousand subscribers that do not
 read hold no copy of anything (what one holds is at most the message being sent). Each event's
-JSON is made once (``Envelope.json``) however many subscribers send it; a subscriber that is
+JSON (``dev8.documents``: camelCase, every key present) is made once however many subscribers
+send it; a subscriber that is
 behind gets up to ``MAX_BATCH`` events in one message, a JSON array, so a burst costs it one
 send instead of one per event.
 
@@ -17,8 +18,8 @@ JSON reason ``{"resumeFrom": N, "bootId": S}``; resuming from there replays what
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import trio
@@ -26,6 +27,7 @@ from quart import Response, websocket
 
 from actors import Envelope, EventBus
 
+from .. import documents
 from ..control import Control
 from ._responses import BadParameter, error_response, whole_number
 
@@ -39,21 +41,19 @@ LAGGED_CLOSE_GRACE = 5.0
 
 def resync_event(control: Control) -> dict[str, Any]:
     """What a subscriber that cannot be replayed to gets first: the state now."""
-    return {
-        "seq": control.bus.last_seq,
-        "bootId": control.bus.boot_id,
-        "time": datetime.now(tz=UTC).isoformat(),
-        "kind": "resync",
-        "source": "dev8",
-        "data": control.status(),
-    }
+    return documents.resync_document(
+        seq=control.bus.last_seq,
+        boot_id=control.bus.boot_id,
+        time=time.time(),
+        status=control.status_document(),
+    )
 
 
-def batch_text(envelopes: list[Envelope]) -> str:
+def batch_text(envelopes: list[Envelope], encode: Callable[[Envelope], str]) -> str:
     """One event as an object; several as an array of them."""
     if len(envelopes) == 1:
-        return envelopes[0].json
-    return "[" + ",".join(e.json for e in envelopes) + "]"
+        return encode(envelopes[0])
+    return "[" + ",".join(encode(e) for e in envelopes) + "]"
 
 
 def _accepting(kinds: set[str], services: set[str]) -> Callable[[Envelope], bool] | None:
@@ -91,6 +91,8 @@ class EventFeed:
 
     def __init__(self, bus: EventBus) -> None:
         self.bus = bus
+        #: Each event's wire JSON, made once for every subscriber.
+        self.encode = documents.EventEncoder(bus.boot_id)
         self._lot = trio.lowlevel.ParkingLot()
         self.sending: set[_Subscriber] = set()
         bus.add_listener(self._on_publish)
@@ -139,7 +141,8 @@ async def stream_events(control: Control, feed: EventFeed) -> Response | None:
     finally:
         feed.sending.discard(subscriber)
         control.websocket_clients -= 1
-    reason = json.dumps({"resumeFrom": subscriber.cursor, "bootId": bus.boot_id})
+    lagged = documents.LaggedCloseDocument(resume_from=subscriber.cursor, boot_id=bus.boot_id)
+    reason = documents.to_json(lagged).decode()
     with trio.move_on_after(LAGGED_CLOSE_GRACE):
         await websocket.close(CLOSE_LAGGED, reason)
     return None
@@ -163,6 +166,6 @@ async def _follow(
         batch = envelopes if accept is None else [e for e in envelopes if accept(e)]
         if batch:
             feed.sending.add(subscriber)
-            await websocket.send(batch_text(batch))
+            await websocket.send(batch_text(batch, feed.encode))
             feed.sending.discard(subscriber)
         subscriber.cursor = envelopes[-1].seq

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from quart import Response
+
+from .. import documents
 
 
 class BadParameter(ValueError):
@@ -25,8 +27,20 @@ def json_text_response(text: str | bytes, status: int = 200) -> Response:
     return Response(text, status=status, content_type="application/json")
 
 
-def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
-    return json_response({"error": {"code": code, "message": message, **extra}}, status)
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    parameter: str | None = None,
+    known: Iterable[str] | None = None,
+    state: str | None = None,
+) -> Response:
+    """Every error in the one shape of ``dev8.documents.ErrorDocument`` (every key present)."""
+    document = documents.error_document(
+        code, message, parameter=parameter, known=known, state=state
+    )
+    return json_text_response(documents.to_json(document), status)
 
 
 def whole_number(
