@@ -194,7 +194,7 @@ async def test_real_answers_match_their_schemas(api: Api, document: dict[str, An
             validate(document, response.json(), response_schema(document, path, "get", status))
         status_body = (await client.get("/status")).json()
         flaky = status_body["services"]["flaky"]
-        assert flaky["lastExit"]["details"] == {"signal": None, "exitCode": None}
+        assert flaky["lastExit"]["details"] == {"signal": None, "exitCode": None, "lastOutput": None}
         assert flaky["probes"] is None
         assert flaky["pid"] is None
         assert isinstance(status_body["uptimeSeconds"], float)
@@ -264,7 +264,7 @@ def test_an_event_is_encoded_once_in_camel_case_and_logs_keep_snake_case() -> No
     assert encode(envelope) is text  # built once for every subscriber
     wire = json.loads(text)
     assert wire["bootId"] == "boot-1"
-    assert wire["data"]["details"] == {"signal": None, "exitCode": 3}
+    assert wire["data"]["details"] == {"signal": None, "exitCode": 3, "lastOutput": None}
     assert wire["data"]["error"] is None  # present, null
     # The log line (and anything else reading the event itself) keeps the Python names.
     assert envelope.event.data()["details"] == {"exit_code": 3, "signal": None}

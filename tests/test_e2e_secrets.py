@@ -262,7 +262,7 @@ async def test_keyvault_secrets_are_injected_rotated_and_kept_through_failures_w
             failed = await seen_or_wait(events, "secret_fetch_failed", name=GITHUB)
             assert failed["data"] == {
                 "name": GITHUB, "role": "github_token", "reason": "server_error", "status": 500,
-                "retry_after": None,
+                "retryAfter": None,
             }  # fmt: skip
             assert snapshot(home) == before
             vault.heal()

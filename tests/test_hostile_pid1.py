@@ -187,9 +187,9 @@ async def host_pid_of(marker: str, what: str) -> int:
 
 
 async def _wait_log_output(dev8: Dev8Run, key: str, wanted: Any) -> Json:
-    with fail_after(60, f"log_output.{key} to become {wanted!r}"):
+    with fail_after(60, f"logOutput.{key} to become {wanted!r}"):
         while True:
-            output: Json = (await dev8.status())["log_output"]
+            output: Json = (await dev8.status())["logOutput"]
             if output[key] == wanted or (wanted is True and output[key]):
                 return output
             await trio.sleep(0.1)
@@ -232,13 +232,13 @@ async def test_a_closed_stalled_or_full_stdout_never_stops_supervision_or_shutdo
                         seen += await trio.to_thread.run_sync(os.read, read_fd, 4096)
                 os.close(read_fd)
                 read_fd = None
-                output = await _wait_log_output(dev8, "last_error", "EPIPE")
+                output = await _wait_log_output(dev8, "lastError", "EPIPE")
             elif sink == "full":
-                output = await _wait_log_output(dev8, "last_error", "ENOSPC")
+                output = await _wait_log_output(dev8, "lastError", "ENOSPC")
             else:
-                output = await _wait_log_output(dev8, "lines_dropped", True)
-                assert output["last_error"] is None  # nothing failed: the reader just stalls
-            assert output["lines_dropped"] > 0
+                output = await _wait_log_output(dev8, "linesDropped", True)
+                assert output["lastError"] is None  # nothing failed: the reader just stalls
+            assert output["linesDropped"] > 0
             print(f"{sink}: {output}")
 
             # Supervision goes on: the API answers, both services still run.

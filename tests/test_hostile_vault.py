@@ -476,7 +476,7 @@ async def test_rotations_restart_without_using_up_intensity_failures_are_refused
 
             async def restarted(count: int = round_) -> bool:
                 node = await app_node(run)
-                return bool(node["restart_reasons"].get("secret") == count
+                return bool(node["restartReasons"].get("secret") == count
                             and node["state"] == "running")  # fmt: skip
 
             await wait_for(run, f"secret restart {round_}", restarted)

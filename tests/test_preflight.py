@@ -290,9 +290,9 @@ async def test_a_service_failing_at_once_ends_fatal_with_its_last_output(
             "bad", lambda n: n["state"] == "fatal", timeout=30, what="fatal"
         )
         expected = ["starting", "error: cannot open /etc/dev8-nothing"]
-        assert node["last_exit"]["details"]["lastOutput"] == expected
+        assert node["lastExit"]["details"]["lastOutput"] == expected
         status = await dev8.status()
-        assert status["services"]["bad"]["last_exit"]["details"]["lastOutput"] == expected
+        assert status["services"]["bad"]["lastExit"]["details"]["lastOutput"] == expected
         gave_up = await dev8.wait_log(lambda e: e.get("message") == "child_gave_up")
         exits = dev8.messages("child_exited", child="bad")
         assert len(exits) == 3

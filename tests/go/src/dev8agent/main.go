@@ -37,6 +37,15 @@ type Health struct {
 	Services      map[string]string `json:"services"`
 	Uptime        string            `json:"uptime"`
 	UptimeSeconds float64           `json:"uptimeSeconds"`
+	// Required secrets the services wait for before they start ([] when none).
+	WaitingForSecrets []WaitingSecret `json:"waitingForSecrets"`
+}
+
+type WaitingSecret struct {
+	Name       string   `json:"name"`
+	Reason     string   `json:"reason"`
+	Status     *int     `json:"status"`
+	RetryAfter *float64 `json:"retryAfter"`
 }
 
 type Liveness struct {
@@ -51,8 +60,9 @@ type Readiness struct {
 }
 
 type ExitDetails struct {
-	Signal   *string `json:"signal"`
-	ExitCode *int    `json:"exitCode"`
+	Signal     *string  `json:"signal"`
+	ExitCode   *int     `json:"exitCode"`
+	LastOutput []string `json:"lastOutput"`
 }
 
 type Exit struct {
@@ -114,12 +124,14 @@ type Service struct {
 }
 
 type SecretsStats struct {
-	Passes                  int     `json:"passes"`
-	FetchFailures           int     `json:"fetchFailures"`
-	Rotations               int     `json:"rotations"`
-	ConsecutiveFailedPasses int     `json:"consecutiveFailedPasses"`
-	LastFetchDuration       float64 `json:"lastFetchDuration"`
-	LastInjectionDuration   float64 `json:"lastInjectionDuration"`
+	Passes                  int        `json:"passes"`
+	FailedPasses            int        `json:"failedPasses"`
+	FetchFailures           int        `json:"fetchFailures"`
+	Rotations               int        `json:"rotations"`
+	ConsecutiveFailedPasses int        `json:"consecutiveFailedPasses"`
+	LastFetchDuration       float64    `json:"lastFetchDuration"`
+	LastInjectionDuration   float64    `json:"lastInjectionDuration"`
+	LastSuccess             *time.Time `json:"lastSuccess"`
 }
 
 type Secrets struct {
@@ -130,6 +142,8 @@ type Secrets struct {
 	LastPassOk *bool             `json:"lastPassOk"`
 	Failed     []string          `json:"failed"`
 	Missing    []string          `json:"missing"`
+	Ready      bool              `json:"ready"`
+	WaitingFor []WaitingSecret   `json:"waitingFor"`
 	Stats      SecretsStats      `json:"stats"`
 }
 
@@ -146,6 +160,28 @@ type Status struct {
 	Services      map[string]Service `json:"services"`
 	Tree          TreeNode           `json:"tree"`
 	Secrets       *Secrets           `json:"secrets"`
+	// Required secrets the services wait for before they start ([] when none).
+	WaitingForSecrets []WaitingSecret `json:"waitingForSecrets"`
+	LogOutput         *LogOutput      `json:"logOutput"`
+	Storage           *Storage        `json:"storage"`
+}
+
+// dev8's own stdout: a stalled or closed reader drops lines, never stalls dev8.
+type LogOutput struct {
+	LinesWritten int     `json:"linesWritten"`
+	LinesDropped int     `json:"linesDropped"`
+	LinesQueued  int     `json:"linesQueued"`
+	FailedWrites int     `json:"failedWrites"`
+	LastError    *string `json:"lastError"`
+}
+
+// Where /workspace lives and whether file modes hold there (not on SMB).
+type Storage struct {
+	Path          string  `json:"path"`
+	Kind          string  `json:"kind"`
+	FsType        string  `json:"fsType"`
+	ModesHold     bool    `json:"modesHold"`
+	StrictFilesIn *string `json:"strictFilesIn"`
 }
 
 type ServiceConnections struct {
@@ -309,10 +345,17 @@ type SecretRotated struct {
 }
 
 type SecretFetchFailed struct {
-	Name   string `json:"name"`
+	Name       string   `json:"name"`
+	Role       string   `json:"role"`
+	Reason     string   `json:"reason"`
+	Status     *int     `json:"status"`
+	RetryAfter *float64 `json:"retryAfter"`
+}
+
+type SecretInputRefused struct {
 	Role   string `json:"role"`
+	Item   string `json:"item"`
 	Reason string `json:"reason"`
-	Status *int   `json:"status"`
 }
 
 type SecretsInjected struct {
@@ -350,6 +393,7 @@ var dataTypes = map[string]func() interface{}{
 	"secret_fetched":       func() interface{} { return &SecretFetched{} },
 	"secret_rotated":       func() interface{} { return &SecretRotated{} },
 	"secret_fetch_failed":  func() interface{} { return &SecretFetchFailed{} },
+	"secret_input_refused": func() interface{} { return &SecretInputRefused{} },
 	"secrets_injected":     func() interface{} { return &SecretsInjected{} },
 	"chaos_fault_injected": func() interface{} { return &ChaosFaultInjected{} },
 	"resync":               func() interface{} { return &Status{} },
