@@ -105,7 +105,14 @@ async def test_health_is_the_seed_shape_and_turns_503_when_a_service_is_fatal(ap
         body = response.json()
         assert body["healthy"] is True
         assert body["services"] == {"web": "running", "flaky": "running"}
-        assert set(body) == {"healthy", "lastCheck", "services", "uptime", "uptimeSeconds", "waitingForSecrets"}
+        assert set(body) == {
+            "healthy",
+            "lastCheck",
+            "services",
+            "uptime",
+            "uptimeSeconds",
+            "waitingForSecrets",
+        }
         assert body["uptime"].endswith("s")
         assert isinstance(body["uptimeSeconds"], float)
 

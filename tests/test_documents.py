@@ -194,7 +194,11 @@ async def test_real_answers_match_their_schemas(api: Api, document: dict[str, An
             validate(document, response.json(), response_schema(document, path, "get", status))
         status_body = (await client.get("/status")).json()
         flaky = status_body["services"]["flaky"]
-        assert flaky["lastExit"]["details"] == {"signal": None, "exitCode": None, "lastOutput": None}
+        assert flaky["lastExit"]["details"] == {
+            "signal": None,
+            "exitCode": None,
+            "lastOutput": None,
+        }
         assert flaky["probes"] is None
         assert flaky["pid"] is None
         assert isinstance(status_body["uptimeSeconds"], float)
