@@ -7,6 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 from dev8_harness import free_port, kill_marked
+from keyvault_fake import (
+    AZURE_ENV,
+    FakeImds,
+    FakeKeyVault,
+    TlsFiles,
+    make_tls,
+    open_fake_imds,
+    open_fake_vault,
+)
 
 
 @pytest.fixture
@@ -21,3 +30,29 @@ def marker() -> Iterator[str]:
     value = f"dev8-e2e-{uuid.uuid4().hex[:12]}"
     yield value
     kill_marked(value)
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A private CA and a server certificate for 127.0.0.1 (the fake Key Vault's HTTPS)."""
+    return make_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def imds(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeImds]:
+    """A fake managed-identity endpoint; the SDK's other credential variables are cleared."""
+    for name in AZURE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    with open_fake_imds() as imds:
+        monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.url)
+        yield imds
+
+
+@pytest.fixture
+def vault(tls: TlsFiles, imds: FakeImds, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKeyVault]:
+    """A Key Vault-compatible endpoint over HTTPS that accepts the fake identity's tokens."""
+    with open_fake_vault(tls) as vault:
+        vault.accepted_tokens = imds.issued
+        # The private CA is trusted the standard way, as in production.
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_cert))
+        yield vault

@@ -479,3 +479,12 @@ def open_fake_imds() -> Iterator[FakeImds]:
     imds = FakeImds()
     with serving(imds._server):
         yield imds
+
+
+#: What the Azure SDK reads from the environment: cleared so a test's credential is the fake's.
+AZURE_ENV = (
+    "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
+    "AZURE_USERNAME", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST", "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET", "AZURE_TOKEN_CREDENTIALS",
+    "AZURE_KEY_VAULT_NAME", "AZURE_KEY_VAULT_URL",
+)  # fmt: skip

@@ -48,7 +48,7 @@ from dev8_harness import (
     wait_until,
     write_config,
 )
-from keyvault_fake import FakeKeyVault, make_tls, open_fake_imds, open_fake_vault
+from keyvault_fake import AZURE_ENV, FakeKeyVault, make_tls, open_fake_imds, open_fake_vault
 from trio_websocket import (
     ConnectionClosed,
     HandshakeError,
@@ -80,11 +80,6 @@ FAULT_WEIGHTS: Mapping[str, int] = {
     "disk_full": 1,
     "api_burst": 2,
 }
-AZURE_ENV = (
-    "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE",
-    "AZURE_AUTHORITY_HOST", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT",
-    "AZURE_TOKEN_CREDENTIALS", "AZURE_KEY_VAULT_URL", "AZURE_KEY_VAULT_NAME",
-)  # fmt: skip
 WEB = """\
 import http.server, sys
 class Ok(http.server.BaseHTTPRequestHandler):

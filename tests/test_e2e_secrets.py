@@ -18,12 +18,9 @@ import trio
 import yaml
 from dev8_harness import NO_BACKOFF, Dev8Run, Json, fail_after, run_cli
 from keyvault_fake import (
+    AZURE_ENV,
     FakeImds,
     FakeKeyVault,
-    TlsFiles,
-    make_tls,
-    open_fake_imds,
-    open_fake_vault,
 )
 from workspace_harness import (
     WorkspaceSecrets,
@@ -48,12 +45,6 @@ from workspace_harness import (
 USER_ID = "u1"
 ROLES = ("github_token", "copilot_token", "ssh_private_key", "ssh_public_key", "custom_env_vars")
 GITHUB = f"github-token-{USER_ID}"
-AZURE_ENV = (
-    "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
-    "AZURE_USERNAME", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST", "IDENTITY_ENDPOINT",
-    "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET", "AZURE_TOKEN_CREDENTIALS",
-    "AZURE_KEY_VAULT_NAME", "AZURE_KEY_VAULT_URL",
-)  # fmt: skip
 #: A workspace service that shows it got the custom environment: a digest, never the value.
 APP = """\
 import hashlib, os, time
@@ -76,11 +67,6 @@ DIRS = (".ssh", ".config/gh", ".config/github-copilot", ".config/dev8")
 
 
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_tls(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
 def user() -> Iterator[WorkspaceUser]:
     with workspace_user("d8s") as created:
         yield created
@@ -92,23 +78,11 @@ def material(tmp_path_factory: pytest.TempPathFactory) -> WorkspaceSecrets:
 
 
 @pytest.fixture
-def imds(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeImds]:
-    for name in AZURE_ENV:
-        monkeypatch.delenv(name, raising=False)
-    with open_fake_imds() as imds:
-        monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.url)
-        yield imds
-
-
-@pytest.fixture
-def vault(tls: TlsFiles, imds: FakeImds, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKeyVault]:
+def vault(vault: FakeKeyVault, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKeyVault]:
     """The environment the platform's agent gives dev8 (dev8 inherits it from this process)."""
-    with open_fake_vault(tls) as vault:
-        vault.accepted_tokens = imds.issued
-        monkeypatch.setenv("AZURE_KEY_VAULT_URL", vault.url)
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_cert))
-        yield vault
-        vault.heal()
+    monkeypatch.setenv("AZURE_KEY_VAULT_URL", vault.url)
+    yield vault
+    vault.heal()
 
 
 def seed(vault: FakeKeyVault, material: WorkspaceSecrets, *, skip: tuple[str, ...] = ()) -> None:

@@ -30,12 +30,7 @@ import pytest
 import trio
 from dev8_harness import NO_BACKOFF, Dev8Run, Json, fail_after, free_port, throwaway_user
 from keyvault_fake import (
-    FakeImds,
     FakeKeyVault,
-    TlsFiles,
-    make_tls,
-    open_fake_imds,
-    open_fake_vault,
 )
 from workspace_harness import (
     ROOT_RUNTIME_DIR,
@@ -78,12 +73,6 @@ __attribute__((constructor)) static void pwn(void) {
     if (fd >= 0) close(fd);
 }
 """
-AZURE_ENV = (
-    "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
-    "AZURE_USERNAME", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST", "IDENTITY_ENDPOINT",
-    "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET", "AZURE_TOKEN_CREDENTIALS",
-    "AZURE_KEY_VAULT_NAME", "AZURE_KEY_VAULT_URL",
-)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -174,28 +163,6 @@ async def running(settings: ProcessSettings) -> AsyncIterator[int]:
                 await trio.sleep(0.005)
         yield pid
         nursery.cancel_scope.cancel()
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_tls(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def imds(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeImds]:
-    for name in AZURE_ENV:
-        monkeypatch.delenv(name, raising=False)
-    with open_fake_imds() as imds:
-        monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.url)
-        yield imds
-
-
-@pytest.fixture
-def vault(tls: TlsFiles, imds: FakeImds, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKeyVault]:
-    with open_fake_vault(tls) as vault:
-        vault.accepted_tokens = imds.issued
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_cert))
-        yield vault
 
 
 @pytest.fixture

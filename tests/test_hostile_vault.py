@@ -22,10 +22,6 @@ from dev8_harness import Dev8Run, fail_after, open_dev8, python_service
 from keyvault_fake import (
     FakeImds,
     FakeKeyVault,
-    TlsFiles,
-    make_tls,
-    open_fake_imds,
-    open_fake_vault,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -33,38 +29,16 @@ from actors import Backoff, ChildContext, ChildSpec, ChildState, EventBus, Inten
 from dev8.secrets import Injector, Rotator, SecretFetchError
 from dev8.secrets.keyvault import KeyVaultProvider
 
-AZURE_ENV = (
-    "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
-    "AZURE_USERNAME", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST", "IDENTITY_ENDPOINT",
-    "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET", "AZURE_TOKEN_CREDENTIALS",
-    "AZURE_KEY_VAULT_NAME", "AZURE_KEY_VAULT_URL",
-)  # fmt: skip
 NAMES = [f"secret-{i}" for i in range(5)]
 
 
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_tls(tmp_path_factory.mktemp("tls"))
-
-
 @pytest.fixture
-def imds(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeImds]:
-    for name in AZURE_ENV:
-        monkeypatch.delenv(name, raising=False)
-    with open_fake_imds() as imds:
-        monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.url)
-        yield imds
-
-
-@pytest.fixture
-def vault(tls: TlsFiles, imds: FakeImds, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKeyVault]:
-    with open_fake_vault(tls) as vault:
-        vault.accepted_tokens = imds.issued
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_cert))
-        for name in NAMES:
-            vault.set_secret(name, f"value of {name}")
-        yield vault
-        vault.heal()
+def vault(vault: FakeKeyVault) -> Iterator[FakeKeyVault]:
+    """The shared fake (conftest.py), holding NAMES."""
+    for name in NAMES:
+        vault.set_secret(name, f"value of {name}")
+    yield vault
+    vault.heal()
 
 
 @pytest.fixture

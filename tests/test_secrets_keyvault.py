@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +17,6 @@ from keyvault_fake import (
     FakeImds,
     FakeKeyVault,
     TlsFiles,
-    make_tls,
-    open_fake_imds,
-    open_fake_vault,
 )
 
 from actors import Event
@@ -32,36 +29,6 @@ from dev8.secrets import (
     secrets_config_from,
 )
 from dev8.secrets.keyvault import KeyVaultProvider
-
-AZURE_ENV = (
-    "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
-    "AZURE_USERNAME", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST", "IDENTITY_ENDPOINT",
-    "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET", "AZURE_TOKEN_CREDENTIALS",
-    "AZURE_KEY_VAULT_NAME", "AZURE_KEY_VAULT_URL",
-)  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_tls(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def imds(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeImds]:
-    for name in AZURE_ENV:
-        monkeypatch.delenv(name, raising=False)
-    with open_fake_imds() as imds:
-        monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.url)
-        yield imds
-
-
-@pytest.fixture
-def vault(tls: TlsFiles, imds: FakeImds, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKeyVault]:
-    with open_fake_vault(tls) as vault:
-        vault.accepted_tokens = imds.issued
-        # The private CA is trusted the standard way, as in production.
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_cert))
-        yield vault
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import pytest
 import structlog
 import trio
 from keyvault_fake import (
+    AZURE_ENV,
     FakeImds,
     FakeKeyVault,
     TlsFiles,
@@ -34,12 +35,6 @@ from dev8.secrets import (
 )
 from dev8.secrets.errors import SecretsRefreshFailed
 from dev8.secrets.runtime import refresh_failure, refresh_reply
-
-AZURE_ENV = (
-    "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE",
-    "AZURE_AUTHORITY_HOST", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT",
-    "AZURE_TOKEN_CREDENTIALS",
-)  # fmt: skip
 
 
 @pytest.fixture
