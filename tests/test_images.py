@@ -334,7 +334,7 @@ def test_health_and_ready_answer_and_the_healthcheck_agrees(workspace: Workspace
     auth = f"Authorization: Bearer {workspace.token}"
     assert workspace.http("GET", 9000, "/status")[0] == 401  # reads need the token too
     status = json.loads(workspace.http("GET", 9000, "/status", auth)[1])
-    assert (status["environment_id"], status["user_id"]) == ("env-test", "user-test")
+    assert (status["environmentId"], status["userId"]) == ("env-test", "user-test")
     assert status["pid"] == 1
     assert status["storage"]["modesHold"] is True  # a local directory: nothing moves
     assert status["storage"]["kind"] == "posix"
@@ -662,7 +662,8 @@ def test_a_workspace_on_smb_like_storage_keeps_ssh_and_git_working(
 
     try:
         with running_workspace(root, base_image, mount=mount) as workspace:
-            status = json.loads(workspace.http("GET", 9000, "/status")[1])
+            auth = f"Authorization: Bearer {workspace.token}"
+            status = json.loads(workspace.http("GET", 9000, "/status", auth)[1])
             assert status["storage"]["kind"] == "fixed-modes", status["storage"]
             assert status["storage"]["modesHold"] is False
             assert status["storage"]["fsType"].startswith("fuse")
