@@ -371,6 +371,10 @@ async def test_a_missing_required_secret_holds_the_services_not_the_workspace(
         assert node["state"] != "running"
         assert node["pid"] is None
         assert run.process.returncode is None
+        # Waiting is not wedged: the liveness probe never restarts the container for it.
+        livez = await run.http.get("/livez")
+        assert livez.status_code == 200, livez.text
+        assert livez.json()["status"] == "alive"
         refused = await run.http.post("/secrets/refresh")
         assert refused.status_code == 409, refused.text
         error = refused.json()["error"]
