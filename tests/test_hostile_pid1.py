@@ -679,16 +679,22 @@ trio.run(main)
 """
 
 
-async def test_reaping_does_not_scan_proc_whatever_the_number_of_live_processes() -> None:
-    with fail_after(120, "the reaper under load"):
+async def run_script_as_pid1(script: str, what: str) -> Json:
+    """Run `script` as PID 1 of a new PID namespace; its last stdout line is its JSON result."""
+    with fail_after(120, what):
         result = await trio.run_process(
-            [*UNSHARE_PID1, sys.executable, "-c", REAPER_UNDER_LOAD],
+            [*UNSHARE_PID1, sys.executable, "-c", script],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
         )
     assert result.returncode == 0, result.stderr.decode(errors="replace")
-    found = json.loads(result.stdout.decode().splitlines()[-1])
+    found: Json = json.loads(result.stdout.decode().splitlines()[-1])
+    return found
+
+
+async def test_reaping_does_not_scan_proc_whatever_the_number_of_live_processes() -> None:
+    found = await run_script_as_pid1(REAPER_UNDER_LOAD, "the reaper under load")
     assert found["reaped"] == [7] * EXITING_ORPHANS
     assert found["live"] >= LIVE_ORPHANS
     assert found["zombies"] == []
@@ -751,15 +757,7 @@ trio.run(main)
 
 
 async def test_a_zombie_of_ours_never_hides_an_orphan_that_exited_with_it() -> None:
-    with fail_after(120, "the rounds"):
-        result = await trio.run_process(
-            [*UNSHARE_PID1, sys.executable, "-c", EXITING_TOGETHER],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
-    assert result.returncode == 0, result.stderr.decode(errors="replace")
-    found = json.loads(result.stdout.decode().splitlines()[-1])
+    found = await run_script_as_pid1(EXITING_TOGETHER, "the rounds")
     assert found["codes"] == [5] * ROUNDS_TOGETHER  # ours: never stolen by the reaper
     assert found["reaped"] == [3] * ROUNDS_TOGETHER  # theirs: each found without a discard
     assert found["zombies"] == []
