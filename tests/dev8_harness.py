@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -460,11 +460,24 @@ async def open_dev8(
 
 
 async def _reap(run: Dev8Run) -> None:
-    process = run.process
+    await stop_process(run.process, terminate=lambda: run.signal(signal.SIGTERM))
+
+
+async def stop_process(
+    process: trio.Process,
+    *,
+    terminate: Callable[[], Awaitable[None]] | None = None,
+    grace: float = 15.0,
+) -> None:
+    """`terminate` (SIGTERM to the process by default), up to `grace` seconds, then SIGKILL to
+    it and everything below it; always waited for."""
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
-            await run.signal(signal.SIGTERM)
-        with trio.move_on_after(15.0):
+            if terminate is None:
+                process.send_signal(signal.SIGTERM)
+            else:
+                await terminate()
+        with trio.move_on_after(grace):
             await process.wait()
     if process.returncode is None:
         for pid in [process.pid, *list_descendants(process.pid)]:

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,9 +21,7 @@ from pathlib import Path
 import attrs
 import httpx
 import trio
-from dev8_harness import REPO_ROOT, fail_after, free_port
-
-from dev8.init import list_descendants
+from dev8_harness import REPO_ROOT, fail_after, free_port, stop_process
 
 DOCS = [
     REPO_ROOT / "README.md",
@@ -103,15 +100,7 @@ async def running_demo(api_port: int, web_port: int) -> AsyncIterator[trio.Proce
 
 
 async def _stop(process: trio.Process) -> None:
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)  # run-local execs dev8: this is dev8
-        with trio.move_on_after(30):
-            await process.wait()
-    if process.returncode is None:
-        for pid in [process.pid, *list_descendants(process.pid)]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        await process.wait()
+    await stop_process(process, grace=30)  # run-local execs dev8: this is dev8
 
 
 async def wait_healthy(process: trio.Process, api_port: int) -> None:
