@@ -241,7 +241,12 @@ async def test_a_closed_stalled_or_full_stdout_never_stops_supervision_or_shutdo
             assert output["linesDropped"] > 0
             print(f"{sink}: {output}")
 
-            # Supervision goes on: the API answers, both services still run.
+            # Supervision goes on: both services come up and stay up, and the API answers.
+            # (On a full disk the first failed write can come before the services are ready.)
+            for name in ("chatty", "steady"):
+                await dev8.wait_service(
+                    name, lambda node: node["state"] == "running", timeout=30, what="running"
+                )
             for _ in range(20):
                 with trio.fail_after(5):
                     health = await dev8.http.get("/health")
