@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -86,6 +86,12 @@ class Hooks:
     secrets_stats: Callable[[], Any] | None = None
     #: names of the services the workspace cannot take users without (/readyz); all when empty.
     critical: Callable[[], Collection[str]] | None = None
+    #: Each probe's counters and durations (``dev8.health.ProbeStats``), for /metrics.
+    probe_stats: Callable[[], Iterable[Any]] | None = None
+    #: Failed SSH authentications counted from sshd's log lines, for /metrics.
+    ssh_failed_auth: Callable[[], int] | None = None
+    #: Client connections to code-server (the connection tracker's), for /metrics.
+    vscode_sessions: Callable[[], int] | None = None
 
 
 class Control:

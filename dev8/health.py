@@ -10,8 +10,9 @@ The board is plain state read by the API without touching any actor.
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
@@ -24,11 +25,13 @@ from .config import ProbeConfig, ProbesConfig
 from .probes import ProbeResult, run_probe
 
 __all__ = [
+    "DURATION_BUCKETS",
     "HealthBoard",
     "LivenessFailed",
     "ProbeFailed",
     "ProbeKind",
     "ProbeRecovered",
+    "ProbeStats",
     "ServiceNotReady",
     "ServiceReady",
     "make_prober_spec",
@@ -38,6 +41,9 @@ ProbeKind = Literal["readiness", "liveness"]
 
 #: How often a prober looks whether its service was restarted meanwhile (a dict lookup).
 WATCH_INTERVAL = 0.5
+#: Upper bounds (seconds) of the probe-duration histogram for /metrics: Prometheus' defaults,
+#: which hold 0.5 (the "health check slower than 500 ms" alert).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
 def _micro(seconds: float) -> float:
@@ -110,6 +116,21 @@ class _ProbeRecord:
     successes: int = 0
     checks: int = 0
     last_check: float | None = None  # wall clock
+    #: For /metrics, never reset while the record lives: checks by result, and the durations
+    #: per DURATION_BUCKETS bound (one more for +Inf), not cumulative, with their sum.
+    passed: int = 0
+    failed: int = 0
+    duration_counts: list[int] = attrs.field(factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    duration_sum: float = 0.0
+
+    def count(self, result: ProbeResult) -> None:
+        self.checks += 1
+        if result.ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+        self.duration_counts[bisect.bisect_left(DURATION_BUCKETS, result.latency)] += 1
+        self.duration_sum += result.latency
 
     def reset(self, detail: str) -> None:
         self.ok, self.detail, self.failures, self.successes = None, detail, 0, 0
@@ -127,6 +148,21 @@ class _ProbeRecord:
             "checks": self.checks,
             "lastCheck": _iso(self.last_check),
         }
+
+
+@attrs.frozen(kw_only=True)
+class ProbeStats:
+    """One probe's figures for /metrics; ``duration_counts`` per ``DURATION_BUCKETS`` bound and
+    +Inf, not cumulative. ``last_duration`` is None before the first check."""
+
+    service: str
+    probe: str
+    passed: int
+    failed: int
+    consecutive_failures: int
+    last_duration: float | None
+    duration_counts: tuple[int, ...]
+    duration_sum: float
 
 
 @attrs.define
@@ -205,6 +241,21 @@ class HealthBoard:
             for name, detail in self.details().items()
         }
 
+    def probe_stats(self) -> Iterator[ProbeStats]:
+        """Each probe's counters, for /metrics."""
+        for name, record in self._services.items():
+            for kind, probe in record.probes.items():
+                yield ProbeStats(
+                    service=name,
+                    probe=kind,
+                    passed=probe.passed,
+                    failed=probe.failed,
+                    consecutive_failures=probe.failures,
+                    last_duration=probe.latency,
+                    duration_counts=tuple(probe.duration_counts),
+                    duration_sum=probe.duration_sum,
+                )
+
     # -- written by the probers --------------------------------------------------------------
 
     def _record(self, service: str) -> _ServiceRecord:
@@ -212,7 +263,7 @@ class HealthBoard:
 
     def _note(self, service: str, kind: str, result: ProbeResult) -> _ProbeRecord:
         record = self._services[service].probes[kind]
-        record.checks += 1
+        record.count(result)
         record.ok, record.detail, record.latency = result.ok, result.detail, result.latency
         record.last_check = self._wall_clock()
         if result.ok:

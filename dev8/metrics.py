@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from actors import ChildState
 
 from .control import Control
+from .health import DURATION_BUCKETS, ProbeStats
 from .secrets.rotator import RotatorStats
 
 _STATES = [state.value for state in ChildState]
@@ -95,6 +103,16 @@ class Dev8Collector(Collector):
             )
         if control.hooks.secrets_stats is not None:
             yield from secrets_metrics(control.hooks.secrets_stats(), control.secrets_waiting())
+        yield from health_metrics(control)
+
+
+#: The fetch-failure reasons docs/secrets.md lists, exported at 0 before the first failure: the
+#: counter is in every scrape, and rate()/increase() see a first failure as an increase.
+FETCH_FAILURE_REASONS = (
+    "throttled", "server_error", "unauthorized", "forbidden", "http_error",
+    "credential", "network", "timeout", "busy", "missing", "internal_error",
+    "not_a_file", "permission_denied", "too_large", "not_utf8", "io_error",
+)  # fmt: skip
 
 
 def secrets_metrics(stats: RotatorStats, waiting: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
@@ -112,7 +130,8 @@ def secrets_metrics(stats: RotatorStats, waiting: Sequence[Mapping[str, Any]]) -
         "Failed secret fetches, by reason (throttled, timeout, credential, missing, ...).",
         labels=["reason"],
     )
-    for reason, count in sorted(stats.fetch_failures_by_reason.items()):
+    counts = {**dict.fromkeys(FETCH_FAILURE_REASONS, 0), **stats.fetch_failures_by_reason}
+    for reason, count in sorted(counts.items()):
         failures.add_metric([reason], float(count))
     yield failures
     yield CounterMetricFamily(
@@ -140,6 +159,64 @@ def secrets_metrics(stats: RotatorStats, waiting: Sequence[Mapping[str, Any]]) -
         "dev8_secrets_waiting", "Required secrets the services still wait for.",
         value=float(len(waiting)),
     )  # fmt: skip
+
+
+# -- health checks, SSH logins, editor sessions (issue #16) ---------------------------------------
+
+
+def health_metrics(control: Control) -> Iterator[Metric]:
+    """Probe results and durations, failed SSH logins, VS Code sessions (each when wired)."""
+    hooks = control.hooks
+    if hooks.probe_stats is not None:
+        yield from probe_metrics(hooks.probe_stats())
+    if hooks.ssh_failed_auth is not None:
+        yield CounterMetricFamily(
+            "dev8_ssh_failed_auth",
+            "Failed SSH authentications (refused keys, refused users), from sshd's log lines.",
+            value=float(hooks.ssh_failed_auth()),
+        )
+    if hooks.vscode_sessions is not None:
+        yield GaugeMetricFamily(
+            "dev8_vscode_sessions",
+            "Established client connections to code-server (its browser sessions' sockets).",
+            value=float(hooks.vscode_sessions()),
+        )
+
+
+_go_float: Callable[[float], str] = floatToGoString  # untyped in prometheus-client
+#: The histogram's ``le`` labels, as prometheus-client's own histograms write them.
+_BOUNDS = [_go_float(bound) for bound in (*DURATION_BUCKETS, float("inf"))]
+
+
+def probe_metrics(stats: Iterable[ProbeStats]) -> Iterator[Metric]:
+    """The probers' board (dev8.health), labelled by service and probe (readiness, liveness)."""
+    labels = ["service", "probe"]
+    checks = CounterMetricFamily(
+        "dev8_probe_checks", "Health checks by result (pass, fail).", labels=[*labels, "result"]
+    )
+    consecutive = GaugeMetricFamily(
+        "dev8_probe_consecutive_failures", "Failed checks since the last pass.", labels=labels
+    )
+    last = GaugeMetricFamily(
+        "dev8_probe_last_duration_seconds", "Duration of the last check.", labels=labels
+    )
+    durations = HistogramMetricFamily(
+        "dev8_probe_duration_seconds", "Duration of the health checks.", labels=labels
+    )
+    for probe in stats:
+        key = [probe.service, probe.probe]
+        checks.add_metric([*key, "pass"], float(probe.passed))
+        checks.add_metric([*key, "fail"], float(probe.failed))
+        consecutive.add_metric(key, float(probe.consecutive_failures))
+        if probe.last_duration is not None:
+            last.add_metric(key, probe.last_duration)
+        cumulative = list(itertools.accumulate(probe.duration_counts))
+        durations.add_metric(
+            key,
+            [(bound, float(count)) for bound, count in zip(_BOUNDS, cumulative, strict=True)],
+            probe.duration_sum,
+        )
+    yield from (checks, consecutive, last, durations)
 
 
 def make_registry(control: Control) -> CollectorRegistry:
