@@ -288,6 +288,9 @@ class Dev8:
                 storage=lambda: storage,
                 secrets_waiting=self.secrets.waiting_for if self.secrets else None,
                 secrets_stats=self.secrets.stats if self.secrets else None,
+                probe_stats=self.health.probe_stats,
+                ssh_failed_auth=lambda: self.factory.ssh_failed_auth.count,
+                vscode_sessions=self._vscode_sessions,
             ),
             supervisors=[self.root, self.services, self.probers],
         )
@@ -443,6 +446,14 @@ class Dev8:
         }
         self.log.info("config_reloaded", **result)
         return result
+
+    def _vscode_sessions(self) -> int:
+        """Established client connections to the code-server services (dev8's probes left out)."""
+        return sum(
+            self.connections.count(name)
+            for name, service in self.config.services.items()
+            if service.enabled and service.builtin == "code-server"
+        )
 
     def services_names(self) -> list[str]:
         return [node.name for node in self.services.children()]

@@ -28,6 +28,7 @@ from .health import HealthBoard, make_prober_spec
 from .init import OwnPids
 from .probes import start_when_ready
 from .process import OutputRing, ProcessSettings, run_process
+from .sshd_log import FailedAuthCounter, SshdOutput
 from .storage import Placement
 
 
@@ -53,6 +54,8 @@ class ServiceFactory:
     services: Supervisor | None = None
     #: Where files that need strict modes live (dev8.storage); None: all in the workspace.
     placement: Placement | None = None
+    #: Failed SSH authentications, counted from the output of every sshd service.
+    ssh_failed_auth: FailedAuthCounter = attrs.field(factory=FailedAuthCounter)
 
     def effective(self, name: str, config: Config) -> ServiceConfig:
         """The service's config with its built-in defaults filled in."""
@@ -76,7 +79,7 @@ class ServiceFactory:
             if service.user is not None
             else (config.workspace.user if as_root else None)
         )
-        output = self.outputs.setdefault(name, OutputRing())
+        output = self._output(name, sshd=service.builtin == "sshd")
         custom_env = self.custom_env if _runs_as_workspace_user(user, config) else None
 
         async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
@@ -108,6 +111,14 @@ class ServiceFactory:
             intensity=intensity_of(service.intensity),
             significant=service.critical,
         )
+
+    def _output(self, name: str, *, sshd: bool) -> OutputRing:
+        """The service's output ring, kept across restarts; sshd's counts failed logins."""
+        ring = self.outputs.get(name)
+        if ring is None or sshd != isinstance(ring, SshdOutput):
+            ring = SshdOutput(self.ssh_failed_auth) if sshd else OutputRing()
+            self.outputs[name] = ring
+        return ring
 
     def prober_spec(self, name: str, config: Config) -> ChildSpec | None:
         probes = self.effective(name, config).probes

@@ -127,6 +127,9 @@ def render_sshd_config(settings: SshdSettings) -> str:
         *(f"HostKey {key}" for key in settings.host_keys),
         f"PidFile {settings.pid_file}",
         f"UsePAM {'yes' if settings.use_pam else 'no'}",
+        # VERBOSE logs each refused key ("Failed publickey for ..."), which dev8 counts
+        # (dev8_ssh_failed_auth_total); INFO logs only the connection that gave up.
+        "LogLevel VERBOSE",
         "",
         "PubkeyAuthentication yes",
         "PasswordAuthentication no",
