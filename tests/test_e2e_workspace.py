@@ -16,6 +16,7 @@ import httpx
 import pytest
 import trio
 from dev8_harness import NO_BACKOFF, Dev8Run, Json, fail_after, free_port, pid_alive
+from prometheus_client.parser import text_string_to_metric_families
 from workspace_harness import (
     ROOT_RUNTIME_DIR,
     WorkspaceSecrets,
@@ -112,6 +113,13 @@ async def service_log_contains(run: Dev8Run, service: str, text: str, timeout: f
             if any(text in entry["line"] for entry in response.json()["lines"]):
                 return
             await trio.sleep(0.1)
+
+
+async def vscode_sessions(run: Dev8Run) -> float:
+    """``dev8_vscode_sessions`` of a /metrics scrape, read by prometheus-client's parser."""
+    text = (await run.http.get("/metrics")).text
+    [family] = [f for f in text_string_to_metric_families(text) if f.name == "dev8_vscode_sessions"]
+    return float(family.samples[0].value)
 
 
 async def wait_ready_again(run: Dev8Run, name: str, old_pid: int, timeout: float) -> Json:
@@ -363,6 +371,7 @@ async def test_connections_count_ssh_sessions_and_editor_connections_until_they_
                     for name in (SSH, CODE):
                         assert board["services"][name]["lastActivity"] is not None
                     assert board["lastActivity"] is not None
+                    assert await vscode_sessions(run) == 1  # the editor's, not sshd's
                     nursery.cancel_scope.cancel()
                 closed_code = await seen_or_wait(
                     events, "connection_closed", service=CODE, peer=editor_peer, timeout=10
@@ -382,6 +391,7 @@ async def test_connections_count_ssh_sessions_and_editor_connections_until_they_
                 timeout=10,
             )  # fmt: skip
         after = (await run.http.get("/connections")).json()
+        assert await vscode_sessions(run) == 0
         for name in (SSH, CODE):
             assert (after["services"][name]["count"], after["services"][name]["peers"]) == (0, [])
             # Still known: the platform stops idle workspaces from it.
