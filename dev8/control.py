@@ -86,6 +86,8 @@ class Hooks:
     secrets_stats: Callable[[], Any] | None = None
     #: names of the services the workspace cannot take users without (/readyz); all when empty.
     critical: Callable[[], Collection[str]] | None = None
+    #: The webhook notifier's counters (a ``WebhookStats``), for /metrics.
+    webhook_stats: Callable[[], Any] | None = None
 
 
 class Control:

@@ -28,6 +28,8 @@ __all__ = [
     "LivenessFailed",
     "ProbeFailed",
     "ProbeKind",
+    "ProbeLatencyCleared",
+    "ProbeLatencyCrossed",
     "ProbeRecovered",
     "ServiceNotReady",
     "ServiceReady",
@@ -38,6 +40,8 @@ ProbeKind = Literal["readiness", "liveness"]
 
 #: How often a prober looks whether its service was restarted meanwhile (a dict lookup).
 WATCH_INTERVAL = 0.5
+#: A check slower than this is slow (the seed's "health check slower than 500 ms").
+SLOW_PROBE_SECONDS = 0.5
 
 
 def _micro(seconds: float) -> float:
@@ -68,6 +72,28 @@ class ProbeRecovered(Event):
     detail: str
     latency: float = attrs.field(converter=_micro)
     after_failures: int
+
+
+@attrs.frozen(kw_only=True)
+class ProbeLatencyCrossed(Event):
+    """A check took longer than ``threshold`` seconds, after checks that did not."""
+
+    kind: ClassVar[str] = "probe_latency_crossed"
+    service: str
+    probe: str
+    latency: float = attrs.field(converter=_micro)
+    threshold: float
+
+
+@attrs.frozen(kw_only=True)
+class ProbeLatencyCleared(Event):
+    """The first check within ``threshold`` seconds after slow ones."""
+
+    kind: ClassVar[str] = "probe_latency_cleared"
+    service: str
+    probe: str
+    latency: float = attrs.field(converter=_micro)
+    threshold: float
 
 
 @attrs.frozen(kw_only=True)
@@ -110,6 +136,8 @@ class _ProbeRecord:
     successes: int = 0
     checks: int = 0
     last_check: float | None = None  # wall clock
+    #: The last check took longer than SLOW_PROBE_SECONDS (published when it changes).
+    slow: bool = False
 
     def reset(self, detail: str) -> None:
         self.ok, self.detail, self.failures, self.successes = None, detail, 0, 0
@@ -283,6 +311,18 @@ class _Prober:
     async def _judge(self, kind: ProbeKind, probe: ProbeConfig, result: ProbeResult) -> None:
         before = self.record.probes[kind].failures
         record = self.board._note(self.name, kind, result)
+        slow = result.latency > SLOW_PROBE_SECONDS
+        if slow != record.slow:
+            record.slow = slow
+            latency_event = ProbeLatencyCrossed if slow else ProbeLatencyCleared
+            self.ctx.publish(
+                latency_event(
+                    service=self.name,
+                    probe=kind,
+                    latency=result.latency,
+                    threshold=SLOW_PROBE_SECONDS,
+                )
+            )
         if not result.ok:
             self.ctx.publish(
                 ProbeFailed(

@@ -13,6 +13,7 @@ from actors import ChildState
 
 from .control import Control
 from .secrets.rotator import RotatorStats
+from .webhooks import WebhookStats
 
 _STATES = [state.value for state in ChildState]
 
@@ -95,6 +96,8 @@ class Dev8Collector(Collector):
             )
         if control.hooks.secrets_stats is not None:
             yield from secrets_metrics(control.hooks.secrets_stats(), control.secrets_waiting())
+        if control.hooks.webhook_stats is not None:
+            yield from webhook_metrics(control.hooks.webhook_stats())
 
 
 def secrets_metrics(stats: RotatorStats, waiting: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
@@ -139,6 +142,30 @@ def secrets_metrics(stats: RotatorStats, waiting: Sequence[Mapping[str, Any]]) -
     yield GaugeMetricFamily(
         "dev8_secrets_waiting", "Required secrets the services still wait for.",
         value=float(len(waiting)),
+    )  # fmt: skip
+
+
+def webhook_metrics(stats: WebhookStats) -> Iterator[Metric]:
+    """The webhook notifier's counters (dev8.webhooks)."""
+    deliveries = CounterMetricFamily(
+        "dev8_webhook_deliveries",
+        "Alerts sent to webhooks, by result (delivered, rejected: a 4xx, failed: every try).",
+        labels=["result"],
+    )
+    for result, count in sorted(stats.deliveries.items()):
+        deliveries.add_metric([result], float(count))
+    yield deliveries
+    yield CounterMetricFamily(
+        "dev8_webhook_dropped", "Alerts dropped because a webhook's queue was full.",
+        value=float(stats.dropped),
+    )  # fmt: skip
+    yield CounterMetricFamily(
+        "dev8_webhook_retries", "Webhook tries after the first (refused, timeout, 5xx, 429).",
+        value=float(stats.retries),
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "dev8_webhook_queued", "Alerts waiting in the webhooks' queues.",
+        value=float(stats.queued),
     )  # fmt: skip
 
 
