@@ -218,6 +218,7 @@ class Dev8:
                     self.connections.snapshot,
                     after=config.idle.after,
                     count_api_clients=config.idle.api_clients,
+                    poll_interval=config.connections.interval,
                 )
             )
         if self.secrets is not None:

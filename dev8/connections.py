@@ -24,8 +24,6 @@ import trio
 from actors import ChildContext, ChildSpec, Event, Restart
 
 __all__ = [
-    "ApiClientConnected",
-    "ApiClientDisconnected",
     "Connection",
     "ConnectionBoard",
     "ConnectionClosed",
@@ -58,20 +56,6 @@ class ConnectionClosed(Event):
     peer: str
     #: Seconds between the polls that first and last saw it: accurate to the poll interval.
     duration: float
-
-
-@attrs.frozen(kw_only=True)
-class ApiClientConnected(Event):
-    """An event-stream (websocket) client joined the API; ``clients``: how many are on now."""
-
-    kind: ClassVar[str] = "api_client_connected"
-    clients: int
-
-
-@attrs.frozen(kw_only=True)
-class ApiClientDisconnected(Event):
-    kind: ClassVar[str] = "api_client_disconnected"
-    clients: int
 
 
 @attrs.frozen(kw_only=True)

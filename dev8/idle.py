@@ -1,11 +1,12 @@
 """Idle: nobody has been connected for ``idle.after`` seconds, the platform's cue to stop us.
 
 Someone is connected while the connection tracker has a client on a service's port (SSH, code-
-server: ``connection_opened`` / ``connection_closed``) or, unless ``idle.api_clients`` is off,
-an event-stream client is on the API (``api_client_connected`` / ``_disconnected``). The idle
-watcher follows those events, seeded once from the tracker's snapshot, and publishes
-``workspace_idle`` once the quiet has lasted ``after`` seconds, and ``workspace_active`` when
-someone comes back. The rules are :class:`IdleState`, pure, on a clock given in.
+server: its ``connection_opened`` / ``connection_closed`` events) or, unless
+``idle.api_clients`` is off, an event-stream (websocket) client is on the API (read from the
+same ``GET /connections`` snapshot every ``poll_interval``: API clients are not events, so that a
+stream never shows its own readers). The idle watcher publishes ``workspace_idle`` once the
+quiet has lasted ``after`` seconds, and ``workspace_active`` when someone comes back. The rules
+are :class:`IdleState`, pure, on a clock given in.
 """
 
 from __future__ import annotations
@@ -44,9 +45,7 @@ class WorkspaceActive(Event):
     idle_for: float = attrs.field(converter=_rounded)
 
 
-WATCHED_KINDS = frozenset(
-    {"connection_opened", "connection_closed", "api_client_connected", "api_client_disconnected"}
-)
+WATCHED_KINDS = frozenset({"connection_opened", "connection_closed"})
 
 
 class IdleState:
@@ -80,18 +79,22 @@ class IdleState:
         return self.quiet_since + self.after
 
     def observe(self, kind: str, data: Mapping[str, Any], now: float) -> Event | None:
-        """Take in one event; ``WorkspaceActive`` when it ended an idle spell."""
+        """Take in one connection event; ``WorkspaceActive`` when it ended an idle spell."""
         was_busy = self.busy
-        by = str(data.get("service", "api"))
+        connection = (str(data.get("service")), str(data.get("peer")))
         if kind == "connection_opened":
-            self.connections.add((by, str(data.get("peer"))))
+            self.connections.add(connection)
         elif kind == "connection_closed":
-            self.connections.discard((by, str(data.get("peer"))))
-        elif kind == "api_client_connected":
-            self.api_clients += 1
-            by = "api"
-        elif kind == "api_client_disconnected":
-            self.api_clients = max(self.api_clients - 1, 0)
+            self.connections.discard(connection)
+        return self._changed(was_busy, connection[0], now)
+
+    def set_api_clients(self, count: int, now: float) -> Event | None:
+        """Take in the API's current event-stream client count."""
+        was_busy = self.busy
+        self.api_clients = count
+        return self._changed(was_busy, "api", now)
+
+    def _changed(self, was_busy: bool, by: str, now: float) -> Event | None:
         if self.busy and not was_busy:
             quiet_since, self.quiet_since = self.quiet_since, None
             if self.idle:
@@ -128,9 +131,10 @@ async def run_idle(
     *,
     after: float,
     count_api_clients: bool = True,
+    poll_interval: float = 5.0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Follow the connection events; announce idle and active."""
+    """Follow the connection events (and the API's client count); announce idle and active."""
     with bus.subscribe(accept=lambda envelope: envelope.event.kind in WATCHED_KINDS) as events:
         # Subscribed and seeded in one step (no await between): nothing counted twice or missed.
         connections, api_clients = seed_from(snapshot())
@@ -153,16 +157,25 @@ async def run_idle(
                 if idle is not None:
                     publish(idle)
 
+        def publish_active(active: Event | None) -> None:
+            if active is not None:
+                publish(active)
+            changed.set()
+
+        async def poll_api_clients() -> None:
+            while True:
+                await trio.sleep(poll_interval)
+                _, clients = seed_from(snapshot())
+                publish_active(state.set_api_clients(clients, trio.current_time()))
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(countdown)
+            if count_api_clients:
+                nursery.start_soon(poll_api_clients)
             task_status.started()
             async for envelope in events:
-                active = state.observe(
-                    envelope.event.kind, envelope.event.data(), trio.current_time()
-                )
-                if active is not None:
-                    publish(active)
-                changed.set()
+                event = envelope.event
+                publish_active(state.observe(event.kind, event.data(), trio.current_time()))
 
 
 def make_idle_spec(
@@ -171,6 +184,7 @@ def make_idle_spec(
     *,
     after: float,
     count_api_clients: bool = True,
+    poll_interval: float = 5.0,
     name: str = "idle",
 ) -> ChildSpec:
     """The idle watcher actor; ``snapshot()`` is the tracker's ``GET /connections`` document."""
@@ -182,6 +196,7 @@ def make_idle_spec(
             ctx.publish,
             after=after,
             count_api_clients=count_api_clients,
+            poll_interval=poll_interval,
             task_status=task_status,
         )
 

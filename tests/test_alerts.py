@@ -10,12 +10,7 @@ import trio
 
 from actors import ChildGaveUp, ChildStarted, Event, EventBus
 from dev8.alerts import AlertRules, run_alerts
-from dev8.connections import (
-    ApiClientConnected,
-    ApiClientDisconnected,
-    ConnectionClosed,
-    ConnectionOpened,
-)
+from dev8.connections import ConnectionClosed, ConnectionOpened
 from dev8.health import ProbeFailed, ProbeLatencyCleared, ProbeLatencyCrossed, ProbeRecovered
 from dev8.idle import IdleState, WorkspaceActive, WorkspaceIdle, run_idle
 from dev8.secrets.events import SecretFetchFailed
@@ -207,9 +202,9 @@ def test_a_new_incarnation_resolves_gave_up_and_failing_checks() -> None:
 def test_idle_state_counts_connections_and_api_clients() -> None:
     state = IdleState(after=10, now=0.0)
     assert state.deadline() == 10
-    assert state.observe("api_client_connected", {"clients": 1}, 2.0) is None
+    assert state.set_api_clients(1, 2.0) is None
     assert state.deadline() == float("inf")
-    assert state.observe("api_client_disconnected", {"clients": 0}, 3.0) is None
+    assert state.set_api_clients(0, 3.0) is None
     assert state.deadline() == 13
     assert state.expire(12.9) is None
     idle = state.expire(13.0)
@@ -243,25 +238,25 @@ async def test_idle_then_active_then_idle_on_the_bus(autojump_clock: trio.abc.Cl
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)
         await nursery.start(lambda task_status: run_idle(
-            bus, lambda: snapshot, bus.publish, after=30, task_status=task_status
+            bus, lambda: snapshot, bus.publish, after=30, poll_interval=5, task_status=task_status
         ))  # fmt: skip
         # Seeded from the snapshot: someone is on SSH, so nothing counts down.
         await trio.sleep_until(start + 100)
         assert seen == []
         bus.publish(ConnectionClosed(service="sshd", port=2222, peer="10.0.0.1:5000", duration=1))
-        await trio.sleep_until(start + 200)
-        bus.publish(ApiClientConnected(clients=1))
+        await trio.sleep_until(start + 200.5)
+        snapshot["websocketClients"] = 1  # seen at the next poll, at 200.5 + 4.5
         await trio.sleep_until(start + 210)
         bus.publish(ConnectionOpened(service="web", port=8080, peer="10.0.0.2:6000"))
-        bus.publish(ApiClientDisconnected(clients=0))
+        snapshot["websocketClients"] = 0
         await trio.sleep_until(start + 220)
         bus.publish(ConnectionClosed(service="web", port=8080, peer="10.0.0.2:6000", duration=1))
         await trio.sleep_until(start + 300)
         nursery.cancel_scope.cancel()
     assert seen == [
         ("workspace_idle", pytest.approx(130)),
-        ("workspace_active", pytest.approx(200)),
+        ("workspace_active", pytest.approx(205)),
         ("workspace_idle", pytest.approx(250)),
     ]
     active = next(e.event for e in bus.history() if e.event.kind == "workspace_active")
-    assert active.data() == {"by": "api", "idle_for": pytest.approx(100)}
+    assert active.data() == {"by": "api", "idle_for": pytest.approx(105)}

@@ -28,12 +28,9 @@ from quart import Response, websocket
 from actors import Envelope, EventBus
 
 from .. import documents
-from ..connections import ApiClientConnected, ApiClientDisconnected
 from ..control import Control
 from ._responses import BadParameter, error_response, whole_number
 
-#: The source of the API's own events (its actor path).
-API_SOURCE = "dev8/api"
 #: Websocket close code for a subscriber that fell behind (private range 4000-4999).
 CLOSE_LAGGED = 4001
 #: Most events in one message to a subscriber that is behind.
@@ -130,23 +127,20 @@ async def stream_events(control: Control, feed: EventFeed) -> Response | None:
         {s for s in args.get("service", "").split(",") if s},
     )
     bus = control.bus
-    # Announced before its stream starts, so that a client does not see its own arrival.
+    other_boot = args.get("bootId") not in (None, bus.boot_id)
+    resync = since is not None and (other_boot or bus.missed(since))
+    start = bus.last_seq if since is None or resync else since
+    # Replay counts: cut off once it fell subscriber_buffer further behind than it started.
+    subscriber = _Subscriber(start, bus.last_seq - start + bus.subscriber_buffer)
+    await websocket.accept()
     control.websocket_clients += 1
-    bus.publish(ApiClientConnected(source=API_SOURCE, clients=control.websocket_clients))
     try:
-        other_boot = args.get("bootId") not in (None, bus.boot_id)
-        resync = since is not None and (other_boot or bus.missed(since))
-        start = bus.last_seq if since is None or resync else since
-        # Replay counts: cut off once it fell subscriber_buffer further behind than it started.
-        subscriber = _Subscriber(start, bus.last_seq - start + bus.subscriber_buffer)
-        await websocket.accept()
         if resync:
             await websocket.send(json.dumps(resync_event(control)))
         await _follow(subscriber, feed, accept)
     finally:
-        feed.sending.discard(subscriber)  # (a no-op when accept() failed)
+        feed.sending.discard(subscriber)
         control.websocket_clients -= 1
-        bus.publish(ApiClientDisconnected(source=API_SOURCE, clients=control.websocket_clients))
     lagged = documents.LaggedCloseDocument(resume_from=subscriber.cursor, boot_id=bus.boot_id)
     reason = documents.to_json(lagged).decode()
     with trio.move_on_after(LAGGED_CLOSE_GRACE):
