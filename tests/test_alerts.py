@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, ClassVar
 
 import attrs
 import pytest
 import trio
 
-from actors import ChildGaveUp, ChildStarted, Event, EventBus
+from actors import ChildGaveUp, ChildStarted, Event, EventBus, Supervisor
 from dev8.alerts import AlertRules, run_alerts
+from dev8.config import ProbeConfig, ProbesConfig, ProbeType
 from dev8.connections import ConnectionClosed, ConnectionOpened
-from dev8.health import ProbeFailed, ProbeLatencyCleared, ProbeLatencyCrossed, ProbeRecovered
+from dev8.health import (
+    HealthBoard,
+    ProbeFailed,
+    ProbeLatencyCleared,
+    ProbeLatencyCrossed,
+    ProbeRecovered,
+    make_prober_spec,
+)
 from dev8.idle import IdleState, WorkspaceActive, WorkspaceIdle, run_idle
 from dev8.secrets.events import SecretFetchFailed
 
@@ -260,3 +269,51 @@ async def test_idle_then_active_then_idle_on_the_bus(autojump_clock: trio.abc.Cl
     ]
     active = next(e.event for e in bus.history() if e.event.kind == "workspace_active")
     assert active.data() == {"by": "api", "idle_for": pytest.approx(105)}
+
+
+async def test_the_prober_publishes_when_checks_turn_slow_and_fast_again(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A real HTTP probe against a server that answers after 0.1, 0.7, 0.8, 0.2 ... seconds."""
+    delays = iter([0.1, 0.7, 0.8, 0.2])
+
+    async def handle(stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return
+            data += chunk
+        await trio.sleep(next(delays, 0.1))
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    bus = EventBus()
+    board = HealthBoard()
+
+    async def restart(name: str) -> None:
+        raise AssertionError("a slow check that passes restarts nothing")
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        probe = ProbeConfig(
+            type=ProbeType.HTTP, url=f"http://127.0.0.1:{port}/", interval=10.0, timeout=5.0
+        )
+        spec = make_prober_spec("web", ProbesConfig(liveness=probe), board, restart, lambda: 1)
+        await nursery.start(Supervisor("health", [spec], bus=bus).run)
+        await _running_alerts(nursery, bus, resolve_after=300)
+        await trio.sleep(60)
+        nursery.cancel_scope.cancel()
+    latency = [
+        (e.event.kind, e.event.data()["latency"])
+        for e in bus.history()
+        if e.event.kind.startswith("probe_latency")
+    ]
+    assert latency == [
+        ("probe_latency_crossed", pytest.approx(0.7, abs=0.05)),
+        ("probe_latency_cleared", pytest.approx(0.2, abs=0.05)),
+    ]
+    assert _alerts(bus) == [
+        ("firing", "HealthCheckSlow", "web", {"probe": "liveness"}),
+        ("resolved", "HealthCheckSlow", "web", {"probe": "liveness"}),
+    ]

@@ -338,7 +338,7 @@ async def test_idle_active_idle_reaches_the_webhook(
         )
         _with_alerts(config, {
             "alerts": {"webhooks": [{"url": receiver.url}]},
-            "idle": {"after": 1.0, "api_clients": False},
+            "idle": {"after": 1.0},
             "connections": {"interval": 0.1},
         })  # fmt: skip
 
@@ -350,9 +350,14 @@ async def test_idle_active_idle_reaches_the_webhook(
             with socket.create_connection(("127.0.0.1", port)):
                 await _wait(lambda: idle_bodies() == ["firing", "resolved"], "it resolved")
             await _wait(lambda: idle_bodies() == ["firing", "resolved", "firing"], "idle again")
+            # An event-stream client on the API counts as someone connected too.
+            async with dev8.events():
+                await _wait(lambda: len(idle_bodies()) == 4, "resolved by an API client")
+            await _wait(lambda: len(idle_bodies()) == 5, "idle once the client left")
+            assert idle_bodies() == ["firing", "resolved", "firing", "resolved", "firing"]
             active = dev8.messages("workspace_active")
-            assert [entry.get("by") for entry in active] == ["web"]
-            assert len(dev8.messages("workspace_idle")) == 2
+            assert [entry.get("by") for entry in active] == ["web", "api"]
+            assert len(dev8.messages("workspace_idle")) == 3
     first = next(b for b in receiver.bodies() if b["alert"] == "WorkspaceIdle")
     assert first["environmentId"] == "e2e-env"
     assert first["service"] is None
