@@ -229,6 +229,19 @@ class AlertRules:
                     f"secret {data['name']} ({data['role']}) could not be fetched: "
                     f"{data['reason']}; the last good files stay in place",
                     secret=data["name"],
+                    stage="fetch",
+                ),
+                now,
+            )
+        if kind == "secrets_injection_failed":
+            return self._happening(
+                _alert(
+                    "SecretInjectionFailed",
+                    None,
+                    f"{len(data.get('paths', ()))} secret file(s) could not be written "
+                    f"({', '.join(sorted(set(data.get('reasons', ()))))}); "
+                    "the last good files stay in place",
+                    stage="injection",
                 ),
                 now,
             )
@@ -287,6 +300,7 @@ OBSERVED_KINDS = frozenset(
         "probe_latency_crossed",
         "probe_latency_cleared",
         "secret_fetch_failed",
+        "secrets_injection_failed",
         "oom_killed",
         "container_cpu_throttled",
         "resource_threshold_crossed",

@@ -452,7 +452,10 @@ class Dev8:
         )
         others = [
             section
-            for section in ("api", "workspace", "shutdown", "supervisor", "log", "secrets")
+            for section in (
+                *("api", "workspace", "shutdown", "supervisor", "log", "secrets"),
+                *("alerts", "idle"),
+            )
             if getattr(new, section) != getattr(self.config, section)
         ]
         self.config = new

@@ -22,7 +22,7 @@ from dev8.health import (
     make_prober_spec,
 )
 from dev8.idle import IdleState, WorkspaceActive, WorkspaceIdle, run_idle
-from dev8.secrets.events import SecretFetchFailed
+from dev8.secrets.events import SecretFetchFailed, SecretsInjectionFailed
 
 # The resource monitor's events (kinds and fields as agreed for issue 16), published here by hand.
 
@@ -163,6 +163,9 @@ async def test_happenings_fire_at_once_and_resolve_after_a_quiet_spell(
         bus.publish(SecretFetchFailed(
             source="dev8/secrets", name="gh-token", role="github_token", reason="throttled"
         ))  # fmt: skip
+        bus.publish(SecretsInjectionFailed(
+            source="dev8/secrets", paths=("/home/u/.config/gh/hosts.yml",), reasons=("EROFS",)
+        ))  # fmt: skip
         await trio.sleep_until(start + 50)
         # Another restart and more throttling within the spell: no new alert, a later end.
         bus.publish(ChildStarted(source="dev8/services/web", child="web", restarts=2))
@@ -174,10 +177,12 @@ async def test_happenings_fire_at_once_and_resolve_after_a_quiet_spell(
     assert _alerts(bus) == [
         ("firing", "ServiceRestarted", "web", {}),
         ("firing", "ContainerOutOfMemory", "web", {"scope": "service"}),
-        ("firing", "SecretInjectionFailed", None, {"secret": "gh-token"}),
+        ("firing", "SecretInjectionFailed", None, {"secret": "gh-token", "stage": "fetch"}),
+        ("firing", "SecretInjectionFailed", None, {"stage": "injection"}),
         ("firing", "CpuThrottling", None, {}),
         ("resolved", "ContainerOutOfMemory", "web", {"scope": "service"}),
-        ("resolved", "SecretInjectionFailed", None, {"secret": "gh-token"}),
+        ("resolved", "SecretInjectionFailed", None, {"secret": "gh-token", "stage": "fetch"}),
+        ("resolved", "SecretInjectionFailed", None, {"stage": "injection"}),
         ("resolved", "ServiceRestarted", "web", {}),
         ("resolved", "CpuThrottling", None, {}),
     ]
