@@ -1180,6 +1180,16 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     return _parse(text, source, environ, os.path.dirname(os.path.abspath(source)))
 
 
+def _redacted_url(url: str) -> str:
+    """A webhook URL without what often holds its token (path, query, user info)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port else ""
+    hidden = parts.path not in ("", "/") or parts.query or parts.username
+    return f"{parts.scheme}://{host}{port}/{REDACTED if hidden else ''}"
+
+
 def config_to_dict(config: Config, *, redact: bool = True) -> dict[str, Any]:
     """Plain data (YAML/JSON-ready) for `dev8 config show`; secret-looking env values hidden."""
     data: dict[str, Any] = _converter.unstructure(config)
@@ -1188,4 +1198,6 @@ def config_to_dict(config: Config, *, redact: bool = True) -> dict[str, Any]:
             service["env"] = {
                 k: REDACTED if _looks_secret(k) else v for k, v in service["env"].items()
             }
+        for hook in data["alerts"]["webhooks"]:
+            hook["url"] = _redacted_url(hook["url"])
     return data

@@ -19,7 +19,7 @@ from webhook_receiver import HANG, serve, verify
 
 from actors import EventBus
 from dev8.alerts import AlertFired, AlertResolved
-from dev8.config import WebhookConfig
+from dev8.config import WebhookConfig, config_to_dict, parse_config
 from dev8.webhooks import WebhookKeyError, WebhookNotifier, read_webhook_key
 
 KEY = b"k3y-for-the-tests-0123456789abcdef"
@@ -235,6 +235,18 @@ async def test_bad_alert_and_idle_settings_are_config_errors(  # noqa: PLR0917 -
     assert line.startswith(f"dev8: config error in {config}: {where}: "), line
     assert expected in line
     assert "do-not-log" not in line
+
+
+def test_config_show_hides_the_webhook_urls_path_and_query() -> None:
+    config = parse_config(
+        "alerts:\n  webhooks:\n    - url: https://hooks.example.com:8443/T0/B1/s3cr3t?x=1\n",
+        "test.yaml",
+        environ={},
+    )
+    assert config.alerts.webhooks[0].url.endswith("s3cr3t?x=1")  # dev8 itself uses all of it
+    shown = config_to_dict(config)["alerts"]["webhooks"][0]["url"]
+    assert shown == "https://hooks.example.com:8443/***"
+    assert config_to_dict(config, redact=False)["alerts"]["webhooks"][0]["url"].endswith("x=1")
 
 
 # ------------------------------------------------------------------------- the real dev8
