@@ -161,7 +161,14 @@ class _Receiver:
             self._send.send_nowait(body)
         except trio.WouldBlock:
             self._stats.dropped += 1
-            log.warning("webhook_alert_dropped", receiver=self.name, queue=self.config.queue)
+            dropped = self._stats.dropped
+            if dropped & (dropped - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood logs little
+                log.warning(
+                    "webhook_alerts_dropped",
+                    receiver=self.name,
+                    queue=self.config.queue,
+                    dropped=dropped,
+                )
             return False
         self._stats.queued += 1
         return True
