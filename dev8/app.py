@@ -33,6 +33,7 @@ from actors import (
     UnknownChild,
 )
 
+from .alerts import make_alerts_spec
 from .config import (
     Config,
     ConfigError,
@@ -43,6 +44,7 @@ from .config import (
 from .connections import ConnectionBoard, make_tracker_spec
 from .control import Control, Hooks
 from .health import HealthBoard
+from .idle import make_idle_spec
 from .init import (
     OwnPids,
     become_subreaper,
@@ -61,6 +63,7 @@ from .signals import (
     signal_name,
 )
 from .storage import placement, prepare_strict_home
+from .webhooks import WebhookNotifier, make_webhooks_spec
 
 
 class ExitCode(enum.IntEnum):
@@ -200,6 +203,24 @@ class Dev8:
         children = [
             ChildSpec(name="api", start=self._start_api, shutdown_timeout=3.0, start_timeout=10.0)
         ]
+        # Alerts and idle come before what they watch, so they see it from its first event.
+        # The key files were checked by the pre-flight (dev8.preflight); read here, before trio.
+        self.webhooks = WebhookNotifier.from_config(
+            config.alerts.webhooks, environment_id=config.environment_id
+        )
+        children.append(make_alerts_spec(self.bus, resolve_after=config.alerts.resolve_after))
+        if self.webhooks.receivers:
+            children.append(make_webhooks_spec(self.webhooks, self.bus))
+        if config.idle.after is not None:
+            children.append(
+                make_idle_spec(
+                    self.bus,
+                    self.connections.snapshot,
+                    after=config.idle.after,
+                    count_api_clients=config.idle.api_clients,
+                    poll_interval=config.connections.interval,
+                )
+            )
         if self.secrets is not None:
             children.append(self.secrets.child_spec())
         children += [
@@ -291,6 +312,7 @@ class Dev8:
                 probe_stats=self.health.probe_stats,
                 ssh_failed_auth=lambda: self.factory.ssh_failed_auth.count,
                 vscode_sessions=self._vscode_sessions,
+                webhook_stats=lambda: self.webhooks.stats,
             ),
             supervisors=[self.root, self.services, self.probers],
         )
@@ -433,7 +455,10 @@ class Dev8:
         )
         others = [
             section
-            for section in ("api", "workspace", "shutdown", "supervisor", "log", "secrets")
+            for section in (
+                *("api", "workspace", "shutdown", "supervisor", "log", "secrets"),
+                *("alerts", "idle"),
+            )
             if getattr(new, section) != getattr(self.config, section)
         ]
         self.config = new

@@ -29,6 +29,7 @@ from cattrs.errors import (
     ClassValidationError,
     ForbiddenExtraKeysError,
     IterableValidationError,
+    IterableValidationNote,
 )
 from cattrs.gen import make_dict_structure_fn, make_mapping_structure_fn
 
@@ -38,12 +39,14 @@ from .secrets.settings import SecretsConfig, secrets_config_from
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "RESERVED_ENV_VARS",
+    "AlertsConfig",
     "ApiConfig",
     "BackoffConfig",
     "Bind",
     "Config",
     "ConfigError",
     "ConnectionsConfig",
+    "IdleConfig",
     "IntensityConfig",
     "LogConfig",
     "LogLevel",
@@ -56,6 +59,7 @@ __all__ = [
     "SupervisorConfig",
     "TcpBind",
     "UnixBind",
+    "WebhookConfig",
     "WorkspaceConfig",
     "config_to_dict",
     "load_config",
@@ -617,6 +621,75 @@ class ChaosConfig:
     enabled: bool = False
 
 
+def _check_webhook_url(_inst: Any, attribute: "attrs.Attribute[Any]", value: str) -> None:
+    try:
+        parts = urllib.parse.urlsplit(value)
+        scheme, host = parts.scheme, parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        scheme, host = "", None
+    if scheme not in ("http", "https") or not host or "\0" in value:
+        # Never shown: a webhook URL often carries its own token in the path or query.
+        raise _Invalid("expected an http:// or https:// URL with a host", at=(attribute.name,))
+
+
+@attrs.frozen
+class WebhookConfig:
+    """One receiver of dev8's alerts (docs/configuration.md, `alerts.webhooks`)."""
+
+    url: str = attrs.field(validator=_check_webhook_url)
+    #: A root-owned file holding the HMAC-SHA256 key that signs each body; no key, no signature.
+    secret_file: str | None = _path_field(None)
+    timeout: float = attrs.field(default=5.0, validator=_number(gt=0))
+    #: Tries per alert, the first included; then the alert is dropped (and counted).
+    max_attempts: int = attrs.field(default=5, validator=_number(ge=1))
+    retry_initial_delay: float = attrs.field(default=1.0, validator=_number(gt=0))
+    retry_max_delay: float = attrs.field(default=60.0, validator=_number(gt=0))
+    #: Alerts waiting for this receiver; beyond this they are dropped (and counted).
+    queue: int = attrs.field(default=100, validator=_number(ge=1))
+
+
+def _structure_webhooks(value: Any, _type: Any) -> tuple[WebhookConfig, ...]:
+    if not isinstance(value, list):
+        raise _Invalid("expected a list of webhooks ({url: ...} each)", value)
+    items = []
+    errors: list[Exception] = []
+    for index, item in enumerate(value):
+        try:
+            items.append(_converter.structure(item, WebhookConfig))
+        except Exception as exc:
+            note = IterableValidationNote(f"webhook @ index {index}", index, WebhookConfig)
+            exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+            errors.append(exc)
+    if errors:
+        raise IterableValidationError("invalid webhooks", errors, tuple[WebhookConfig, ...])
+    return tuple(items)
+
+
+@attrs.frozen
+class AlertsConfig:
+    """dev8's own alerts, pushed to webhooks (docs/operations.md, "Alerts")."""
+
+    webhooks: tuple[WebhookConfig, ...] = ()
+    #: An alert raised by a single happening (a restart, an OOM kill, throttling, a failed
+    #: secrets pass) is resolved after this many seconds without another one.
+    resolve_after: float = attrs.field(default=300.0, validator=_number(gt=0))
+
+
+@attrs.frozen
+class IdleConfig:
+    """`workspace_idle` after `after` seconds with nobody connected (null: never)."""
+
+    after: float | None = attrs.field(default=1800.0)
+    #: Whether event-stream (websocket) clients of the API count as someone connected.
+    api_clients: bool = True
+
+    @after.validator
+    def _check_after(self, attribute: "attrs.Attribute[Any]", value: float | None) -> None:
+        if value is not None:
+            _number(gt=0)(self, attribute, value)
+
+
 @attrs.frozen
 class Config:
     """The whole configuration. A new section is one attrs class and one field here."""
@@ -630,6 +703,8 @@ class Config:
     supervisor: SupervisorConfig = attrs.field(factory=SupervisorConfig)
     connections: ConnectionsConfig = attrs.field(factory=ConnectionsConfig)
     chaos: ChaosConfig = attrs.field(factory=ChaosConfig)
+    alerts: AlertsConfig = attrs.field(factory=AlertsConfig)
+    idle: IdleConfig = attrs.field(factory=IdleConfig)
     #: Built from the raw `secrets:` section and the environment by dev8.secrets.settings.
     secrets: SecretsConfig = attrs.field(
         default=attrs.Factory(
@@ -803,6 +878,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook_factory(_is_mapping_type, mapping_factory)
     conv.register_structure_hook_factory(attrs.has, attrs_factory)
     conv.register_structure_hook(Bind, _structure_bind)
+    conv.register_structure_hook_func(lambda t: t == tuple[WebhookConfig, ...], _structure_webhooks)
 
     conv.register_unstructure_hook(signal.Signals, lambda s: s.name)
     conv.register_unstructure_hook(Bind, str)
@@ -836,7 +912,7 @@ def _flatten(exc: BaseException, path: _KeyPath) -> Iterator[tuple[_KeyPath, str
         with_notes, without = exc.group_exceptions()
         for sub, note in with_notes:
             # Notes name attributes or mapping keys (our only list hook reports its own index).
-            step = note.name if hasattr(note, "name") else str(note.index)
+            step = note.name if hasattr(note, "name") else note.index
             yield from _flatten(sub, (*path, step))
         for sub in without:
             yield from _flatten(sub, path)
@@ -1011,6 +1087,8 @@ def _resolve_paths(obj: Any, base_dir: str) -> Any:
     """Make relative path fields relative to the config file's directory."""
     if isinstance(obj, Mapping):
         return {k: _resolve_paths(v, base_dir) for k, v in obj.items()}
+    if isinstance(obj, tuple) and obj and attrs.has(type(obj[0])):
+        return tuple(_resolve_paths(item, base_dir) for item in obj)
     if not attrs.has(type(obj)):
         return obj
     changes = {}
@@ -1018,7 +1096,7 @@ def _resolve_paths(obj: Any, base_dir: str) -> Any:
         value = getattr(obj, field.name)
         if field.metadata.get(_IS_PATH) and isinstance(value, str):
             changes[field.name] = os.path.normpath(os.path.join(base_dir, value))
-        elif attrs.has(type(value)) or isinstance(value, Mapping):
+        elif attrs.has(type(value)) or isinstance(value, Mapping | tuple):
             changes[field.name] = _resolve_paths(value, base_dir)
     return attrs.evolve(obj, **changes)
 
@@ -1102,6 +1180,16 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     return _parse(text, source, environ, os.path.dirname(os.path.abspath(source)))
 
 
+def _redacted_url(url: str) -> str:
+    """A webhook URL without what often holds its token (path, query, user info)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port else ""
+    hidden = parts.path not in ("", "/") or parts.query or parts.username
+    return f"{parts.scheme}://{host}{port}/{REDACTED if hidden else ''}"
+
+
 def config_to_dict(config: Config, *, redact: bool = True) -> dict[str, Any]:
     """Plain data (YAML/JSON-ready) for `dev8 config show`; secret-looking env values hidden."""
     data: dict[str, Any] = _converter.unstructure(config)
@@ -1110,4 +1198,6 @@ def config_to_dict(config: Config, *, redact: bool = True) -> dict[str, Any]:
             service["env"] = {
                 k: REDACTED if _looks_secret(k) else v for k, v in service["env"].items()
             }
+        for hook in data["alerts"]["webhooks"]:
+            hook["url"] = _redacted_url(hook["url"])
     return data

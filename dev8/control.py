@@ -92,6 +92,8 @@ class Hooks:
     ssh_failed_auth: Callable[[], int] | None = None
     #: Client connections to code-server (the connection tracker's), for /metrics.
     vscode_sessions: Callable[[], int] | None = None
+    #: The webhook notifier's counters (a ``WebhookStats``), for /metrics.
+    webhook_stats: Callable[[], Any] | None = None
 
 
 class Control:

@@ -749,11 +749,11 @@ def event_classes() -> list[type[Event]]:
     """Every kind of event dev8 publishes, for the schemas (imported here, not at start)."""
     import actors._lifecycle as lifecycle  # noqa: PLC0415
 
-    from . import chaos, connections, health  # noqa: PLC0415
+    from . import alerts, chaos, connections, health, idle  # noqa: PLC0415
     from .secrets import events as secret_events  # noqa: PLC0415
 
     found: dict[str, type[Event]] = {}
-    for module in (lifecycle, health, connections, secret_events, chaos):
+    for module in (lifecycle, health, connections, secret_events, chaos, alerts, idle):
         for value in vars(module).values():
             if isinstance(value, type) and issubclass(value, Event) and value is not Event:
                 found.setdefault(value.kind, value)

@@ -30,6 +30,8 @@ __all__ = [
     "LivenessFailed",
     "ProbeFailed",
     "ProbeKind",
+    "ProbeLatencyCleared",
+    "ProbeLatencyCrossed",
     "ProbeRecovered",
     "ProbeStats",
     "ServiceNotReady",
@@ -44,6 +46,8 @@ WATCH_INTERVAL = 0.5
 #: Upper bounds (seconds) of the probe-duration histogram for /metrics: Prometheus' defaults,
 #: which hold 0.5 (the "health check slower than 500 ms" alert).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+#: A check slower than this is slow (the seed's "health check slower than 500 ms").
+SLOW_PROBE_SECONDS = 0.5
 
 
 def _micro(seconds: float) -> float:
@@ -74,6 +78,28 @@ class ProbeRecovered(Event):
     detail: str
     latency: float = attrs.field(converter=_micro)
     after_failures: int
+
+
+@attrs.frozen(kw_only=True)
+class ProbeLatencyCrossed(Event):
+    """A check took longer than ``threshold`` seconds, after checks that did not."""
+
+    kind: ClassVar[str] = "probe_latency_crossed"
+    service: str
+    probe: str
+    latency: float = attrs.field(converter=_micro)
+    threshold: float
+
+
+@attrs.frozen(kw_only=True)
+class ProbeLatencyCleared(Event):
+    """The first check within ``threshold`` seconds after slow ones."""
+
+    kind: ClassVar[str] = "probe_latency_cleared"
+    service: str
+    probe: str
+    latency: float = attrs.field(converter=_micro)
+    threshold: float
 
 
 @attrs.frozen(kw_only=True)
@@ -122,6 +148,8 @@ class _ProbeRecord:
     failed: int = 0
     duration_counts: list[int] = attrs.field(factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
     duration_sum: float = 0.0
+    #: The last check took longer than SLOW_PROBE_SECONDS (published when it changes).
+    slow: bool = False
 
     def count(self, result: ProbeResult) -> None:
         self.checks += 1
@@ -334,6 +362,18 @@ class _Prober:
     async def _judge(self, kind: ProbeKind, probe: ProbeConfig, result: ProbeResult) -> None:
         before = self.record.probes[kind].failures
         record = self.board._note(self.name, kind, result)
+        slow = result.latency > SLOW_PROBE_SECONDS
+        if slow != record.slow:
+            record.slow = slow
+            latency_event = ProbeLatencyCrossed if slow else ProbeLatencyCleared
+            self.ctx.publish(
+                latency_event(
+                    service=self.name,
+                    probe=kind,
+                    latency=result.latency,
+                    threshold=SLOW_PROBE_SECONDS,
+                )
+            )
         if not result.ok:
             self.ctx.publish(
                 ProbeFailed(

@@ -21,6 +21,7 @@ from actors import ChildState
 from .control import Control
 from .health import DURATION_BUCKETS, ProbeStats
 from .secrets.rotator import RotatorStats
+from .webhooks import WebhookStats
 
 _STATES = [state.value for state in ChildState]
 
@@ -104,6 +105,8 @@ class Dev8Collector(Collector):
         if control.hooks.secrets_stats is not None:
             yield from secrets_metrics(control.hooks.secrets_stats(), control.secrets_waiting())
         yield from health_metrics(control)
+        if control.hooks.webhook_stats is not None:
+            yield from webhook_metrics(control.hooks.webhook_stats())
 
 
 #: The fetch-failure reasons docs/secrets.md lists, exported at 0 before the first failure: the
@@ -217,6 +220,33 @@ def probe_metrics(stats: Iterable[ProbeStats]) -> Iterator[Metric]:
             probe.duration_sum,
         )
     yield from (checks, consecutive, last, durations)
+
+
+# -- webhooks (issue #16) -------------------------------------------------------------------------
+
+
+def webhook_metrics(stats: WebhookStats) -> Iterator[Metric]:
+    """The webhook notifier's counters (dev8.webhooks)."""
+    deliveries = CounterMetricFamily(
+        "dev8_webhook_deliveries",
+        "Alerts sent to webhooks, by result (delivered, rejected: a 4xx, failed: every try).",
+        labels=["result"],
+    )
+    for result, count in sorted(stats.deliveries.items()):
+        deliveries.add_metric([result], float(count))
+    yield deliveries
+    yield CounterMetricFamily(
+        "dev8_webhook_dropped", "Alerts dropped because a webhook's queue was full.",
+        value=float(stats.dropped),
+    )  # fmt: skip
+    yield CounterMetricFamily(
+        "dev8_webhook_retries", "Webhook tries after the first (refused, timeout, 5xx, 429).",
+        value=float(stats.retries),
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "dev8_webhook_queued", "Alerts waiting in the webhooks' queues.",
+        value=float(stats.queued),
+    )  # fmt: skip
 
 
 def make_registry(control: Control) -> CollectorRegistry:

@@ -25,6 +25,7 @@ import attrs
 from .builtins import expand
 from .config import Config, ConfigError, ServiceConfig, TcpBind, UnixBind
 from .init import OwnPids
+from .webhooks import WebhookKeyError, read_webhook_key
 
 _READ, _EXECUTE = 4, 1
 
@@ -74,6 +75,7 @@ def check(
         if service.enabled:
             problems.extend(_check_service(name, service, config, as_root, environ))
     problems.extend(_check_api(config))
+    problems.extend(_check_webhooks(config))
     return problems
 
 
@@ -288,4 +290,18 @@ def _check_api(config: Config) -> list[Problem]:
     bind = api_bind_problem(config)
     if bind is not None:
         problems.append(bind)
+    return problems
+
+
+# ----------------------------------------------------------------------------- webhooks
+
+
+def _check_webhooks(config: Config) -> list[Problem]:
+    problems = []
+    for index, hook in enumerate(config.alerts.webhooks):
+        if hook.secret_file is not None:
+            try:
+                read_webhook_key(hook.secret_file)
+            except WebhookKeyError as error:
+                problems.append(Problem(f"alerts.webhooks[{index}].secret_file", str(error)))
     return problems

@@ -24,6 +24,7 @@ from dev8.secrets import (
     SecretRotated,
     SecretsInjected,
 )
+from dev8.secrets.events import SecretsInjectionFailed
 
 NAMES = {"github_token": "github-token-u", "copilot_token": "copilot-token-u"}
 
@@ -270,6 +271,10 @@ async def test_a_file_that_cannot_be_written_is_retried(
         assert not result.ok
         assert rotator.versions["github_token"] != result.versions["github_token"]
         assert recorder.of(SecretRotated) == []  # not announced until it is really written
+        ((_, failed),) = recorder.of(SecretsInjectionFailed)  # announced (an alert)
+        assert isinstance(failed, SecretsInjectionFailed)
+        assert [Path(path).name for path in failed.paths] == ["hosts.yml"]
+        assert len(failed.reasons) == 1
 
         (home / ".config/gh").unlink()
         shutil.move(home / "gh-moved", home / ".config/gh")

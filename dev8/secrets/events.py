@@ -56,6 +56,16 @@ class SecretsInjected(Event):
 
 
 @attrs.frozen(kw_only=True)
+class SecretsInjectionFailed(Event):
+    """Files that could not be written in a pass; their last good content stays in place."""
+
+    kind: ClassVar[str] = "secrets_injection_failed"
+    paths: tuple[str, ...]
+    #: The error class of each path, in the same order (``ENOSPC``, ``wrong_owner``, ...).
+    reasons: tuple[str, ...]
+
+
+@attrs.frozen(kw_only=True)
 class SecretInputRefused(Event):
     """dev8 refused one piece of input and went on with the rest.
 

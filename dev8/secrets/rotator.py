@@ -21,7 +21,13 @@ import trio
 from actors import Event
 
 from .errors import SecretFetchError
-from .events import SecretFetched, SecretFetchFailed, SecretRotated, SecretsInjected
+from .events import (
+    SecretFetched,
+    SecretFetchFailed,
+    SecretRotated,
+    SecretsInjected,
+    SecretsInjectionFailed,
+)
 from .injector import InjectionResult
 from .providers import SecretProvider, SecretValue
 from .settings import SecretsConfig
@@ -353,6 +359,14 @@ class Rotator:
                     paths=tuple(str(p) for p in result.injection.changed),
                     roles=result.changed,
                     duration=result.injection.duration,
+                )
+            )
+        if result.injection is not None and result.injection.failed:
+            self._publish(
+                SecretsInjectionFailed(
+                    source=self._source,
+                    paths=tuple(str(path) for path, _ in result.injection.failed),
+                    reasons=tuple(reason for _, reason in result.injection.failed),
                 )
             )
         if not written:

@@ -318,6 +318,31 @@ type LivenessFailed struct {
 	Failures int    `json:"failures"`
 }
 
+type ProbeLatency struct {
+	Service   string  `json:"service"`
+	Probe     string  `json:"probe"`
+	Latency   float64 `json:"latency"`
+	Threshold float64 `json:"threshold"`
+}
+
+type Alert struct {
+	Alert    string            `json:"alert"`
+	Severity string            `json:"severity"`
+	Service  *string           `json:"service"`
+	Summary  string            `json:"summary"`
+	Labels   map[string]string `json:"labels"`
+}
+
+type WorkspaceIdle struct {
+	IdleFor float64 `json:"idleFor"`
+	After   float64 `json:"after"`
+}
+
+type WorkspaceActive struct {
+	By      string  `json:"by"`
+	IdleFor float64 `json:"idleFor"`
+}
+
 type ConnectionOpened struct {
 	Service string `json:"service"`
 	Port    int    `json:"port"`
@@ -364,6 +389,11 @@ type SecretsInjected struct {
 	Duration float64  `json:"duration"`
 }
 
+type SecretsInjectionFailed struct {
+	Paths   []string `json:"paths"`
+	Reasons []string `json:"reasons"`
+}
+
 type ChaosFaultInjected struct {
 	Fault  string  `json:"fault"`
 	Target string  `json:"target"`
@@ -373,30 +403,37 @@ type ChaosFaultInjected struct {
 
 // dataTypes: the documented data of every kind; an event of another kind is a contract break.
 var dataTypes = map[string]func() interface{}{
-	"child_started":        func() interface{} { return &ChildStarted{} },
-	"child_exited":         func() interface{} { return &ChildExited{} },
-	"restart_scheduled":    func() interface{} { return &RestartScheduled{} },
-	"child_gave_up":        func() interface{} { return &ChildGaveUp{} },
-	"child_stopping":       func() interface{} { return &ChildStopping{} },
-	"child_stopped":        func() interface{} { return &ChildOnly{} },
-	"child_added":          func() interface{} { return &ChildOnly{} },
-	"child_removed":        func() interface{} { return &ChildOnly{} },
-	"child_killed":         func() interface{} { return &ChildKilled{} },
-	"supervisor_escalated": func() interface{} { return &SupervisorEscalated{} },
-	"probe_failed":         func() interface{} { return &ProbeFailed{} },
-	"probe_recovered":      func() interface{} { return &ProbeRecovered{} },
-	"service_ready":        func() interface{} { return &ServiceReadiness{} },
-	"service_not_ready":    func() interface{} { return &ServiceReadiness{} },
-	"liveness_failed":      func() interface{} { return &LivenessFailed{} },
-	"connection_opened":    func() interface{} { return &ConnectionOpened{} },
-	"connection_closed":    func() interface{} { return &ConnectionClosed{} },
-	"secret_fetched":       func() interface{} { return &SecretFetched{} },
-	"secret_rotated":       func() interface{} { return &SecretRotated{} },
-	"secret_fetch_failed":  func() interface{} { return &SecretFetchFailed{} },
-	"secret_input_refused": func() interface{} { return &SecretInputRefused{} },
-	"secrets_injected":     func() interface{} { return &SecretsInjected{} },
-	"chaos_fault_injected": func() interface{} { return &ChaosFaultInjected{} },
-	"resync":               func() interface{} { return &Status{} },
+	"child_started":            func() interface{} { return &ChildStarted{} },
+	"child_exited":             func() interface{} { return &ChildExited{} },
+	"restart_scheduled":        func() interface{} { return &RestartScheduled{} },
+	"child_gave_up":            func() interface{} { return &ChildGaveUp{} },
+	"child_stopping":           func() interface{} { return &ChildStopping{} },
+	"child_stopped":            func() interface{} { return &ChildOnly{} },
+	"child_added":              func() interface{} { return &ChildOnly{} },
+	"child_removed":            func() interface{} { return &ChildOnly{} },
+	"child_killed":             func() interface{} { return &ChildKilled{} },
+	"supervisor_escalated":     func() interface{} { return &SupervisorEscalated{} },
+	"probe_failed":             func() interface{} { return &ProbeFailed{} },
+	"probe_recovered":          func() interface{} { return &ProbeRecovered{} },
+	"service_ready":            func() interface{} { return &ServiceReadiness{} },
+	"service_not_ready":        func() interface{} { return &ServiceReadiness{} },
+	"liveness_failed":          func() interface{} { return &LivenessFailed{} },
+	"probe_latency_crossed":    func() interface{} { return &ProbeLatency{} },
+	"probe_latency_cleared":    func() interface{} { return &ProbeLatency{} },
+	"alert_fired":              func() interface{} { return &Alert{} },
+	"alert_resolved":           func() interface{} { return &Alert{} },
+	"workspace_idle":           func() interface{} { return &WorkspaceIdle{} },
+	"workspace_active":         func() interface{} { return &WorkspaceActive{} },
+	"connection_opened":        func() interface{} { return &ConnectionOpened{} },
+	"connection_closed":        func() interface{} { return &ConnectionClosed{} },
+	"secret_fetched":           func() interface{} { return &SecretFetched{} },
+	"secret_rotated":           func() interface{} { return &SecretRotated{} },
+	"secret_fetch_failed":      func() interface{} { return &SecretFetchFailed{} },
+	"secret_input_refused":     func() interface{} { return &SecretInputRefused{} },
+	"secrets_injected":         func() interface{} { return &SecretsInjected{} },
+	"secrets_injection_failed": func() interface{} { return &SecretsInjectionFailed{} },
+	"chaos_fault_injected":     func() interface{} { return &ChaosFaultInjected{} },
+	"resync":                   func() interface{} { return &Status{} },
 }
 
 // ------------------------------------------------------------------------------ strictness
