@@ -250,6 +250,8 @@ class Dev8:
                 if self.services.snapshot().state is not ChildState.RUNNING:
                     continue  # services still waiting or starting: they read the new files
                 for name, service in self.config.services.items():
+                    if name in self.factory.held:
+                        continue  # stopped by an operator: it reads the new files at its start
                     if service.on_secret_change == "restart":
                         with contextlib.suppress(UnknownChild):
                             # Not a crash: never counted toward the service's intensity.
@@ -288,8 +290,10 @@ class Dev8:
                 storage=lambda: storage,
                 secrets_waiting=self.secrets.waiting_for if self.secrets else None,
                 secrets_stats=self.secrets.stats if self.secrets else None,
+                restart_policy=self.factory.restart_policy,
             ),
             supervisors=[self.root, self.services, self.probers],
+            held=self.factory.held,
         )
         self.control = control
         # The web stack (Quart, Hypercorn: about half of start-up's imports) is loaded here, by

@@ -8,14 +8,25 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, MutableSet, Sequence
 from typing import Any
 
 import attrs
 import trio
 
 import dev8
-from actors import ChildState, EventBus, NodeStatus, Supervisor, UnknownChild
+from actors import (
+    ChildGaveUp,
+    ChildStarted,
+    ChildState,
+    Envelope,
+    EventBus,
+    NodeStatus,
+    Restart,
+    RestartScheduled,
+    Supervisor,
+    UnknownChild,
+)
 
 from . import documents
 from .process import OutputRing
@@ -41,6 +52,28 @@ class ActionFailed(Exception):
         super().__init__(document.error.message)
         self.status = status
         self.document = document
+
+
+#: What a supervisor publishes once it has decided what follows a child's exit.
+_DECIDED = frozenset({RestartScheduled.kind, ChildGaveUp.kind, ChildStarted.kind})
+#: The longest a stop waits for the supervisor to decide what follows an exit it was too late
+#: for (the supervisor may be busy starting another child meanwhile).
+_DECISION_TIMEOUT = 120.0
+#: How long an operator's stop may take: it may wait for another child's start (the supervisor
+#: takes one command at a time), then the service's whole stop ladder.
+_STOP_CALL_TIMEOUT = 300.0
+#: How many times a stop tries again when it lands on an exit whose restart is still pending.
+_STOP_ATTEMPTS = 10
+
+
+def _restart_pending(node: NodeStatus, policy: Restart | None) -> bool:
+    """The child has exited and its supervisor has yet to restart it (``exited`` is not final)."""
+    if node.state is not ChildState.EXITED or policy is None:
+        return False
+    if policy is Restart.PERMANENT:
+        return True
+    abnormal = node.last_exit is not None and node.last_exit.abnormal
+    return policy is Restart.TRANSIENT and abnormal
 
 
 #: Supervisor states in which the tree is alive (starting up or shutting down included).
@@ -86,6 +119,8 @@ class Hooks:
     secrets_stats: Callable[[], Any] | None = None
     #: names of the services the workspace cannot take users without (/readyz); all when empty.
     critical: Callable[[], Collection[str]] | None = None
+    #: A service's restart policy (None: unknown), to tell a final ``exited`` from a pending one.
+    restart_policy: Callable[[str], Restart | None] | None = None
 
 
 class Control:
@@ -102,8 +137,12 @@ class Control:
         outputs: Mapping[str, OutputRing] | None = None,
         hooks: Hooks | None = None,
         supervisors: Sequence[Supervisor] = (),
+        held: MutableSet[str] | None = None,
     ) -> None:
+        """``held``: the services an operator stopped, shared with whatever starts them
+        (``ServiceFactory.held``); only this object writes it."""
         self.bus = bus
+        self.held: MutableSet[str] = held if held is not None else set()
         self.root = root
         self.services = services
         self.environment_id = environment_id
@@ -278,20 +317,51 @@ class Control:
 
     async def restart_service(self, name: str) -> NodeStatus:
         self._services_started()
+        self._node(name)
+        self.held.discard(name)
         try:
             return await self.services.restart_child(name, reason="manual")
         except UnknownChild as error:
             raise UnknownService(name, error.known) from None
 
     async def stop_service(self, name: str) -> NodeStatus:
+        """Stop a service; it stays stopped until a start, a restart or a reload that changes it.
+
+        The stop is held (``held``) before it is sent, so nothing that would start the service
+        again (a restart already due, a probe, a secret change, its supervisor's restart) does.
+        A stop that lands on an exit whose restart the supervisor has not yet scheduled is sent
+        again once the restart is scheduled: the answer is ``stopped``, never ``exited``.
+        """
         self._services_started()
+        self._node(name)
+        self.held.add(name)
+        path = f"{self.services.path}/{name}"
+
+        def decided(envelope: Envelope) -> bool:
+            return envelope.event.source == path and envelope.event.kind in _DECIDED
+
+        policy = self.hooks.restart_policy(name) if self.hooks.restart_policy else None
+        with self.bus.subscribe(accept=decided) as decisions:
+            node = await self._stop_child(name)
+            for _ in range(_STOP_ATTEMPTS):
+                if not _restart_pending(node, policy):
+                    break
+                with trio.move_on_after(_DECISION_TIMEOUT):
+                    await decisions.receive()
+                node = await self._stop_child(name)
+        return node
+
+    async def _stop_child(self, name: str) -> NodeStatus:
         try:
-            return await self.services.stop_child(name)
+            return await self.services.stop_child(name, timeout=_STOP_CALL_TIMEOUT)
         except UnknownChild as error:
+            self.held.discard(name)
             raise UnknownService(name, error.known) from None
 
     async def start_service(self, name: str) -> NodeStatus:
         self._services_started()
+        self._node(name)
+        self.held.discard(name)
         try:
             return await self.services.start_child(name)
         except UnknownChild as error:

