@@ -311,12 +311,19 @@ def _logs(client: ApiClient, args: argparse.Namespace) -> int:
 
 
 def _reload(client: ApiClient, _args: argparse.Namespace) -> int:
+    """Answered with the plan before it is applied: the pass goes on in dev8 (its progress is
+    the reload_started / reload_finished / reload_failed events)."""
     result = client.reload()
     for key in ("added", "removed", "changed", "unchanged"):
         print(f"{key}: {', '.join(result.get(key, [])) or '-'}")
-    if result.get("restart_required_for"):
-        sections = ", ".join(result["restart_required_for"])
+    if result.get("restartRequiredFor"):
+        sections = ", ".join(result["restartRequiredFor"])
         print(f"needs a restart of dev8 to apply: {sections}")
+    after = " after the reload being applied" if result.get("queued") else ""
+    print(
+        f"reload {result.get('reload')} accepted: applying it{after} "
+        "(`dev8 events` shows reload_started, then reload_finished or reload_failed)"
+    )
     return 0
 
 

@@ -16,6 +16,7 @@ import trio
 
 import dev8
 from actors import (
+    CallTimeout,
     ChildGaveUp,
     ChildStarted,
     ChildState,
@@ -140,7 +141,7 @@ class Control:
         held: MutableSet[str] | None = None,
     ) -> None:
         """``held``: the services an operator stopped, shared with whatever starts them
-        (``ServiceFactory.held``); only this object writes it."""
+        (``ServiceFactory.held``); written here, and cleared by a reload that changes one."""
         self.bus = bus
         self.held: MutableSet[str] = held if held is not None else set()
         self.root = root
@@ -368,11 +369,20 @@ class Control:
             raise UnknownService(name, error.known) from None
 
     async def reload(self) -> dict[str, Any]:
+        """Ask for a reload: answered with its plan once the file is checked, before it is
+        applied (``ConfigError`` for a refused file)."""
         if self.hooks.reload is None:
             raise NotAvailable("reload needs dev8 to run from a config file")
-        data: dict[str, Any] = documents.to_jsonable(
-            documents.reload_document(await self.hooks.reload())
-        )
+        try:
+            result = await self.hooks.reload()
+        except CallTimeout:
+            raise ActionFailed(
+                503,
+                documents.error_document(
+                    "reload_busy", "the reloader did not take the reload in time; try again"
+                ),
+            ) from None
+        data: dict[str, Any] = documents.to_jsonable(documents.reload_document(result))
         return data
 
     async def refresh_secrets(self) -> dict[str, Any]:

@@ -63,8 +63,8 @@ class ServiceFactory:
     services: Supervisor | None = None
     #: Where files that need strict modes live (dev8.storage); None: all in the workspace.
     placement: Placement | None = None
-    #: Services an operator stopped (written by ``Control`` only): they are not started again
-    #: until an operator starts them, whatever else asks for it.
+    #: Services an operator stopped (written by ``Control``; a reload that changes one clears
+    #: it): they are not started again until an operator starts them, whatever else asks.
     held: set[str] = attrs.field(factory=set)
     #: Each service's restart policy, as its process actor was last built.
     restart_policies: dict[str, Restart] = attrs.field(factory=dict)

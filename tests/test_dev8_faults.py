@@ -3,13 +3,17 @@ reload that took dev8 down, and every exit code of `dev8 run` reached end to end
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 from dev8_harness import (
+    Dev8Run,
     EventStream,
     Json,
     free_port,
     open_dev8,
+    pid_alive,
+    printed,
     python_service,
     shell_service,
     write_config,
@@ -121,3 +125,113 @@ async def test_stopping_a_crash_looping_service_sticks(
                 start = await dev8.http.post("/services/crasher/start", timeout=30.0)
                 assert start.status_code == 200, start.text
         assert dev8.process.returncode is None
+
+
+TERM_IGNORER = (
+    "import signal, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(1000)\n"
+)
+#: How long the stubborn service takes to stop: its whole stop_timeout, then SIGKILL.
+SLOW_STOP = 5.0
+
+
+def slow_reload_configs(path: Path, port: int, marker: str) -> tuple[Json, Json, Json]:
+    """The config before, the first reload (stubborn changed, fresh added) and the second one
+    (steady changed too), each as services."""
+    steady = python_service(SLEEPER, marker)
+    stubborn = python_service(TERM_IGNORER, marker, stop_timeout=SLOW_STOP)
+    before = {"steady": steady, "stubborn": stubborn}
+    first = {
+        "steady": steady,
+        "stubborn": {**stubborn, "env": {**stubborn["env"], "GENERATION": "2"}},
+        "fresh": python_service(SLEEPER, marker),
+    }
+    second = {**first, "steady": {**steady, "env": {**steady["env"], "GENERATION": "3"}}}
+    write_config(path, before, port=port)
+    return before, first, second
+
+
+async def check_in_effect(dev8: Dev8Run, stubborn_pid: int, steady_pid: int) -> None:
+    """The second config is in effect: every service runs, stubborn and steady anew."""
+    for name in ("steady", "stubborn", "fresh"):
+        await dev8.wait_service(name, lambda n: n["state"] == "running", what="running")
+    pids = await dev8.service_pids()
+    assert pids["stubborn"] != stubborn_pid
+    assert pids["steady"] != steady_pid
+    assert not pid_alive(stubborn_pid)
+    assert dev8.process.returncode is None
+    assert (await dev8.http.get("/livez")).status_code == 200
+
+
+async def test_a_slow_reload_over_the_api_answers_at_once_and_keeps_dev8_up(
+    tmp_path: Path, api_port: int, marker: str
+) -> None:
+    """It answered 500 internal_error, and over SIGHUP dev8 exited 1 (a CallTimeout)."""
+    config = tmp_path / "dev8.yaml"
+    _, first, second = slow_reload_configs(config, api_port, marker)
+    async with open_dev8(config, port=api_port, marker=marker) as dev8:
+        await dev8.wait_log(printed("stubborn", "ready"), what="stubborn ignoring SIGTERM")
+        pids = await dev8.service_pids()
+        async with dev8.events() as events:
+            write_config(config, first, port=api_port)
+            answer = await dev8.http.post("/reload")
+            # Answered while the stubborn service is still being stopped (it takes 5 s).
+            assert pid_alive(pids["stubborn"])
+            assert answer.status_code == 202, answer.text
+            plan = answer.json()
+            assert plan["added"] == ["fresh"]
+            assert plan["changed"] == ["stubborn"]
+            assert plan["removed"] == []
+            assert plan["unchanged"] == ["steady"]
+            assert plan["restartRequiredFor"] == []
+            started = await events.wait_for("reload_started", reload=plan["reload"])
+            assert started["data"]["changed"] == ["stubborn"]
+
+            # A second reload while the first runs: queued behind it, planned against it.
+            write_config(config, second, port=api_port)
+            again = await dev8.http.post("/reload")
+            assert again.status_code == 202, again.text
+            assert pid_alive(pids["stubborn"])
+            queued = again.json()
+            assert queued["reload"] == plan["reload"] + 1
+            assert (queued["changed"], queued["added"]) == (["steady"], [])
+            assert queued["unchanged"] == ["stubborn", "fresh"]
+
+            done = await events.wait_for("reload_finished", reload=plan["reload"], timeout=30)
+            assert done["data"]["outcome"] == "applied"
+            assert done["data"]["changed"] == ["stubborn"]
+            last = await events.wait_for("reload_finished", reload=queued["reload"], timeout=30)
+            assert last["data"]["changed"] == ["steady"]
+            assert not events.of("reload_failed")
+        await check_in_effect(dev8, pids["stubborn"], pids["steady"])
+
+
+async def test_a_slow_reload_on_sighup_keeps_dev8_up(
+    tmp_path: Path, api_port: int, marker: str
+) -> None:
+    config = tmp_path / "dev8.yaml"
+    _, first, second = slow_reload_configs(config, api_port, marker)
+    async with open_dev8(config, port=api_port, marker=marker) as dev8:
+        await dev8.wait_log(printed("stubborn", "ready"), what="stubborn ignoring SIGTERM")
+        pids = await dev8.service_pids()
+        async with dev8.events() as events:
+            write_config(config, first, port=api_port)
+            await dev8.signal(signal.SIGHUP)
+            started = await events.wait_for("reload_started")
+            assert started["data"]["changed"] == ["stubborn"]
+            assert started["data"]["added"] == ["fresh"]
+            await events.wait_for("child_stopping", child="stubborn")
+            write_config(config, second, port=api_port)
+            await dev8.signal(signal.SIGHUP)
+            finished = [
+                await events.wait_for("reload_finished", timeout=30),
+                await events.wait_for("reload_finished", timeout=30),
+            ]
+            assert [e["data"]["changed"] for e in finished] == [["stubborn"], ["steady"]]
+            assert {e["data"]["outcome"] for e in finished} == {"applied"}
+            killed = events.of("child_killed", "stubborn")
+            assert len(killed) <= 1  # its stop ran its course (SIGKILL after stop_timeout)
+        await check_in_effect(dev8, pids["stubborn"], pids["steady"])
+        assert not dev8.messages("reload_failed")
