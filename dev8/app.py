@@ -11,7 +11,6 @@ shutdown sequence (stop the tree in reverse order, sweep what is left, exit with
 from __future__ import annotations
 
 import contextlib
-import enum
 import gc
 import ipaddress
 import os
@@ -43,6 +42,7 @@ from .config import (
 )
 from .connections import ConnectionBoard, make_tracker_spec
 from .control import Control, Hooks
+from .exit_codes import ExitCode
 from .health import HealthBoard
 from .init import (
     OwnPids,
@@ -63,19 +63,6 @@ from .signals import (
     signal_name,
 )
 from .storage import placement, prepare_strict_home
-
-
-class ExitCode(enum.IntEnum):
-    """What ``dev8 run`` exits with."""
-
-    OK = 0
-    INTERNAL_ERROR = 1
-    BAD_CONFIG = 2
-    CRITICAL_SERVICE_FAILED = 3
-    RESTART_INTENSITY_EXCEEDED = 4
-    #: Before start: the API's address is taken (``dev8 run``'s pre-flight bind check).
-    API_UNAVAILABLE = 5
-
 
 #: How long a reload may wait for the reloader's answer (it reads and checks the file only).
 RELOAD_ANSWER_TIMEOUT = 30.0
@@ -485,6 +472,8 @@ class Dev8:
             self.log.error("reload_rejected", error=str(error))
         except CallTimeout as error:  # its mailbox stayed full: this one signal is dropped
             self.log.error("reload_dropped", error=str(error))
+        except Exception as error:  # PID 1 never ends because a reload failed
+            self.log.exception("reload_dropped", error=f"{type(error).__name__}: {error}")
 
     async def _watch_signals(
         self,

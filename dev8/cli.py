@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -23,12 +24,12 @@ if TYPE_CHECKING:  # the client (httpx, trio-websocket) is imported only by oper
     from .preflight import Problem
     from .signals import SignalCatcher
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, config_to_dict, load_config
+from .exit_codes import ExitCode
 
-EXIT_FAILED = 1
-EXIT_BAD_CONFIG = 2
-#: ``dev8 run``: the API's address cannot be listened on (``ExitCode.API_UNAVAILABLE``).
-EXIT_API_UNAVAILABLE = 5
-EXIT_INTERRUPTED = 130
+EXIT_FAILED = ExitCode.INTERNAL_ERROR  # an operator command that failed
+EXIT_BAD_CONFIG = ExitCode.BAD_CONFIG
+EXIT_API_UNAVAILABLE = ExitCode.API_UNAVAILABLE
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 #: How often ``dev8 logs -f`` asks for new lines.
 FOLLOW_INTERVAL = 0.5
 
@@ -219,6 +220,9 @@ def _run(path: str, early_signals: SignalCatcher | None = None) -> int:
     except ApiBindError as error:  # taken between the pre-flight check and the bind
         print(f"dev8: {error}", file=sys.stderr)
         code = EXIT_API_UNAVAILABLE
+    except Exception:  # a bug: its traceback, and the exit code that says so
+        traceback.print_exc()
+        code = ExitCode.INTERNAL_ERROR
     # The tree is down and the processes swept: nothing is left to clean up. Tearing down the
     # interpreter's modules would only delay the container's exit (about 0.15 s).
     logging.shutdown()

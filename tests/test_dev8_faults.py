@@ -3,21 +3,31 @@ reload that took dev8 down, and every exit code of `dev8 run` reached end to end
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from pathlib import Path
 
+import httpx
+import trio
+import yaml
 from dev8_harness import (
+    REPO_ROOT,
     Dev8Run,
     EventStream,
     Json,
+    fail_after,
+    find_node,
     free_port,
     open_dev8,
     pid_alive,
+    pids_with_marker,
     printed,
     python_service,
     shell_service,
     write_config,
 )
+
+from dev8.exit_codes import ExitCode
 
 SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(1000)\n"
 #: Restarts after the floor delay (0.05 s), without jitter.
@@ -235,3 +245,68 @@ async def test_a_slow_reload_on_sighup_keeps_dev8_up(
             assert len(killed) <= 1  # its stop ran its course (SIGKILL after stop_timeout)
         await check_in_effect(dev8, pids["stubborn"], pids["steady"])
         assert not dev8.messages("reload_failed")
+
+
+# ------------------------------------------------------------------------------ exit codes
+
+
+def exit_code_rows(path: Path) -> dict[int, str]:
+    """The rows of the exit-code table under the heading about exit codes, by code."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("#") and "Exit codes" in line)
+    rows: dict[int, str] = {}
+    for line in lines[start + 1 :]:
+        if line.startswith("#"):
+            break
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0].isdigit():
+            assert int(cells[0]) not in rows, f"{path}: exit code {cells[0]} listed twice"
+            rows[int(cells[0])] = " | ".join(cells[1:])
+    return rows
+
+
+def test_the_exit_code_tables_list_exactly_the_codes_in_the_code() -> None:
+    codes = {int(code) for code in ExitCode}
+    for doc in ("README.md", "docs/troubleshooting.md"):
+        rows = exit_code_rows(REPO_ROOT / doc)
+        assert set(rows) == codes, doc
+        for code in ExitCode:  # each row names its member, so the table reads like the code
+            assert f"`{code.name}`" in rows[int(code)], (doc, code)
+
+
+async def wait_running(dev8: Dev8Run, path: str, *, restarts: int) -> None:
+    """Until the actor at `path` runs, restarted `restarts` times."""
+    with fail_after(10, f"{path} running after {restarts} restarts", dev8.tail):
+        while True:
+            node = find_node((await dev8.status())["tree"], path)
+            if (node["state"], node["restarts"]) == ("running", restarts):
+                return
+            await trio.sleep(0.05)
+
+
+async def test_the_tree_giving_up_exits_4(tmp_path: Path, api_port: int, marker: str) -> None:
+    """Children of dev8's own supervisor failing past its intensity (10 restarts a minute):
+    here, crashed through the chaos API 11 times, in turn (each one's backoff stays short)."""
+    config = write_config(
+        tmp_path / "dev8.yaml", {"steady": python_service(SLEEPER, marker)}, port=api_port
+    )
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    config.write_text(yaml.safe_dump({**data, "chaos": {"enabled": True}}), encoding="utf-8")
+    victims = ("connections", "secret-watch", "reloader", "health")
+    async with open_dev8(config, port=api_port, marker=marker) as dev8:
+        await dev8.wait_service("steady", lambda n: n["state"] == "running", what="running")
+        steady_pid = (await dev8.service_pids())["steady"]
+        for crash in range(11):
+            path = f"dev8/{victims[crash % len(victims)]}"
+            # Each crash once its victim runs again (the last ends the tree: no answer then).
+            with contextlib.suppress(httpx.TransportError):
+                await wait_running(dev8, path, restarts=crash // len(victims))
+                answer = await dev8.http.post(f"/chaos/actors/{path}/crash")
+                assert answer.status_code == 200, answer.text
+        assert await dev8.wait_exit(30) == ExitCode.RESTART_INTENSITY_EXCEEDED == 4
+    escalated = dev8.messages("supervisor_escalated")
+    assert escalated[-1]["source"] == "dev8"
+    assert escalated[-1]["reason"] == "restart intensity exceeded"
+    assert dev8.messages("dev8_exit")[-1]["exit_code"] == 4
+    assert not pid_alive(steady_pid)
+    assert pids_with_marker(marker) == []
