@@ -1,8 +1,13 @@
 """Composition: build the supervision tree from the config and run dev8 as a container's init.
 
     dev8 (root, one_for_one)
+    ├── api                     the Quart-Trio app on Hypercorn
+    ├── secrets                 the rotator (with a secret provider only)
     ├── services (one_for_one)  one process actor per configured service
-    └── api                     the Quart-Trio app on Hypercorn
+    ├── health (one_for_one)    one prober per probed service
+    ├── connections             the connection tracker
+    ├── secret-watch            applies on_secret_change
+    └── reloader                config reloads as messages (with a config file only)
 
 Around the tree, outside it, the init duties: the orphan reaper, the signal handling, and the
 shutdown sequence (stop the tree in reverse order, sweep what is left, exit with a code).
