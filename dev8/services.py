@@ -143,7 +143,7 @@ class ServiceFactory:
         """Started while an operator holds it stopped (a restart already due when the stop
         came, or its supervisor restarted): spawn nothing and have the supervisor stop it."""
         assert self.services is not None
-        task_status.started({"pid": None, "held": True})
+        task_status.started({"pid": None})
         # The supervisor takes this after the start it is finishing; it cancels this task.
         with contextlib.suppress(CallTimeout):
             await self.services.stop_child(name, timeout=60.0)
