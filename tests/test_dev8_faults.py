@@ -137,6 +137,42 @@ async def test_stopping_a_crash_looping_service_sticks(
         assert dev8.process.returncode is None
 
 
+async def test_a_stopped_service_stays_stopped_when_its_supervisor_restarts(
+    tmp_path: Path, api_port: int, marker: str
+) -> None:
+    """The services supervisor, restarted (here crashed through the chaos API), starts every
+    child again: the one an operator stopped spawns nothing and is stopped again."""
+    held_marker = f"{marker}-held"
+    config = write_config(
+        tmp_path / "dev8.yaml",
+        {"held": python_service(SLEEPER, held_marker), "other": python_service(SLEEPER, marker)},
+        port=api_port,
+    )
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    config.write_text(yaml.safe_dump({**data, "chaos": {"enabled": True}}), encoding="utf-8")
+    async with open_dev8(config, port=api_port, marker=marker) as dev8:
+        for name in ("held", "other"):
+            await dev8.wait_service(name, lambda n: n["state"] == "running", what="running")
+        other_pid = (await dev8.service_pids())["other"]
+        stop = await dev8.http.post("/services/held/stop")
+        assert (stop.status_code, stop.json()["state"]) == (200, "stopped")
+        assert pids_with_marker(held_marker) == []
+        async with dev8.events() as events:
+            crash = await dev8.http.post("/chaos/actors/dev8/services/crash")
+            assert crash.status_code == 200, crash.text
+            await events.wait_for("child_started", child="other")
+            await events.wait_for("child_stopped", child="held")
+            await wait_running(dev8, "dev8/services", restarts=1)
+        assert (await dev8.service_pids())["other"] != other_pid
+        # Started by its supervisor without a process, then stopped: nothing ran.
+        assert [e["data"]["info"]["pid"] for e in events.of("child_started", "held")] == [None]
+        assert pids_with_marker(held_marker) == []
+        assert (await dev8.service("held"))["state"] == "stopped"
+        start = await dev8.http.post("/services/held/start")
+        assert (start.status_code, start.json()["state"]) == (200, "running")
+        assert len(pids_with_marker(held_marker)) == 1
+
+
 TERM_IGNORER = (
     "import signal, time\n"
     "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
