@@ -214,8 +214,8 @@ def _run(path: str, early_signals: SignalCatcher | None = None) -> int:
     writer = configure_logging(
         level=config.log.level, environment_id=config.environment_id, user_id=config.user_id
     )
-    dev8_run = Dev8(config, config_path=path, signals=early_signals, log_output=writer)
     try:
+        dev8_run = Dev8(config, config_path=path, signals=early_signals, log_output=writer)
         code = trio.run(dev8_run.run)
     except ApiBindError as error:  # taken between the pre-flight check and the bind
         print(f"dev8: {error}", file=sys.stderr)
