@@ -1,8 +1,13 @@
 """Composition: build the supervision tree from the config and run dev8 as a container's init.
 
     dev8 (root, one_for_one)
+    ├── api                     the Quart-Trio app on Hypercorn
+    ├── secrets                 the rotator (with a secret provider only)
     ├── services (one_for_one)  one process actor per configured service
-    └── api                     the Quart-Trio app on Hypercorn
+    ├── health (one_for_one)    one prober per probed service
+    ├── connections             the connection tracker
+    ├── secret-watch            applies on_secret_change
+    └── reloader                config reloads as messages (with a config file only)
 
 Around the tree, outside it, the init duties: the orphan reaper, the signal handling, and the
 shutdown sequence (stop the tree in reverse order, sweep what is left, exit with a code).
@@ -11,7 +16,6 @@ shutdown sequence (stop the tree in reverse order, sweep what is left, exit with
 from __future__ import annotations
 
 import contextlib
-import enum
 import gc
 import ipaddress
 import os
@@ -23,7 +27,9 @@ import structlog
 import trio
 
 from actors import (
+    CallTimeout,
     ChildContext,
+    ChildExists,
     ChildSpec,
     ChildState,
     Escalation,
@@ -39,10 +45,10 @@ from .config import (
     ConfigError,
     TcpBind,
     UnixBind,
-    load_config,
 )
 from .connections import ConnectionBoard, make_tracker_spec
 from .control import Control, Hooks
+from .exit_codes import ExitCode
 from .health import HealthBoard
 from .idle import make_idle_spec
 from .init import (
@@ -54,6 +60,7 @@ from .init import (
     run_reaper,
 )
 from .logs import LineWriter, log_event
+from .reload import Reloader, ReloadPlan
 from .secrets.runtime import Secrets
 from .services import ServiceFactory, intensity_of, send_signal_to_service
 from .signals import (
@@ -65,17 +72,17 @@ from .signals import (
 from .storage import placement, prepare_strict_home
 from .webhooks import WebhookNotifier, make_webhooks_spec
 
+#: How long a reload may wait for the reloader's answer (it reads and checks the file only).
+RELOAD_ANSWER_TIMEOUT = 30.0
 
-class ExitCode(enum.IntEnum):
-    """What ``dev8 run`` exits with."""
 
-    OK = 0
-    INTERNAL_ERROR = 1
-    BAD_CONFIG = 2
-    CRITICAL_SERVICE_FAILED = 3
-    RESTART_INTENSITY_EXCEEDED = 4
-    #: Before start: the API's address is taken (``dev8 run``'s pre-flight bind check).
-    API_UNAVAILABLE = 5
+def _step_timeout(config: Config, name: str) -> float:
+    """A bound on one step of a reload pass: the service's stop ladder (twice: leader, then
+    leftovers) or its start, and time to wait for the supervisor to take the command."""
+    service = config.services.get(name)
+    if service is None:
+        return 300.0
+    return 2 * service.stop_timeout + service.start_timeout + 300.0
 
 
 def api_is_private(config: Config) -> bool:
@@ -156,7 +163,6 @@ class Dev8:
         self.exit_code = ExitCode.OK
         self._app: Any = None
         self._api_sockets: Any = None  # BoundApi, once run() bound them
-        self._reload_lock = trio.Lock()
         self.control: Control | None = None
 
         # Blocking (a probe file), so here, before trio runs.
@@ -229,6 +235,13 @@ class Dev8:
             make_tracker_spec(self.connections, interval=config.connections.interval),
             ChildSpec(name="secret-watch", start=self._watch_secret_changes, shutdown_timeout=1.0),
         ]
+        self.reloader: Reloader | None = None
+        if config_path is not None:
+            self.reloader = Reloader(config_path, config, apply=self._apply_config)
+            # Last: stopped first at shutdown, so no reload pass outlives the services.
+            children.append(
+                ChildSpec(name="reloader", start=self.reloader.run, shutdown_timeout=1.0)
+            )
         self.root = Supervisor(
             "dev8",
             children,
@@ -271,6 +284,8 @@ class Dev8:
                 if self.services.snapshot().state is not ChildState.RUNNING:
                     continue  # services still waiting or starting: they read the new files
                 for name, service in self.config.services.items():
+                    if name in self.factory.held:
+                        continue  # stopped by an operator: it reads the new files at its start
                     if service.on_secret_change == "restart":
                         with contextlib.suppress(UnknownChild):
                             # Not a crash: never counted toward the service's intensity.
@@ -299,7 +314,7 @@ class Dev8:
             user_id=self.config.user_id,
             outputs=self.factory.outputs,
             hooks=Hooks(
-                reload=self.reload if self.config_path else None,
+                reload=self.reload if self.reloader is not None else None,
                 refresh_secrets=self.secrets.refresh if self.secrets else None,
                 readiness=self.health.readiness,
                 service_details=self.health.details,
@@ -313,8 +328,10 @@ class Dev8:
                 ssh_failed_auth=lambda: self.factory.ssh_failed_auth.count,
                 vscode_sessions=self._vscode_sessions,
                 webhook_stats=lambda: self.webhooks.stats,
+                restart_policy=self.factory.restart_policy,
             ),
             supervisors=[self.root, self.services, self.probers],
+            held=self.factory.held,
         )
         self.control = control
         # The web stack (Quart, Hypercorn: about half of start-up's imports) is loaded here, by
@@ -420,57 +437,57 @@ class Dev8:
             await tree_done.wait()
 
     async def reload(self) -> dict[str, Any]:
-        """Re-read the config file and apply service changes; a bad file changes nothing.
+        """Ask the reloader to re-read the config file: answered with the plan, applied after.
 
-        Added services start, removed ones stop, changed ones are replaced (stopped, then started
-        with the new settings); unchanged ones keep running untouched.
+        A refused file raises ``ConfigError`` and changes nothing; the progress of the pass is
+        published as ``reload_started``, then ``reload_finished`` or ``reload_failed``.
         """
-        assert self.config_path is not None
-        async with self._reload_lock:
-            return await self._reload(load_config(self.config_path))
+        assert self.reloader is not None
+        accepted = await self.reloader.reload(timeout=RELOAD_ANSWER_TIMEOUT)
+        return {
+            "reload": accepted.reload,
+            "queued": accepted.queued,
+            **accepted.plan.as_fields(),
+        }
 
-    async def _reload(self, new: Config) -> dict[str, Any]:
-        old_services = {n: s for n, s in self.config.services.items() if s.enabled}
-        new_services = {n: s for n, s in new.services.items() if s.enabled}
-        removed = [n for n in old_services if n not in new_services]
-        added = [n for n in new_services if n not in old_services]
-        changed = [
-            n for n in new_services if n in old_services and new_services[n] != old_services[n]
-        ]
+    async def _apply_config(self, old: Config, new: Config, plan: ReloadPlan) -> None:
+        """Make the tree match ``new`` (the reloader's pass): added services start, removed ones
+        stop, changed ones are replaced (stopped, then started with the new settings), unchanged
+        ones keep running untouched. Each step may take a service's whole stop or start."""
         probed = {node.name for node in self.probers.children()}
-        for name in removed + changed:
+        for name in plan.removed + plan.changed:
+            self.factory.held.discard(name)  # a reload that changes a service starts it
             if name in probed:
-                await self.probers.remove_child(name)
+                with contextlib.suppress(UnknownChild):
+                    await self.probers.remove_child(name, timeout=_step_timeout(old, name))
                 self.health.remove(name)
-            await self.services.remove_child(name)
-        for name in changed + added:
-            await self.services.add_child(self.factory.process_spec(name, new))
-            prober = self.factory.prober_spec(name, new)
-            if prober is not None:
-                await self.probers.add_child(prober)
-        for name in removed:
+            with contextlib.suppress(UnknownChild):  # gone already (a pass that failed midway)
+                await self.services.remove_child(name, timeout=_step_timeout(old, name))
+        for name in plan.changed + plan.added:
+            self.factory.held.discard(name)
+            await self._add_service(name, new)
+        for name in plan.removed:
             self.factory.outputs.pop(name, None)
         self.connections.set_ports(
-            {name: self.factory.effective(name, new).ports for name in new_services}
+            {
+                name: self.factory.effective(name, new).ports
+                for name, service in new.services.items()
+                if service.enabled
+            }
         )
-        others = [
-            section
-            for section in (
-                *("api", "workspace", "shutdown", "supervisor", "log", "secrets"),
-                *("alerts", "idle"),
-            )
-            if getattr(new, section) != getattr(self.config, section)
-        ]
         self.config = new
-        result = {
-            "added": added,
-            "removed": removed,
-            "changed": changed,
-            "unchanged": [n for n in new_services if n in old_services and n not in changed],
-            "restart_required_for": others,
-        }
-        self.log.info("config_reloaded", **result)
-        return result
+        self.log.info("config_reloaded", **plan.as_fields())
+
+    async def _add_service(self, name: str, config: Config) -> None:
+        timeout = _step_timeout(config, name)
+        if name in {node.name for node in self.services.children()}:
+            # Left by a pass that failed midway: replaced, as a changed service is.
+            await self.services.remove_child(name, timeout=timeout)
+        await self.services.add_child(self.factory.process_spec(name, config), timeout=timeout)
+        prober = self.factory.prober_spec(name, config)
+        if prober is not None:
+            with contextlib.suppress(ChildExists):
+                await self.probers.add_child(prober, timeout=timeout)
 
     def _vscode_sessions(self) -> int:
         """Established client connections to the code-server services (dev8's probes left out)."""
@@ -484,13 +501,17 @@ class Dev8:
         return [node.name for node in self.services.children()]
 
     async def _reload_on_signal(self) -> None:
-        if self.config_path is None:
+        if self.reloader is None:
             self.log.warning("reload_unavailable", why="dev8 was not started from a config file")
             return
         try:
             await self.reload()
         except ConfigError as error:
             self.log.error("reload_rejected", error=str(error))
+        except CallTimeout as error:  # its mailbox stayed full: this one signal is dropped
+            self.log.error("reload_dropped", error=str(error))
+        except Exception as error:  # PID 1 never ends because a reload failed
+            self.log.exception("reload_dropped", error=f"{type(error).__name__}: {error}")
 
     async def _watch_signals(
         self,

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -23,12 +24,12 @@ if TYPE_CHECKING:  # the client (httpx, trio-websocket) is imported only by oper
     from .preflight import Problem
     from .signals import SignalCatcher
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, config_to_dict, load_config
+from .exit_codes import ExitCode
 
-EXIT_FAILED = 1
-EXIT_BAD_CONFIG = 2
-#: ``dev8 run``: the API's address cannot be listened on (``ExitCode.API_UNAVAILABLE``).
-EXIT_API_UNAVAILABLE = 5
-EXIT_INTERRUPTED = 130
+EXIT_FAILED = ExitCode.INTERNAL_ERROR  # an operator command that failed
+EXIT_BAD_CONFIG = ExitCode.BAD_CONFIG
+EXIT_API_UNAVAILABLE = ExitCode.API_UNAVAILABLE
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 #: How often ``dev8 logs -f`` asks for new lines.
 FOLLOW_INTERVAL = 0.5
 
@@ -213,12 +214,15 @@ def _run(path: str, early_signals: SignalCatcher | None = None) -> int:
     writer = configure_logging(
         level=config.log.level, environment_id=config.environment_id, user_id=config.user_id
     )
-    dev8_run = Dev8(config, config_path=path, signals=early_signals, log_output=writer)
     try:
+        dev8_run = Dev8(config, config_path=path, signals=early_signals, log_output=writer)
         code = trio.run(dev8_run.run)
     except ApiBindError as error:  # taken between the pre-flight check and the bind
         print(f"dev8: {error}", file=sys.stderr)
         code = EXIT_API_UNAVAILABLE
+    except Exception:  # a bug: its traceback, and the exit code that says so
+        traceback.print_exc()
+        code = ExitCode.INTERNAL_ERROR
     # The tree is down and the processes swept: nothing is left to clean up. Tearing down the
     # interpreter's modules would only delay the container's exit (about 0.15 s).
     logging.shutdown()
@@ -311,12 +315,19 @@ def _logs(client: ApiClient, args: argparse.Namespace) -> int:
 
 
 def _reload(client: ApiClient, _args: argparse.Namespace) -> int:
+    """Answered with the plan before it is applied: the pass goes on in dev8 (its progress is
+    the reload_started / reload_finished / reload_failed events)."""
     result = client.reload()
     for key in ("added", "removed", "changed", "unchanged"):
         print(f"{key}: {', '.join(result.get(key, [])) or '-'}")
-    if result.get("restart_required_for"):
-        sections = ", ".join(result["restart_required_for"])
+    if result.get("restartRequiredFor"):
+        sections = ", ".join(result["restartRequiredFor"])
         print(f"needs a restart of dev8 to apply: {sections}")
+    after = " after the reload being applied" if result.get("queued") else ""
+    print(
+        f"reload {result.get('reload')} accepted: applying it{after} "
+        "(`dev8 events` shows reload_started, then reload_finished or reload_failed)"
+    )
     return 0
 
 

@@ -8,14 +8,34 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    MutableSet,
+    Sequence,
+)
 from typing import Any
 
 import attrs
 import trio
 
 import dev8
-from actors import ChildState, EventBus, NodeStatus, Supervisor, UnknownChild
+from actors import (
+    CallTimeout,
+    ChildGaveUp,
+    ChildStarted,
+    ChildState,
+    Envelope,
+    EventBus,
+    NodeStatus,
+    Restart,
+    RestartScheduled,
+    Supervisor,
+    UnknownChild,
+)
 
 from . import documents
 from .process import OutputRing
@@ -41,6 +61,28 @@ class ActionFailed(Exception):
         super().__init__(document.error.message)
         self.status = status
         self.document = document
+
+
+#: What a supervisor publishes once it has decided what follows a child's exit.
+_DECIDED = frozenset({RestartScheduled.kind, ChildGaveUp.kind, ChildStarted.kind})
+#: The longest a stop waits for the supervisor to decide what follows an exit it was too late
+#: for (the supervisor may be busy starting another child meanwhile).
+_DECISION_TIMEOUT = 120.0
+#: How long an operator's stop may take: it may wait for another child's start (the supervisor
+#: takes one command at a time), then the service's whole stop ladder.
+_STOP_CALL_TIMEOUT = 300.0
+#: How many times a stop tries again when it lands on an exit whose restart is still pending.
+_STOP_ATTEMPTS = 10
+
+
+def _restart_pending(node: NodeStatus, policy: Restart | None) -> bool:
+    """The child has exited and its supervisor has yet to restart it (``exited`` is not final)."""
+    if node.state is not ChildState.EXITED or policy is None:
+        return False
+    if policy is Restart.PERMANENT:
+        return True
+    abnormal = node.last_exit is not None and node.last_exit.abnormal
+    return policy is Restart.TRANSIENT and abnormal
 
 
 #: Supervisor states in which the tree is alive (starting up or shutting down included).
@@ -94,6 +136,8 @@ class Hooks:
     vscode_sessions: Callable[[], int] | None = None
     #: The webhook notifier's counters (a ``WebhookStats``), for /metrics.
     webhook_stats: Callable[[], Any] | None = None
+    #: A service's restart policy (None: unknown), to tell a final ``exited`` from a pending one.
+    restart_policy: Callable[[str], Restart | None] | None = None
 
 
 class Control:
@@ -110,8 +154,12 @@ class Control:
         outputs: Mapping[str, OutputRing] | None = None,
         hooks: Hooks | None = None,
         supervisors: Sequence[Supervisor] = (),
+        held: MutableSet[str] | None = None,
     ) -> None:
+        """``held``: the services an operator stopped, shared with whatever starts them
+        (``ServiceFactory.held``); written here, and cleared by a reload that changes one."""
         self.bus = bus
+        self.held: MutableSet[str] = held if held is not None else set()
         self.root = root
         self.services = services
         self.environment_id = environment_id
@@ -286,31 +334,71 @@ class Control:
 
     async def restart_service(self, name: str) -> NodeStatus:
         self._services_started()
+        self._node(name)
+        self.held.discard(name)
         try:
             return await self.services.restart_child(name, reason="manual")
         except UnknownChild as error:
             raise UnknownService(name, error.known) from None
 
     async def stop_service(self, name: str) -> NodeStatus:
+        """Stop a service; it stays stopped until a start, a restart or a reload that changes it.
+
+        The stop is held (``held``) before it is sent, so nothing that would start the service
+        again (a restart already due, a probe, a secret change, its supervisor's restart) does.
+        A stop that lands on an exit whose restart the supervisor has not yet scheduled is sent
+        again once the restart is scheduled: the answer is ``stopped``, never ``exited``.
+        """
         self._services_started()
+        self._node(name)
+        self.held.add(name)
+        path = f"{self.services.path}/{name}"
+
+        def decided(envelope: Envelope) -> bool:
+            return envelope.event.source == path and envelope.event.kind in _DECIDED
+
+        policy = self.hooks.restart_policy(name) if self.hooks.restart_policy else None
+        with self.bus.subscribe(accept=decided) as decisions:
+            node = await self._stop_child(name)
+            for _ in range(_STOP_ATTEMPTS):
+                if not _restart_pending(node, policy):
+                    break
+                with trio.move_on_after(_DECISION_TIMEOUT):
+                    await decisions.receive()
+                node = await self._stop_child(name)
+        return node
+
+    async def _stop_child(self, name: str) -> NodeStatus:
         try:
-            return await self.services.stop_child(name)
+            return await self.services.stop_child(name, timeout=_STOP_CALL_TIMEOUT)
         except UnknownChild as error:
+            self.held.discard(name)
             raise UnknownService(name, error.known) from None
 
     async def start_service(self, name: str) -> NodeStatus:
         self._services_started()
+        self._node(name)
+        self.held.discard(name)
         try:
             return await self.services.start_child(name)
         except UnknownChild as error:
             raise UnknownService(name, error.known) from None
 
     async def reload(self) -> dict[str, Any]:
+        """Ask for a reload: answered with its plan once the file is checked, before it is
+        applied (``ConfigError`` for a refused file)."""
         if self.hooks.reload is None:
             raise NotAvailable("reload needs dev8 to run from a config file")
-        data: dict[str, Any] = documents.to_jsonable(
-            documents.reload_document(await self.hooks.reload())
-        )
+        try:
+            result = await self.hooks.reload()
+        except CallTimeout:
+            raise ActionFailed(
+                503,
+                documents.error_document(
+                    "reload_busy", "the reloader did not take the reload in time; try again"
+                ),
+            ) from None
+        data: dict[str, Any] = documents.to_jsonable(documents.reload_document(result))
         return data
 
     async def refresh_secrets(self) -> dict[str, Any]:

@@ -387,8 +387,18 @@ class ActionDocument:
 
 @attrs.frozen(kw_only=True)
 class ReloadDocument:
-    """``POST /reload``: what the new config changed."""
+    """``POST /reload`` (202): what the new config will change, answered before it is applied;
+    the pass publishes ``reload_started``, then ``reload_finished`` or ``reload_failed``."""
 
+    reload: int = attrs.field(
+        metadata=_doc("this reload's number; the reload_* events of its pass carry it")
+    )
+    queued: bool = attrs.field(
+        metadata=_doc(
+            "a pass was running: this one follows it (reloads that arrive meanwhile are "
+            "coalesced into one pass)"
+        )
+    )
     added: list[str]
     removed: list[str]
     changed: list[str]
@@ -618,6 +628,8 @@ def secrets_refresh_error(
 
 def reload_document(result: Mapping[str, Any]) -> ReloadDocument:
     return ReloadDocument(
+        reload=int(result.get("reload") or 0),
+        queued=bool(result.get("queued")),
         added=list(result.get("added") or ()),
         removed=list(result.get("removed") or ()),
         changed=list(result.get("changed") or ()),
@@ -749,11 +761,11 @@ def event_classes() -> list[type[Event]]:
     """Every kind of event dev8 publishes, for the schemas (imported here, not at start)."""
     import actors._lifecycle as lifecycle  # noqa: PLC0415
 
-    from . import alerts, chaos, connections, health, idle  # noqa: PLC0415
+    from . import alerts, chaos, connections, health, idle, reload  # noqa: PLC0415
     from .secrets import events as secret_events  # noqa: PLC0415
 
     found: dict[str, type[Event]] = {}
-    for module in (lifecycle, health, connections, secret_events, chaos, alerts, idle):
+    for module in (lifecycle, health, connections, secret_events, chaos, alerts, idle, reload):
         for value in vars(module).values():
             if isinstance(value, type) and issubclass(value, Event) and value is not Event:
                 found.setdefault(value.kind, value)

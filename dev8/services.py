@@ -11,6 +11,7 @@ service of another user.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pwd
@@ -20,7 +21,16 @@ from typing import Any
 import attrs
 import trio
 
-from actors import Backoff, ChildContext, ChildSpec, ChildState, Intensity, Restart, Supervisor
+from actors import (
+    Backoff,
+    CallTimeout,
+    ChildContext,
+    ChildSpec,
+    ChildState,
+    Intensity,
+    Restart,
+    Supervisor,
+)
 
 from .builtins import SecretGetter, expand
 from .config import RESTART_DELAY_FLOOR, BackoffConfig, Config, IntensityConfig, ServiceConfig
@@ -56,6 +66,14 @@ class ServiceFactory:
     placement: Placement | None = None
     #: Failed SSH authentications, counted from the output of every sshd service.
     ssh_failed_auth: FailedAuthCounter = attrs.field(factory=FailedAuthCounter)
+    #: Services an operator stopped (written by ``Control``; a reload that changes one clears
+    #: it): they are not started again until an operator starts them, whatever else asks.
+    held: set[str] = attrs.field(factory=set)
+    #: Each service's restart policy, as its process actor was last built.
+    restart_policies: dict[str, Restart] = attrs.field(factory=dict)
+
+    def restart_policy(self, name: str) -> Restart | None:
+        return self.restart_policies.get(name)
 
     def effective(self, name: str, config: Config) -> ServiceConfig:
         """The service's config with its built-in defaults filled in."""
@@ -83,6 +101,9 @@ class ServiceFactory:
         custom_env = self.custom_env if _runs_as_workspace_user(user, config) else None
 
         async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
+            if name in self.held:
+                await self._stay_stopped(name, task_status)
+                return
             extra = await builtin.prepare()
             custom = custom_env() if custom_env is not None else {}
             settings = ProcessSettings(
@@ -101,10 +122,11 @@ class ServiceFactory:
                 task_status=task_status,
             )
 
+        restart = self.restart_policies[name] = Restart(service.restart.value)
         return ChildSpec(
             name=name,
             start=start,
-            restart=Restart(service.restart.value),
+            restart=restart,
             shutdown_timeout=service.stop_timeout + 5.0,
             start_timeout=service.start_timeout,
             backoff=backoff_of(service.backoff),
@@ -128,8 +150,20 @@ class ServiceFactory:
             name, probes, self.health, restart=self._restart_for_probe, pid_of=self._pid_of(name)
         )
 
+    async def _stay_stopped(self, name: str, task_status: trio.TaskStatus[Any]) -> None:
+        """Started while an operator holds it stopped (a restart already due when the stop
+        came, or its supervisor restarted): spawn nothing and have the supervisor stop it."""
+        assert self.services is not None
+        task_status.started({"pid": None})
+        # The supervisor takes this after the start it is finishing; it cancels this task.
+        with contextlib.suppress(CallTimeout):
+            await self.services.stop_child(name, timeout=60.0)
+        await trio.sleep_forever()
+
     async def _restart_for_probe(self, name: str) -> object:
         assert self.services is not None
+        if name in self.held:
+            return None  # stopped on purpose: a late probe result is about the old process
         return await self.services.restart_child(name, reason="probe")
 
     def _pid_of(self, name: str) -> Callable[[], int | None]:

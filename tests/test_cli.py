@@ -267,6 +267,7 @@ async def test_operator_commands_over_tcp(tmp_path: Path, api_port: int, marker:
             "changed: -",
             "unchanged: web, idle",
         ]
+        assert out.splitlines()[4].startswith("reload 1 accepted: applying it (")
         await dev8.wait_service("extra", lambda n: n["state"] == "running", what="running")
 
         assert_one_line_failure(

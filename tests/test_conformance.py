@@ -263,7 +263,7 @@ async def test_a_service_that_cannot_start_gives_up_clearly_and_dev8_stays(
         write_config(config, {**steady, "broken": broken}, port=api_port)
         async with dev8.events("service=broken") as events:
             reload = await dev8.http.post("/reload")
-            assert reload.status_code == 200, reload.text
+            assert reload.status_code == 202, reload.text
             await events.wait_for("child_gave_up", child="broken", timeout=20)
         errors = {e["data"]["error"] for e in events.of("child_exited", "broken")}
         assert errors == {f"SpawnError: {message}"}

@@ -273,7 +273,7 @@ async def test_missing_command_gives_up_with_clear_error(
     async with open_dev8(config, port=api_port, marker=marker) as dev8:
         write_config(config, {**steady, "ghost": ghost}, port=api_port)
         async with dev8.events("service=ghost") as events:
-            assert (await dev8.http.post("/reload")).status_code == 200
+            assert (await dev8.http.post("/reload")).status_code == 202
             await events.wait_for("child_gave_up", child="ghost")
         exits = events.of("child_exited", "ghost")
         assert len(exits) == 3

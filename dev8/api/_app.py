@@ -287,11 +287,13 @@ def _register_actions(
     @guarded
     async def reload() -> Response:
         try:
-            return json_response(await control.reload())
+            return json_response(await control.reload(), 202)
         except ConfigError as error:
             return error_response(422, "invalid_config", str(error))
         except NotAvailable as error:
             return error_response(409, "not_available", str(error))
+        except ActionFailed as failure:
+            return json_text_response(documents.to_json(failure.document), failure.status)
 
     @app.post("/secrets/refresh")
     @guarded

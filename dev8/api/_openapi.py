@@ -255,11 +255,19 @@ def _paths() -> dict[str, Any]:
         "/reload": {
             "post": {
                 "summary": "Re-read the config: start added, stop removed, restart changed",
+                "description": (
+                    "Answered at once with the plan, before it is applied; the pass publishes "
+                    "`reload_started`, then `reload_finished` or `reload_failed` (events). "
+                    "Reloads that arrive while a pass runs are coalesced into the next pass."
+                ),
                 "security": _SECURED,
                 "responses": {
-                    "200": document_content(documents.ReloadDocument, "what changed"),
+                    "202": document_content(
+                        documents.ReloadDocument, "accepted: what the new config will change"
+                    ),
                     "409": error_content("dev8 was not started from a config file"),
                     "422": error_content("the new config is invalid; nothing changed"),
+                    "503": error_content("the reloader did not take the reload in time"),
                     **_AUTH_ERRORS,
                 },
             }

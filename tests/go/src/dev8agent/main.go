@@ -401,6 +401,32 @@ type ChaosFaultInjected struct {
 	Pid    *int    `json:"pid"`
 }
 
+type ReloadStarted struct {
+	Reload             int      `json:"reload"`
+	Includes           []int    `json:"includes"`
+	Added              []string `json:"added"`
+	Removed            []string `json:"removed"`
+	Changed            []string `json:"changed"`
+	Unchanged          []string `json:"unchanged"`
+	RestartRequiredFor []string `json:"restartRequiredFor"`
+}
+
+type ReloadFinished struct {
+	Reload   int      `json:"reload"`
+	Includes []int    `json:"includes"`
+	Outcome  string   `json:"outcome"`
+	Added    []string `json:"added"`
+	Removed  []string `json:"removed"`
+	Changed  []string `json:"changed"`
+	Duration float64  `json:"duration"`
+}
+
+type ReloadFailed struct {
+	Reload   int    `json:"reload"`
+	Includes []int  `json:"includes"`
+	Reason   string `json:"reason"`
+}
+
 // dataTypes: the documented data of every kind; an event of another kind is a contract break.
 var dataTypes = map[string]func() interface{}{
 	"child_started":            func() interface{} { return &ChildStarted{} },
@@ -433,6 +459,9 @@ var dataTypes = map[string]func() interface{}{
 	"secrets_injected":         func() interface{} { return &SecretsInjected{} },
 	"secrets_injection_failed": func() interface{} { return &SecretsInjectionFailed{} },
 	"chaos_fault_injected":     func() interface{} { return &ChaosFaultInjected{} },
+	"reload_started":           func() interface{} { return &ReloadStarted{} },
+	"reload_finished":          func() interface{} { return &ReloadFinished{} },
+	"reload_failed":            func() interface{} { return &ReloadFailed{} },
 	"resync":                   func() interface{} { return &Status{} },
 }
 
