@@ -1,7 +1,11 @@
-"""Fixtures shared by the end-to-end tests (see dev8_harness.py)."""
+"""Fixtures shared by the tests, and the kind markers (unit, e2e, root, system) of every test.
+
+The kinds come from one table, tests/support/kinds.py; `pytest -m unit` is the fast loop.
+"""
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import Iterator
 
@@ -16,6 +20,29 @@ from keyvault_fake import (
     open_fake_imds,
     open_fake_vault,
 )
+from support.kinds import UNIT, kinds_of
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its kinds; a test of an unclassified module is a collection error."""
+    for item in items:
+        module = item.path.stem
+        test = item.name.split("[")[0] if item.cls is None else item.cls.__name__
+        kinds = kinds_of(module, test, (mark.name for mark in item.iter_markers()))
+        if not kinds:
+            raise pytest.UsageError(f"{module} is not in tests/support/kinds.py: give it kinds")
+        if UNIT in kinds and len(kinds) > 1:
+            raise pytest.UsageError(f"{module}::{test} is unit and {sorted(kinds - {UNIT})}")
+        for kind in sorted(kinds):
+            item.add_marker(kind)
+
+
+@pytest.fixture(scope="module")
+def collect_garbage_after_module() -> Iterator[None]:
+    """trio-websocket leaves some closed clients' sockets to the collector: a module that
+    ignores that warning collects them before it ends, not during another module's test."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture

@@ -21,7 +21,10 @@ from dev8.control import Control
 
 # trio-websocket leaves the socket object of a connection its peer closed mid-stream (the slow
 # subscriber test) to the garbage collector, which may run during a later test of this module.
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.usefixtures("collect_garbage_after_module"),
+]
 
 
 def free_port() -> int:
