@@ -171,6 +171,7 @@ TESTS: dict[str, dict[frozenset[str], tuple[str, ...]]] = {
     },
     "test_process_spawn": {
         R: (
+            "test_a_service_as_dev8s_own_user_keeps_dev8s_identity",
             "test_a_service_as_another_user_gets_its_uid_gid_groups_and_environment",
             "test_without_setpriv_the_switch_falls_back_to_popen",
             "test_a_program_that_cannot_run_is_a_spawn_error_behind_setpriv",
@@ -178,6 +179,15 @@ TESTS: dict[str, dict[frozenset[str], tuple[str, ...]]] = {
             "test_the_path_is_searched_as_the_user_not_as_root",
             "test_a_missing_working_directory_is_still_reported_as_such",
             "test_the_spawn_vforks_unless_popen_must_switch_identity",
+        ),
+    },
+    "test_secrets_injector": {
+        R: (
+            "test_writes_every_file_with_content_mode_and_owner",
+            "test_a_wrong_mode_or_owner_is_fixed_in_place",
+            "test_user_settings_survive_a_merge",
+            "test_authorized_keys_keeps_user_keys_and_replaces_ours",
+            "test_bytes_that_are_not_utf8_survive_a_gitconfig_merge",
         ),
     },
     "test_secrets_tools": {
