@@ -6,12 +6,14 @@ The kinds come from one table, tests/support/kinds.py; `pytest -m unit` is the f
 from __future__ import annotations
 
 import gc
+import pwd
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from dev8_harness import free_port, kill_marked
-from keyvault_fake import (
+from support.dev8_harness import kill_marked, throwaway_user
+from support.keyvault_fake import (
     AZURE_ENV,
     FakeImds,
     FakeKeyVault,
@@ -21,6 +23,7 @@ from keyvault_fake import (
     open_fake_vault,
 )
 from support.kinds import UNIT, kinds_of
+from support.net import free_port
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -43,6 +46,22 @@ def collect_garbage_after_module() -> Iterator[None]:
     ignores that warning collects them before it ends, not during another module's test."""
     yield
     gc.collect()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """An empty directory standing for the workspace user's home."""
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="module")
+def user() -> Iterator[pwd.struct_passwd]:
+    """A real non-root user with a free uid and no home of its own, removed after the module.
+    Needs root (modules that need a user with a home override this fixture)."""
+    with throwaway_user("d8t") as created:
+        yield created
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from dev8_harness import NO_BACKOFF, Dev8Run, Json, fail_after, free_port, pid_alive
-from workspace_harness import (
+from support.dev8_harness import NO_BACKOFF, Dev8Run, Json, fail_after, pid_alive
+from support.net import free_port
+from support.workspace_harness import (
     ROOT_RUNTIME_DIR,
     WorkspaceSecrets,
     WorkspaceUser,

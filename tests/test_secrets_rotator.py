@@ -58,13 +58,6 @@ def store(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    path = tmp_path / "home"
-    path.mkdir()
-    return path
-
-
 def make_rotator(store: Path, home: Path, recorder: Recorder, **kwargs: object) -> Rotator:
     options: dict[str, object] = {
         "provider": DirectoryProvider(store),
