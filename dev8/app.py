@@ -1,11 +1,16 @@
 """Composition: build the supervision tree from the config and run dev8 as a container's init.
 
-    dev8 (root, one_for_one)
-    ├── services (one_for_one)  one process actor per configured service
-    └── api                     the Quart-Trio app on Hypercorn
+    dev8 (root, one_for_one; children start in this order, stop in reverse)
+    ├── api              the Quart-Trio app on Hypercorn
+    ├── secrets          the rotator (only with a secrets provider)
+    ├── services         supervisor (one_for_one): one process actor per configured service
+    ├── health           supervisor: one prober per probed service
+    ├── connections      the connection tracker
+    └── secret-watch     applies on_secret_change
 
-Around the tree, outside it, the init duties: the orphan reaper, the signal handling, and the
-shutdown sequence (stop the tree in reverse order, sweep what is left, exit with a code).
+Around the tree, outside it, the init duties: the orphan reaper, acting on the signals the
+catcher holds (shutdown, reload, ignore; none is forwarded), and the shutdown sequence (stop the
+tree in reverse order, sweep what is left, exit with a code: ExitCode).
 """
 
 from __future__ import annotations

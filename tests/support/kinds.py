@@ -48,6 +48,7 @@ MODULES: dict[str, frozenset[str]] = {
     "test_actors_mailbox": U,
     "test_actors_supervisor": U,
     "test_api": U,
+    "test_architecture_tree": E,
     "test_benchmarks_smoke": E,
     "test_chaos": E,
     "test_cli": U,
