@@ -27,13 +27,12 @@ from support.net import free_port
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test with its kinds; a test of an unclassified module is a collection error."""
+    """Mark each test with its kinds. A module missing from the table gets none (so `-m unit`
+    leaves it out) and tests/test_test_kinds.py fails, naming it."""
     for item in items:
         module = item.path.stem
         test = item.name.split("[")[0] if item.cls is None else item.cls.__name__
         kinds = kinds_of(module, test, (mark.name for mark in item.iter_markers()))
-        if not kinds:
-            raise pytest.UsageError(f"{module} is not in tests/support/kinds.py: give it kinds")
         if UNIT in kinds and len(kinds) > 1:
             raise pytest.UsageError(f"{module}::{test} is unit and {sorted(kinds - {UNIT})}")
         for kind in sorted(kinds):
