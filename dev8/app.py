@@ -1,16 +1,20 @@
 """Composition: build the supervision tree from the config and run dev8 as a container's init.
 
-    dev8 (root, one_for_one)
-    ├── api                     the Quart-Trio app on Hypercorn
-    ├── secrets                 the rotator (with a secret provider only)
-    ├── services (one_for_one)  one process actor per configured service
-    ├── health (one_for_one)    one prober per probed service
-    ├── connections             the connection tracker
-    ├── secret-watch            applies on_secret_change
-    └── reloader                config reloads as messages (with a config file only)
+    dev8 (root, one_for_one; children start in this order, stop in reverse)
+    ├── api              the Quart-Trio app on Hypercorn
+    ├── alerts           events -> alerts (alert_fired / alert_resolved)
+    ├── webhooks         delivers alerts (only with alerts.webhooks)
+    ├── idle             workspace_idle / workspace_active (only with idle.after)
+    ├── secrets          the rotator (only with a secrets provider)
+    ├── services         supervisor (one_for_one): one process actor per configured service
+    ├── health           supervisor: one prober per probed service
+    ├── connections      the connection tracker
+    ├── secret-watch     applies on_secret_change
+    └── reloader         config reloads as messages (only with a config file)
 
-Around the tree, outside it, the init duties: the orphan reaper, the signal handling, and the
-shutdown sequence (stop the tree in reverse order, sweep what is left, exit with a code).
+Around the tree, outside it, the init duties: the orphan reaper, acting on the signals the
+catcher holds (shutdown, reload, ignore; none is forwarded), and the shutdown sequence (stop the
+tree in reverse order, sweep what is left, exit with a code: ExitCode).
 """
 
 from __future__ import annotations

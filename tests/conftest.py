@@ -1,13 +1,19 @@
-"""Fixtures shared by the end-to-end tests (see dev8_harness.py)."""
+"""Fixtures shared by the tests, and the kind markers (unit, e2e, root, system) of every test.
+
+The kinds come from one table, tests/support/kinds.py; `pytest -m unit` is the fast loop.
+"""
 
 from __future__ import annotations
 
+import gc
+import pwd
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from dev8_harness import free_port, kill_marked
-from keyvault_fake import (
+from support.dev8_harness import kill_marked, throwaway_user
+from support.keyvault_fake import (
     AZURE_ENV,
     FakeImds,
     FakeKeyVault,
@@ -16,6 +22,45 @@ from keyvault_fake import (
     open_fake_imds,
     open_fake_vault,
 )
+from support.kinds import UNIT, kinds_of
+from support.net import free_port
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its kinds. A module missing from the table gets none (so `-m unit`
+    leaves it out) and tests/test_test_kinds.py fails, naming it."""
+    for item in items:
+        module = item.path.stem
+        test = item.name.split("[")[0] if item.cls is None else item.cls.__name__
+        kinds = kinds_of(module, test, (mark.name for mark in item.iter_markers()))
+        if UNIT in kinds and len(kinds) > 1:
+            raise pytest.UsageError(f"{module}::{test} is unit and {sorted(kinds - {UNIT})}")
+        for kind in sorted(kinds):
+            item.add_marker(kind)
+
+
+@pytest.fixture(scope="module")
+def collect_garbage_after_module() -> Iterator[None]:
+    """trio-websocket leaves some closed clients' sockets to the collector: a module that
+    ignores that warning collects them before it ends, not during another module's test."""
+    yield
+    gc.collect()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """An empty directory standing for the workspace user's home."""
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="module")
+def user() -> Iterator[pwd.struct_passwd]:
+    """A real non-root user with a free uid and no home of its own, removed after the module.
+    Needs root (modules that need a user with a home override this fixture)."""
+    with throwaway_user("d8t") as created:
+        yield created
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from support.events import EventRecorder
 
 from actors import (
     Backoff,
@@ -23,7 +24,6 @@ from actors import (
     ChildKilled,
     ChildSpec,
     ChildState,
-    Envelope,
     Escalation,
     Event,
     EventBus,
@@ -44,33 +44,6 @@ HANG = 10_000.0
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-class Recorder:
-    """Every event published on the bus, with its virtual time relative to the recorder's birth."""
-
-    def __init__(self, bus: EventBus) -> None:
-        self.t0 = trio.current_time()
-        self.log: list[tuple[float, Event]] = []
-        bus.add_listener(self._on)
-
-    def _on(self, envelope: Envelope) -> None:
-        self.log.append((trio.current_time() - self.t0, envelope.event))
-
-    def steps(self, *kinds: str, child: str | None = None) -> list[tuple[float, str, str]]:
-        """(time, kind, child) of the events of these kinds (all if none), maybe of one child."""
-        out = []
-        for t, event in self.log:
-            name = getattr(event, "child", None) or event.source
-            if kinds and event.kind not in kinds:
-                continue
-            if child is not None and name != child:
-                continue
-            out.append((t, event.kind, name))
-        return out
-
-    def events(self, cls: type[Any]) -> list[Any]:
-        return [event for _, event in self.log if isinstance(event, cls)]
 
 
 @attrs.frozen
@@ -139,7 +112,7 @@ class Tree:
 
     def __init__(self) -> None:
         self.bus = EventBus()
-        self.rec = Recorder(self.bus)
+        self.rec = EventRecorder(self.bus)
         self.t0 = self.rec.t0
         self.journal: list[tuple[float, str, str]] = []
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import json
 import re
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +13,7 @@ import httpx
 import pytest
 import trio
 import trio_websocket
+from support.net import free_port
 
 from actors import ChildContext, ChildSpec, EventBus, Intensity, Supervisor
 from dev8.api import create_app, serve_api
@@ -21,14 +21,10 @@ from dev8.control import Control
 
 # trio-websocket leaves the socket object of a connection its peer closed mid-stream (the slow
 # subscriber test) to the garbage collector, which may run during a later test of this module.
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.usefixtures("collect_garbage_after_module"),
+]
 
 
 @attrs.define

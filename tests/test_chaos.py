@@ -32,12 +32,11 @@ import httpx
 import pytest
 import trio
 import yaml
-from dev8_harness import (
+from support.dev8_harness import (
     NO_BACKOFF,
     UNSHARE_PID1,
     Dev8Run,
     Json,
-    free_port,
     kill_marked,
     open_dev8,
     pid_alive,
@@ -48,7 +47,9 @@ from dev8_harness import (
     wait_until,
     write_config,
 )
-from keyvault_fake import AZURE_ENV, FakeKeyVault, make_tls, open_fake_imds, open_fake_vault
+from support.keyvault_fake import AZURE_ENV, FakeKeyVault, make_tls, open_fake_imds, open_fake_vault
+from support.net import free_port
+from support.tree import walk
 from trio_websocket import (
     ConnectionClosed,
     HandshakeError,
@@ -138,12 +139,6 @@ def ns_pgid(pid: int) -> int | None:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def walk(node: Json) -> Iterator[Json]:
-    yield node
-    for child in node["children"]:
-        yield from walk(child)
 
 
 @contextlib.contextmanager

@@ -20,21 +20,21 @@ import httpx
 import pytest
 import trio
 import yaml
-from dev8_harness import (
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from quart import websocket
+from quart_trio import QuartTrio
+from support.dev8_harness import (
     DEV8,
     REPO_ROOT,
     Dev8Run,
     fail_after,
-    free_port,
     open_dev8,
     python_service,
     shell_service,
     write_config,
 )
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
-from quart import websocket
-from quart_trio import QuartTrio
+from support.net import free_port
 
 from dev8.cli import format_event, format_status
 from dev8.client import (

@@ -11,7 +11,6 @@ import pwd
 import re
 import secrets
 import signal
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -21,6 +20,7 @@ import attrs
 import httpx
 import pytest
 import trio
+from support.net import free_port
 
 from dev8.codeserver import (
     CODESERVER_SECRET_ENV,
@@ -121,13 +121,6 @@ def user() -> Iterator[User]:
         subprocess.run(["userdel", "-r", "-f", name], check=False, capture_output=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _pids_of(uid: int) -> list[int]:
     pids = []
     for status in Path("/proc").glob("[0-9]*/status"):
@@ -157,7 +150,7 @@ async def run_codeserver(
     os.chown(workspace, user.uid, user.gid)
     state = workspace / ".dev8" / "code-server"
     settings = CodeServerSettings(
-        bind_addr=f"127.0.0.1:{_free_port()}",
+        bind_addr=f"127.0.0.1:{free_port()}",
         auth=auth,  # type: ignore[arg-type]
         workspace_dir=workspace,
         user_data_dir=state / "data",

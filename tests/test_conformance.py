@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import trio
 import yaml
-from dev8_harness import (
+from support.dev8_harness import (
     UNSHARE_PID1,
     Dev8Run,
     fail_after,

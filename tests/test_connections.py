@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from audit_hook import audited
-from dev8_harness import free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.audit_hook import audited
+from support.net import free_port
 
 from actors import ChildContext, EventBus, Supervisor
 from dev8.connections import (

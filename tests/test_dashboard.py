@@ -18,7 +18,12 @@ from typing import Any
 
 import trio
 import yaml
-from dev8_harness import (
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from support.dev8_harness import (
     Dev8Run,
     fail_after,
     open_dev8,
@@ -27,11 +32,7 @@ from dev8_harness import (
     wait_until,
     write_config,
 )
-from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.by import By
+from support.tree import walk
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -131,10 +132,6 @@ def configure(path: Path, marker: str, port: int, *, token_file: Path | None = N
         data["api"]["token_file"] = str(token_file)
         path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
-
-
-def walk(node: dict[str, Any]) -> list[dict[str, Any]]:
-    return [node, *(n for child in node["children"] for n in walk(child))]
 
 
 async def running_pids(dev8: Dev8Run) -> dict[str, int]:

@@ -10,14 +10,13 @@ from pathlib import Path
 import httpx
 import trio
 import yaml
-from dev8_harness import (
+from support.dev8_harness import (
     REPO_ROOT,
     Dev8Run,
     EventStream,
     Json,
     fail_after,
     find_node,
-    free_port,
     open_dev8,
     pid_alive,
     pids_with_marker,
@@ -26,6 +25,7 @@ from dev8_harness import (
     shell_service,
     write_config,
 )
+from support.net import free_port
 
 from dev8.exit_codes import ExitCode
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import trio
-from dev8_harness import (
+from support.dev8_harness import (
     NO_BACKOFF,
     UNSHARE_PID1,
     Dev8Run,

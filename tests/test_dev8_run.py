@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from dev8_harness import (
+from support.dev8_harness import (
     NO_BACKOFF,
     Json,
     logged,

@@ -21,7 +21,8 @@ from pathlib import Path
 import attrs
 import httpx
 import trio
-from dev8_harness import REPO_ROOT, fail_after, free_port, stop_process
+from support.dev8_harness import REPO_ROOT, fail_after, stop_process
+from support.net import free_port
 
 DOCS = [
     REPO_ROOT / "README.md",

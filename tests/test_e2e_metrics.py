@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from dev8_harness import NO_BACKOFF, Dev8Run, fail_after, free_port
-from keyvault_fake import FakeKeyVault
 from prometheus_client.parser import text_string_to_metric_families
-from workspace_harness import (
+from support.dev8_harness import NO_BACKOFF, Dev8Run, fail_after
+from support.keyvault_fake import FakeKeyVault
+from support.net import free_port
+from support.workspace_harness import (
     ROOT_RUNTIME_DIR,
     WorkspaceSecrets,
     WorkspaceUser,

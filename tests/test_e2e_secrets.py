@@ -1,7 +1,7 @@
 """End to end: secrets from Key Vault THROUGH the real `dev8 run` as root.
 
 dev8 runs the real Azure SDK (SecretClient + DefaultAzureCredential with a managed identity)
-against the fake Key Vault over HTTPS and the fake IMDS (tests/keyvault_fake.py): only Azure's
+against the fake Key Vault over HTTPS and the fake IMDS (support/keyvault_fake.py): only Azure's
 cloud is faked, at the wire. The workspace is a real user's home; git reads what dev8 wrote.
 """
 
@@ -16,13 +16,9 @@ from pathlib import Path
 import pytest
 import trio
 import yaml
-from dev8_harness import NO_BACKOFF, Dev8Run, Json, fail_after, run_cli
-from keyvault_fake import (
-    AZURE_ENV,
-    FakeImds,
-    FakeKeyVault,
-)
-from workspace_harness import (
+from support.dev8_harness import NO_BACKOFF, Dev8Run, Json, fail_after, run_cli
+from support.keyvault_fake import AZURE_ENV, FakeImds, FakeKeyVault
+from support.workspace_harness import (
     WorkspaceSecrets,
     WorkspaceUser,
     all_events,

@@ -15,9 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from dev8_harness import NO_BACKOFF, Dev8Run, Json, fail_after, free_port, pid_alive
 from prometheus_client.parser import text_string_to_metric_families
-from workspace_harness import (
+from support.dev8_harness import NO_BACKOFF, Dev8Run, Json, fail_after, pid_alive
+from support.net import free_port
+from support.workspace_harness import (
     ROOT_RUNTIME_DIR,
     WorkspaceSecrets,
     WorkspaceUser,

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import trio
 import yaml
-from dev8_harness import (
+from support.dev8_harness import (
     NO_BACKOFF,
     Dev8Run,
     fail_after,
@@ -30,6 +30,7 @@ from dev8_harness import (
     wait_until,
     write_config,
 )
+from support.tree import walk
 from test_chaos import open_fds
 
 SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(1000)\n"
@@ -303,7 +304,7 @@ async def test_a_connection_flood_does_not_take_the_workspace_down(
                 sock.close()
         assert soft > 256
         status = await dev8.status()
-        assert all(node["state"] == "running" for node in _walk(status["tree"])), (
+        assert all(node["state"] == "running" for node in walk(status["tree"])), (
             "an actor failed under the flood"
         )
 
@@ -321,13 +322,6 @@ def test_raise_fd_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
             cwd=Path(__file__).resolve().parent.parent,
         )
         assert result.stdout.decode().strip() == expected
-
-
-def _walk(node: dict[str, object]) -> list[dict[str, object]]:
-    found = [node]
-    for child in node["children"]:  # type: ignore[attr-defined]
-        found += _walk(child)
-    return found
 
 
 async def open_unread_connections(port: int, count: int) -> list[socket.socket]:

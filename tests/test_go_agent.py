@@ -18,13 +18,7 @@ from typing import Any
 import pytest
 import trio
 import yaml
-from dev8_harness import (
-    NO_BACKOFF,
-    fail_after,
-    open_dev8,
-    shell_service,
-    write_config,
-)
+from support.dev8_harness import NO_BACKOFF, fail_after, open_dev8, shell_service, write_config
 
 from dev8 import documents
 

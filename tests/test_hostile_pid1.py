@@ -24,7 +24,7 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
-from dev8_harness import (
+from support.dev8_harness import (
     DEV8,
     NO_BACKOFF,
     REPO_ROOT,

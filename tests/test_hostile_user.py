@@ -3,7 +3,7 @@
 dev8 is root; the user owns their home and sets the custom environment secret. Each test plays
 one attack or one bad day with real users, real files, real FIFOs and links, real processes,
 the real `dev8 run` as root, and the real Azure SDK against the HTTPS Key Vault stand-in
-(tests/keyvault_fake.py). Random inputs are seeded; the seed is printed
+(tests/support/keyvault_fake.py). Random inputs are seeded; the seed is printed
 (``DEV8_TEST_SEED=... pytest`` replays it).
 """
 
@@ -28,11 +28,10 @@ from typing import Any
 
 import pytest
 import trio
-from dev8_harness import NO_BACKOFF, Dev8Run, Json, fail_after, free_port, throwaway_user
-from keyvault_fake import (
-    FakeKeyVault,
-)
-from workspace_harness import (
+from support.dev8_harness import NO_BACKOFF, Dev8Run, Json, fail_after
+from support.keyvault_fake import FakeKeyVault
+from support.net import free_port
+from support.workspace_harness import (
     ROOT_RUNTIME_DIR,
     WorkspaceSecrets,
     WorkspaceUser,
@@ -76,13 +75,6 @@ __attribute__((constructor)) static void pwn(void) {
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(scope="module")
-def user() -> Iterator[pwd.struct_passwd]:
-    """A real non-root user (no home of its own: tests give it one)."""
-    with throwaway_user("d8h") as created:
-        yield created
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Issue #12, a bad day at Key Vault: throttling, a broken identity endpoint, hung calls, a required
-secret that does not exist. The real Azure SDK talks HTTPS to tests/keyvault_fake.py; requests are
+secret that does not exist. The real Azure SDK talks HTTPS to support/keyvault_fake.py; requests are
 counted at the fake. Each test failed on commit adf7061.
 """
 
@@ -18,12 +18,9 @@ import pytest
 import trio
 import trio.testing
 import yaml
-from dev8_harness import Dev8Run, fail_after, open_dev8, python_service
-from keyvault_fake import (
-    FakeImds,
-    FakeKeyVault,
-)
 from prometheus_client.parser import text_string_to_metric_families
+from support.dev8_harness import Dev8Run, fail_after, open_dev8, python_service
+from support.keyvault_fake import FakeImds, FakeKeyVault
 
 from actors import Backoff, ChildContext, ChildSpec, ChildState, EventBus, Intensity, Supervisor
 from dev8.secrets import Injector, Rotator, SecretFetchError

@@ -32,7 +32,10 @@ class Padded(Event):
     pad: str = "x" * 4000
 
 
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.usefixtures("collect_garbage_after_module"),
+]
 
 
 async def exchange(url: str, data: bytes, *, until_close: bool = True) -> bytes:

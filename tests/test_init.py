@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from audit_hook import audited
+from support.audit_hook import audited
 
 from dev8.init import (
     OwnPids,
@@ -415,7 +415,14 @@ def test_without_children_files_the_whole_of_proc_is_scanned(tmp_path: Path) -> 
 
 async def test_as_real_pid1() -> None:
     """The harness runs as PID 1 of a fresh PID namespace (we are root, so unshare works)."""
-    cmd = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "tests/pid1_harness.py"]
+    cmd = [
+        "unshare",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        sys.executable,
+        "tests/support/pid1_harness.py",
+    ]
     with trio.fail_after(60):
         done = await trio.run_process(cmd, cwd=REPO, capture_stdout=True, check=False)
     lines = done.stdout.decode().strip().splitlines()

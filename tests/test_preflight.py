@@ -19,17 +19,16 @@ from subprocess import CompletedProcess
 
 import pytest
 import trio
-from dev8_harness import (
+from support.dev8_harness import (
     DEV8,
     REPO_ROOT,
-    free_port,
     open_dev8,
     python_service,
     run_cli,
     shell_service,
-    throwaway_user,
     write_config,
 )
+from support.net import free_port
 
 from dev8.config import ApiConfig, Config, ServiceConfig, TcpBind, WorkspaceConfig, parse_config
 from dev8.preflight import Problem, check
@@ -46,12 +45,6 @@ def config_of(
         api=api or ApiConfig(bind=TcpBind("127.0.0.1", free_port())),
         services=services,
     )
-
-
-@pytest.fixture
-def user() -> Iterator[pwd.struct_passwd]:
-    with throwaway_user("pf") as entry:
-        yield entry
 
 
 @pytest.fixture

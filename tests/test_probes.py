@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import trio
-from dev8_harness import free_port
+from support.net import free_port
 
 from actors import (
     ChildContext,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from dev8_harness import throwaway_user
+from support.dev8_harness import throwaway_user
 
 from actors import ChildContext
 from dev8.init import OwnPids

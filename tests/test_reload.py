@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from dev8_harness import shell_service, write_config
+from support.dev8_harness import shell_service, write_config
 
 from actors import ChildContext, Event
 from dev8.config import Config, ConfigError, load_config

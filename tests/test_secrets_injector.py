@@ -44,13 +44,6 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str]]
     return made
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    return home
-
-
 def full_set(keys: dict[str, tuple[str, str]], version: str = "v1") -> dict[str, SecretValue]:
     private, public = keys["ed25519"]
     return {

@@ -13,11 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from keyvault_fake import (
-    FakeImds,
-    FakeKeyVault,
-    TlsFiles,
-)
+from support.keyvault_fake import FakeImds, FakeKeyVault, TlsFiles
 
 from actors import Event
 from dev8.secrets import (

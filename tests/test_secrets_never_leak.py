@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import structlog
 import trio
-from keyvault_fake import (
+from support.keyvault_fake import (
     AZURE_ENV,
     FakeImds,
     FakeKeyVault,

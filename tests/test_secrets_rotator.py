@@ -7,13 +7,12 @@ import random
 import shutil
 from pathlib import Path
 
-import attrs
 import pytest
 import structlog.testing
 import trio
 import trio.testing
+from support.events import EventRecorder
 
-from actors import Event
 from dev8.secrets import (
     DirectoryProvider,
     Injector,
@@ -29,28 +28,6 @@ from dev8.secrets.events import SecretsInjectionFailed
 NAMES = {"github_token": "github-token-u", "copilot_token": "copilot-token-u"}
 
 
-@attrs.define
-class Recorder:
-    """The publish callback: keeps each event with the virtual time it arrived."""
-
-    events: list[tuple[float, Event]] = attrs.field(factory=list)
-    arrived: trio.Event = attrs.field(factory=trio.Event)
-
-    def __call__(self, event: Event) -> None:
-        self.events.append((trio.current_time(), event))
-        self.arrived.set()
-
-    def of(self, kind: type[Event]) -> list[tuple[float, Event]]:
-        return [(t, e) for t, e in self.events if isinstance(e, kind)]
-
-    async def next(self, kind: type[Event]) -> tuple[float, Event]:
-        seen = len(self.of(kind))
-        while len(self.of(kind)) <= seen:
-            self.arrived = trio.Event()
-            await self.arrived.wait()
-        return self.of(kind)[-1]
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     path = tmp_path / "store"
@@ -59,14 +36,7 @@ def store(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    path = tmp_path / "home"
-    path.mkdir()
-    return path
-
-
-def make_rotator(store: Path, home: Path, recorder: Recorder, **kwargs: object) -> Rotator:
+def make_rotator(store: Path, home: Path, recorder: EventRecorder, **kwargs: object) -> Rotator:
     options: dict[str, object] = {
         "provider": DirectoryProvider(store),
         "injector": Injector(home=home, github_user="u"),
@@ -91,7 +61,7 @@ def creds(home: Path) -> str:
 async def test_started_after_first_injection_then_checks_on_interval_plus_jitter(
     autojump_clock: trio.testing.MockClock, store: Path, home: Path
 ) -> None:
-    recorder = Recorder()
+    recorder = EventRecorder(zero=0.0)
     rotator = make_rotator(store, home, recorder)
     jitters = random.Random(7)
     async with trio.open_nursery() as nursery:
@@ -129,7 +99,7 @@ async def test_started_after_first_injection_then_checks_on_interval_plus_jitter
 async def test_unchanged_versions_write_nothing(
     autojump_clock: trio.testing.MockClock, store: Path, home: Path
 ) -> None:
-    recorder = Recorder()
+    recorder = EventRecorder(zero=0.0)
     rotator = make_rotator(store, home, recorder, rotation_jitter=0)
     async with trio.open_nursery() as nursery:
         await nursery.start(rotator.run)
@@ -147,7 +117,7 @@ async def test_unchanged_versions_write_nothing(
 async def test_failures_keep_last_good_files_and_back_off(
     autojump_clock: trio.testing.MockClock, store: Path, home: Path
 ) -> None:
-    recorder = Recorder()
+    recorder = EventRecorder(zero=0.0)
     rotator = make_rotator(store, home, recorder, rotation_jitter=0)
     backoff_rng = random.Random(7)
     backoff_rng.uniform(0, 0)  # what the delay after the first (good) pass drew
@@ -183,7 +153,9 @@ async def test_failures_keep_last_good_files_and_back_off(
 async def test_backoff_is_capped(
     autojump_clock: trio.testing.MockClock, store: Path, home: Path
 ) -> None:
-    rotator = make_rotator(store, home, Recorder(), retry_max_delay=30.0, rotation_jitter=0)
+    rotator = make_rotator(
+        store, home, EventRecorder(zero=0.0), retry_max_delay=30.0, rotation_jitter=0
+    )
     rotator.stats.consecutive_failed_passes = 20
     assert 30 <= rotator.next_delay() <= 33
     rotator.rotation_interval = 10
@@ -193,7 +165,7 @@ async def test_backoff_is_capped(
 async def test_manual_refresh_forces_a_pass_and_repairs_files(
     autojump_clock: trio.testing.MockClock, store: Path, home: Path
 ) -> None:
-    recorder = Recorder()
+    recorder = EventRecorder(zero=0.0)
     rotator = make_rotator(store, home, recorder)
     async with trio.open_nursery() as nursery:
         await nursery.start(rotator.run)
@@ -219,7 +191,7 @@ async def test_manual_refresh_forces_a_pass_and_repairs_files(
 async def test_an_optional_absent_secret_is_logged_once_and_picked_up_later(
     autojump_clock: trio.testing.MockClock, store: Path, home: Path
 ) -> None:
-    recorder = Recorder()
+    recorder = EventRecorder(zero=0.0)
     rotator = make_rotator(store, home, recorder, rotation_jitter=0)
     with structlog.testing.capture_logs() as logs:
         async with trio.open_nursery() as nursery:
@@ -241,7 +213,7 @@ async def test_an_optional_absent_secret_is_logged_once_and_picked_up_later(
 async def test_a_required_secret_that_vanishes_later_keeps_its_files(
     autojump_clock: trio.testing.MockClock, store: Path, home: Path
 ) -> None:
-    recorder = Recorder()
+    recorder = EventRecorder(zero=0.0)
     rotator = make_rotator(store, home, recorder)
     async with trio.open_nursery() as nursery:
         await nursery.start(rotator.run)
@@ -256,7 +228,7 @@ async def test_a_required_secret_that_vanishes_later_keeps_its_files(
 async def test_a_file_that_cannot_be_written_is_retried(
     autojump_clock: trio.testing.MockClock, store: Path, home: Path
 ) -> None:
-    recorder = Recorder()
+    recorder = EventRecorder(zero=0.0)
     rotator = make_rotator(store, home, recorder, rotation_jitter=0)
     async with trio.open_nursery() as nursery:
         await nursery.start(rotator.run)

@@ -13,7 +13,15 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-from keyvault_fake import JsonHandler, ThreadedServer, TlsFiles, make_tls, server_context, serving
+from support.keyvault_fake import (
+    JsonHandler,
+    ThreadedServer,
+    TlsFiles,
+    make_tls,
+    server_context,
+    serving,
+)
+from support.net import free_port
 
 from dev8.secrets import Injector, SecretValue
 
@@ -32,13 +40,6 @@ def git_env(home: Path, **extra: str) -> dict[str, str]:
         "GIT_TERMINAL_PROMPT": "0",
         **extra,
     }
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    path = tmp_path / "home"
-    path.mkdir()
-    return path
 
 
 def test_git_credential_fill_returns_the_injected_token(home: Path) -> None:
@@ -139,13 +140,6 @@ def test_git_authenticates_with_the_token_and_follows_a_rotation(
     injector.inject({"github_token": sv("ghp_rotated")})
     assert (home / ".git-credentials").read_text() == f"https://alice:ghp_rotated@{remote.host}\n"
     assert ls_remote().returncode == 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_ssh_logs_in_with_the_injected_key(home: Path, tmp_path: Path) -> None:

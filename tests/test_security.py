@@ -23,16 +23,16 @@ import httpx
 import pytest
 import trio
 import yaml
-from dev8_harness import (
+from support.dev8_harness import (
     NO_BACKOFF,
     Dev8Run,
-    free_port,
     open_dev8,
     python_service,
     run_cli,
     throwaway_user,
     write_config,
 )
+from support.net import free_port
 from test_chaos import descendants
 
 from actors import ChildContext, ChildSpec, EventBus, Supervisor

@@ -18,6 +18,7 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
+from support.net import free_port
 
 from dev8.sshd import (
     SshBannerError,
@@ -36,13 +37,6 @@ from dev8.sshd import (
 def _free_uid(start: int = 20000) -> int:
     taken = {entry.pw_uid for entry in pwd.getpwall()}
     return next(uid for uid in range(start, 60000) if uid not in taken)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _keygen(path: Path) -> Path:
@@ -144,7 +138,7 @@ async def run_sshd(config: Path, log: Path, port: int) -> AsyncIterator[Sshd]:
 @pytest.fixture
 async def sshd(env: Env, tmp_path: Path) -> AsyncIterator[Sshd]:
     ensure_host_keys(env.host_key_dir)
-    port = _free_port()
+    port = free_port()
     config = write_sshd_config(_settings(env, port), tmp_path / "sshd_config")
     async with run_sshd(config, tmp_path / "sshd.log", port) as server:
         yield server
@@ -338,7 +332,7 @@ def test_prepare_runtime_unlocks_account_and_fixes_modes(tmp_path: Path) -> None
 
 async def test_banner_probe_fails_fast_on_closed_port() -> None:
     with pytest.raises(SshBannerError, match="cannot connect"):
-        await read_ssh_banner("127.0.0.1", _free_port(), timeout=5)
+        await read_ssh_banner("127.0.0.1", free_port(), timeout=5)
 
 
 async def test_banner_probe_times_out_on_silent_port(autojump_clock: trio.abc.Clock) -> None:
@@ -409,7 +403,7 @@ async def test_root_is_refused_even_with_an_authorized_key(env: Env, sshd: Sshd)
 async def test_permit_root_login_no_holds_on_its_own(env: Env, tmp_path: Path) -> None:
     """Even if root were in AllowUsers, PermitRootLogin no refuses it: two independent locks."""
     ensure_host_keys(env.host_key_dir)
-    port = _free_port()
+    port = free_port()
     text = render_sshd_config(_settings(env, port)).replace(
         f"AllowUsers {env.user}", f"AllowUsers {env.user} root"
     )
@@ -481,7 +475,7 @@ async def test_restart_keeps_host_identity(env: Env, tmp_path: Path) -> None:
             )
         return {" ".join(line.split()[1:]) for line in result.stdout.decode().splitlines()}
 
-    port = _free_port()
+    port = free_port()
     config = write_sshd_config(_settings(env, port), tmp_path / "sshd_config")
     ensure_host_keys(env.host_key_dir)
     async with run_sshd(config, tmp_path / "sshd.log", port):

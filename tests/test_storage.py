@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import structlog.testing
-from dev8_harness import throwaway_user
+from support.dev8_harness import throwaway_user
 
 from dev8.secrets import Injector, Owner, SecretValue
 from dev8.storage import (

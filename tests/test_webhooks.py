@@ -14,8 +14,9 @@ import pytest
 import trio
 import trio.testing
 import yaml
-from dev8_harness import free_port, open_dev8, python_service, run_cli, wait_until, write_config
-from webhook_receiver import HANG, serve, verify
+from support.dev8_harness import open_dev8, python_service, run_cli, wait_until, write_config
+from support.net import free_port
+from support.webhook_receiver import HANG, serve, verify
 
 from actors import EventBus
 from dev8.alerts import AlertFired, AlertResolved

@@ -1,8 +1,8 @@
 """Secret injection: fetch the standard set from a local Key Vault-compatible endpoint and write it.
 
 Runs with dev8's venv: ``secrets_bench.py --tests DIR --cold N --warm M``. The vault and a fake
-IMDS (``tests/keyvault_fake.py``: HTTPS, bearer challenge, managed-identity token) run in this
-process; each cold pass is a fresh ``once`` process, so it pays what a starting dev8 pays: the
+IMDS (``tests/support/keyvault_fake.py``: HTTPS, bearer challenge, managed-identity token) run in
+this process; each cold pass is a fresh ``once`` process, so it pays what a starting dev8 pays: the
 Azure SDK import, the challenge, the token, 5 GETs and 8 files. Warm passes are forced refreshes
 in a running rotator (every secret fetched again and every file rewritten if changed).
 Prints one JSON object (names and timings only, never a value).
@@ -111,7 +111,7 @@ def once(home: str, warm: int) -> None:
 
 def parent(args: argparse.Namespace) -> None:
     sys.path.insert(0, args.tests)
-    from keyvault_fake import (  # type: ignore[import-not-found]  # noqa: PLC0415
+    from support.keyvault_fake import (  # type: ignore[import-not-found]  # noqa: PLC0415
         make_tls,
         open_fake_imds,
         open_fake_vault,

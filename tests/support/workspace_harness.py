@@ -27,8 +27,9 @@ import attrs
 import httpx
 import trio
 import yaml
-from dev8_harness import Dev8Run, EventStream, Json, fail_after, kill_marked, open_dev8
 from trio_websocket import open_websocket_url
+
+from support.dev8_harness import Dev8Run, EventStream, Json, fail_after, kill_marked, open_dev8
 
 #: The workspace user cannot run the venv's Python (it lives under /root, mode 0700).
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -226,7 +227,7 @@ def system_python_service(code: str, marker: str, **options: Any) -> Json:
 # ----------------------------------------------------------------------------- running dev8
 
 
-class Recorder:
+class ResponseRecorder:
     """Every body the API sent back to this test, kept for the leak check."""
 
     def __init__(self) -> None:
@@ -240,9 +241,9 @@ class Recorder:
 @contextlib.asynccontextmanager
 async def open_workspace(
     config: Path, *, port: int, markers: Iterable[str] = ()
-) -> AsyncIterator[tuple[Dev8Run, Recorder]]:
+) -> AsyncIterator[tuple[Dev8Run, ResponseRecorder]]:
     """`open_dev8` with every API response recorded; leftovers carrying `markers` are killed."""
-    recorder = Recorder()
+    recorder = ResponseRecorder()
     try:
         async with open_dev8(config, port=port) as run:
             run.http.event_hooks = {"request": [], "response": [recorder]}
@@ -308,7 +309,7 @@ def assert_no_leak(
     secret_bytes: Mapping[str, bytes],
     *,
     run: Dev8Run,
-    recorder: Recorder,
+    recorder: ResponseRecorder,
     events: Iterable[str],
     more: Iterable[tuple[str, bytes]] = (),
 ) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dev8.init import OwnPids, final_sweep, is_pid1, list_zombie_children, run_reaper
 

@@ -12,7 +12,6 @@ import json
 import os
 import pwd
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -26,8 +25,9 @@ import yaml
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from dev8.init import list_descendants
+from support.tree import find_node
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEV8 = (sys.executable, "-m", "dev8")
 #: Backoff that restarts at once, without jitter.
 NO_BACKOFF: Mapping[str, float] = {
@@ -43,13 +43,6 @@ Json = dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def proc_state(pid: int) -> str | None:
@@ -206,20 +199,6 @@ def logged(message: str, **fields: Any) -> Callable[[Json], bool]:
         entry.get("message") == message
         and all(entry.get(key) == value for key, value in fields.items())
     )
-
-
-def find_node(tree: Json, path: str) -> Json:
-    """The node at `path` ("dev8/services/web") of the /status tree."""
-    for node in _walk(tree):
-        if node["path"] == path:
-            return node
-    raise AssertionError(f"no node {path!r} in the status tree")
-
-
-def _walk(node: Json) -> Iterator[Json]:
-    yield node
-    for child in node["children"]:
-        yield from _walk(child)
 
 
 class Dev8Run:
