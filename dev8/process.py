@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import pwd
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -24,8 +25,10 @@ import trio
 
 from actors import ChildContext
 
+from .cgroups import Hierarchy, ServiceCgroup
 from .init import OwnPids
 from .preflight import CommandProblem, Who, resolve_command
+from .resources import OomKilled
 
 #: The logger of the services' output lines (dev8's own lines use "dev8.process").
 SERVICE_OUTPUT_LOGGER = "dev8.output"
@@ -52,10 +55,15 @@ class ProcessExited(Exception):
     why in ``/status`` and in the log without reading its raw output.
     """
 
-    def __init__(self, returncode: int, last_output: Sequence[str] = ()) -> None:
+    def __init__(
+        self, returncode: int, last_output: Sequence[str] = (), *, oom: bool = False
+    ) -> None:
+        #: The exit's reason for the supervisor (``child_exited``, /status): ``oom`` when the
+        #: kernel's OOM killer sent the SIGKILL.
+        self.exit_reason = "oom" if oom else "error"
         if returncode < 0:
             name = _signal_name(-returncode)
-            message = f"killed by {name}"
+            message = "killed by the OOM killer (SIGKILL)" if oom else f"killed by {name}"
             self.details: dict[str, Any] = {"signal": name, "exit_code": None}
         else:
             message = f"exited with code {returncode}"
@@ -78,6 +86,21 @@ def _signal_name(number: int) -> str:
 
 
 @attrs.frozen(kw_only=True)
+class Limits:
+    """What the service may use (see ``limits:`` in docs/configuration.md) and its OOM score."""
+
+    memory: int | None = None
+    nofile: int | None = None
+    nproc: int | None = None
+    cpu: float | None = None
+    oom_score_adj: int | None = None
+    #: dev8's cgroup, where the service's sub-group goes; None: rlimits only.
+    hierarchy: Hierarchy | None = None
+    #: The container's OOM kills so far (a SIGKILL while it grows is the OOM killer's).
+    container_oom_kills: Callable[[], int | None] | None = None
+
+
+@attrs.frozen(kw_only=True)
 class ProcessSettings:
     """Everything needed to run one service's process."""
 
@@ -87,6 +110,40 @@ class ProcessSettings:
     user: str | None = None
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 10.0
+    limits: Limits = attrs.field(factory=Limits)
+
+
+def _limits_prefix(limits: Limits, *, in_cgroup: bool) -> list[str]:
+    """``prlimit`` and ``choom`` (util-linux) before the command: each sets its own limits or
+    score and execs the next, so the spawn stays a vfork. The memory limit is an address-space
+    rlimit only without a sub-group: it counts virtual memory (a JIT reserves gigabytes it never
+    touches) and turns an OOM kill into a failed allocation."""
+    prefix: list[str] = []
+    options = [
+        f"--{name}={value}"
+        for name, value in (
+            ("as", None if in_cgroup else limits.memory),
+            ("nofile", limits.nofile),
+            ("nproc", limits.nproc),
+        )
+        if value is not None
+    ]
+    prlimit = shutil.which("prlimit")
+    if options and prlimit is not None:
+        prefix += [prlimit, *options, "--"]
+    choom = shutil.which("choom")
+    score = limits.oom_score_adj
+    if score is not None and choom is not None and score != _own_oom_score_adj():
+        prefix += [choom, "-n", str(limits.oom_score_adj), "--"]
+    return prefix
+
+
+def _own_oom_score_adj() -> int | None:
+    try:
+        with open("/proc/self/oom_score_adj", encoding="ascii") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return None
 
 
 class OutputRing:
@@ -224,6 +281,54 @@ async def run_process(
     if prefix:
         assert identity is not None
         command[0] = _resolve_program(command[0], env, settings.cwd, identity)
+    del env  # built again for the spawn, then dropped (see there)
+    limits = settings.limits
+    cgroup = await _open_cgroup(ctx.name, limits)
+    try:
+        await _run_limited(
+            ctx, settings, [*_limits_prefix(limits, in_cgroup=cgroup is not None), *prefix],
+            command, options, own=own, output=output, cgroup=cgroup, log=log,
+            identity=identity, task_status=task_status,
+        )  # fmt: skip
+    finally:
+        if cgroup is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(cgroup.remove)
+
+
+async def _open_cgroup(service: str, limits: Limits) -> ServiceCgroup | None:
+    """The service's own sub-group, when it has limits to enforce and dev8 may make one."""
+    if limits.hierarchy is None or (limits.memory is None and limits.cpu is None):
+        return None
+    return await trio.to_thread.run_sync(
+        functools.partial(
+            ServiceCgroup.create, limits.hierarchy, service, memory=limits.memory, cpu=limits.cpu
+        )
+    )
+
+
+def _oom_count(limits: Limits, cgroup: ServiceCgroup | None) -> int | None:
+    if cgroup is not None:
+        return cgroup.oom_kills()
+    return limits.container_oom_kills() if limits.container_oom_kills is not None else None
+
+
+async def _run_limited(
+    ctx: ChildContext,
+    settings: ProcessSettings,
+    prefix: list[str],
+    command: list[str],
+    options: dict[str, Any],
+    *,
+    own: OwnPids,
+    output: OutputRing | None,
+    cgroup: ServiceCgroup | None,
+    log: Any,
+    identity: _Identity | None,
+    task_status: trio.TaskStatus[Any],
+) -> None:
+    ooms_before = _oom_count(settings.limits, cgroup)
+    env = _environment(settings, identity)
     try:
         with own.spawning():
             process = await trio.lowlevel.open_process(
@@ -237,6 +342,11 @@ async def run_process(
                 **options,
             )
             own.add(process.pid)
+            if cgroup is not None:
+                try:
+                    cgroup.add(process.pid)  # a write to cgroupfs: it does not block
+                except OSError as error:
+                    log.warning("cgroup_join_failed", pid=process.pid, error=error.strerror)
     except OSError as error:
         if settings.cwd is not None and error.filename == settings.cwd:
             raise SpawnError(
@@ -259,7 +369,15 @@ async def run_process(
     ctx.info["exit_code"] = returncode
     if returncode != 0:
         lines = [] if output is None else output.tail(LAST_OUTPUT_LINES, since=first_seq)
-        raise ProcessExited(returncode, [entry["line"][:LAST_OUTPUT_CHARS] for entry in lines])
+        oom = False
+        if returncode == -signal.SIGKILL and ooms_before is not None:
+            ooms_after = await trio.to_thread.run_sync(_oom_count, settings.limits, cgroup)
+            oom = ooms_after is not None and ooms_after > ooms_before
+            if oom:
+                ctx.publish(OomKilled(scope="service", service=ctx.name))
+        raise ProcessExited(
+            returncode, [entry["line"][:LAST_OUTPUT_CHARS] for entry in lines], oom=oom
+        )
 
 
 async def _supervise(

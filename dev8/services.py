@@ -23,11 +23,12 @@ import trio
 from actors import Backoff, ChildContext, ChildSpec, ChildState, Intensity, Restart, Supervisor
 
 from .builtins import SecretGetter, expand
+from .cgroups import CgroupFiles
 from .config import RESTART_DELAY_FLOOR, BackoffConfig, Config, IntensityConfig, ServiceConfig
 from .health import HealthBoard, make_prober_spec
 from .init import OwnPids
 from .probes import start_when_ready
-from .process import OutputRing, ProcessSettings, run_process
+from .process import Limits, OutputRing, ProcessSettings, run_process
 from .storage import Placement
 
 
@@ -53,6 +54,8 @@ class ServiceFactory:
     services: Supervisor | None = None
     #: Where files that need strict modes live (dev8.storage); None: all in the workspace.
     placement: Placement | None = None
+    #: dev8's cgroup: services with memory/cpu limits get a sub-group there (None: rlimits only).
+    cgroup: CgroupFiles | None = None
 
     def effective(self, name: str, config: Config) -> ServiceConfig:
         """The service's config with its built-in defaults filled in."""
@@ -78,6 +81,7 @@ class ServiceFactory:
         )
         output = self.outputs.setdefault(name, OutputRing())
         custom_env = self.custom_env if _runs_as_workspace_user(user, config) else None
+        limits = limits_of(service, self.cgroup)
 
         async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
             extra = await builtin.prepare()
@@ -89,6 +93,7 @@ class ServiceFactory:
                 user=user,
                 stop_signal=service.stop_signal,
                 stop_timeout=service.stop_timeout,
+                limits=limits,
             )
             run = functools.partial(run_process, ctx, settings, own=self.own, output=output)
             await start_when_ready(
@@ -131,6 +136,28 @@ class ServiceFactory:
             return None
 
         return pid_of
+
+
+#: OOM scores (/proc/PID/oom_score_adj) under memory pressure: the user's services go first,
+#: then code-server, then sshd (the way in to fix things); dev8 itself sets -999 as PID 1.
+DEFAULT_OOM_SCORE_ADJ = 100
+BUILTIN_OOM_SCORE_ADJ: Mapping[str, int] = {"sshd": -900, "code-server": -500}
+
+
+def limits_of(service: ServiceConfig, cgroup: CgroupFiles | None) -> Limits:
+    """The process actor's limits for a service's config."""
+    score = service.oom_score_adj
+    if score is None:
+        score = BUILTIN_OOM_SCORE_ADJ.get(service.builtin or "", DEFAULT_OOM_SCORE_ADJ)
+    return Limits(
+        memory=service.limits.memory,
+        nofile=service.limits.nofile,
+        nproc=service.limits.nproc,
+        cpu=service.limits.cpu,
+        oom_score_adj=score,
+        hierarchy=cgroup.hierarchy if cgroup is not None and os.geteuid() == 0 else None,
+        container_oom_kills=cgroup.oom_kills if cgroup is not None else None,
+    )
 
 
 def _uid_of(user: str) -> int | None:
