@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import attrs
 import trio
@@ -80,9 +80,8 @@ class OomKilled(Event):
     service: str | None
 
 
-@attrs.frozen(kw_only=True)
-class ProcStat:
-    """What ``/proc/PID/stat`` says of one process."""
+class ProcStat(NamedTuple):
+    """What ``/proc/PID/stat`` says of one process (a tuple: thousands are made per sample)."""
 
     pid: int
     ppid: int
@@ -92,18 +91,20 @@ class ProcStat:
     rss_pages: int
 
 
-def parse_proc_stat(text: str) -> ProcStat | None:
+def parse_proc_stat(text: str | bytes) -> ProcStat | None:
     """One ``/proc/PID/stat`` line; None when malformed. The command (field 2) may hold spaces
-    and parentheses: the fields after it start after its last ``)``."""
-    head, _, rest = text.rpartition(")")
+    and parentheses: the fields after it start after its last ``)``. Bytes are parsed as they
+    are (no decoding: thousands of lines a sample)."""
+    data = text.encode("utf-8", "replace") if isinstance(text, str) else text
+    head, _, rest = data.rpartition(b")")
     fields = rest.split()
     try:
-        pid = int(head.split(" (", 1)[0])
+        pid = int(head.split(b" (", 1)[0])
         return ProcStat(
             pid=pid,
             ppid=int(fields[1]),
             session=int(fields[3]),
-            cpu_ticks=sum(int(f) for f in fields[11:15]),
+            cpu_ticks=int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14]),
             threads=int(fields[17]),
             rss_pages=int(fields[21]),
         )
@@ -112,19 +113,28 @@ def parse_proc_stat(text: str) -> ProcStat | None:
 
 
 def read_process_table(proc: str = "/proc") -> dict[int, ProcStat]:
-    """Every process's stat (blocking: one small read per process)."""
+    """Every process's stat (blocking: one small read per process, relative to /proc's fd)."""
     table: dict[int, ProcStat] = {}
-    for name in os.listdir(proc):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"{proc}/{name}/stat", "rb") as handle:
-                data = handle.read()
-        except OSError:  # gone meanwhile
-            continue
-        stat = parse_proc_stat(data.decode("utf-8", "replace"))
-        if stat is not None:
-            table[stat.pid] = stat
+    proc_fd = os.open(proc, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in os.listdir(proc_fd):
+            if not name.isdigit():
+                continue
+            try:
+                fd = os.open(f"{name}/stat", os.O_RDONLY, dir_fd=proc_fd)
+            except OSError:  # gone meanwhile
+                continue
+            try:
+                data = os.read(fd, 4096)  # one line, well under a page
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+            stat = parse_proc_stat(data)
+            if stat is not None:
+                table[stat.pid] = stat
+    finally:
+        os.close(proc_fd)
     return table
 
 
@@ -167,8 +177,22 @@ class ServiceFigures:
     processes: int = 0
 
 
+def _fd_dir_size_counts(proc: str = "/proc") -> bool:
+    """Since Linux 6.2 the size of ``/proc/PID/fd`` is the number of open fds: one stat instead
+    of listing the directory (a third of the sampler's time with 1,000 services)."""
+    try:
+        return os.stat(f"{proc}/self/fd").st_size > 0
+    except OSError:
+        return False
+
+
+_FD_DIR_SIZE_COUNTS = _fd_dir_size_counts()
+
+
 def _count_fds(proc: str, pid: int) -> int | None:
     try:
+        if _FD_DIR_SIZE_COUNTS:
+            return os.stat(f"{proc}/{pid}/fd").st_size
         return len(os.listdir(f"{proc}/{pid}/fd"))
     except FileNotFoundError:
         return 0  # gone meanwhile
