@@ -198,6 +198,7 @@ class Dev8:
             custom_env=self.secrets.injector.custom_env if self.secrets else None,
             placement=self.placement,
             cgroup=self.cgroup,
+            cgroup_parent=f"dev8-{os.getpid()}-{os.urandom(4).hex()}",
         )
         enabled = [name for name, service in config.services.items() if service.enabled]
         self.services = Supervisor(

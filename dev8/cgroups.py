@@ -247,7 +247,7 @@ class CgroupFiles:
 
 @attrs.define
 class ServiceCgroup:
-    """A service's own sub-group (``dev8-<pid>/<service>`` under dev8's group), where dev8 may
+    """A service's own sub-group (``<parent>/<service>`` under dev8's group), where dev8 may
     create one: memory and CPU limits the kernel enforces on the whole process tree, and an OOM
     counter of the service's own (its OOM kills told apart from the container's)."""
 
@@ -256,12 +256,21 @@ class ServiceCgroup:
 
     @classmethod
     def create(
-        cls, hierarchy: Hierarchy | None, service: str, *, memory: int | None, cpu: float | None
+        cls,
+        hierarchy: Hierarchy | None,
+        service: str,
+        *,
+        memory: int | None,
+        cpu: float | None,
+        parent: str | None = None,
     ) -> ServiceCgroup | None:
-        """Blocking; None when dev8 may not create sub-groups here (not root, read-only ...)."""
+        """Blocking; None when dev8 may not create sub-groups here (not root, read-only ...).
+
+        ``parent``: the group of this run of dev8 (``dev8-<pid>`` by default; as PID 1 every dev8
+        is pid 1, and a v1 hierarchy mounted at its root is shared by the host's containers)."""
         if hierarchy is None:
             return None
-        group = os.path.join(f"dev8-{os.getpid()}", service)
+        group = os.path.join(parent or f"dev8-{os.getpid()}", service)
         dirs: dict[str, str] = {}
         if hierarchy.version == 2:
             assert hierarchy.v2 is not None

@@ -96,6 +96,8 @@ class Limits:
     oom_score_adj: int | None = None
     #: dev8's cgroup, where the service's sub-group goes; None: rlimits only.
     hierarchy: Hierarchy | None = None
+    #: The group, under dev8's, that holds the services' sub-groups (one per run of dev8).
+    cgroup_parent: str | None = None
     #: The container's OOM kills so far (a SIGKILL while it grows is the OOM killer's).
     container_oom_kills: Callable[[], int | None] | None = None
 
@@ -132,10 +134,29 @@ def _limits_prefix(limits: Limits, *, in_cgroup: bool) -> list[str]:
     if options and prlimit is not None:
         prefix += [prlimit, *options, "--"]
     choom = shutil.which("choom")
-    score = limits.oom_score_adj
-    if score is not None and choom is not None and score != _own_oom_score_adj():
+    score, own = limits.oom_score_adj, _own_oom_score_adj()
+    if score is not None and own is not None and score < own and not may_lower_oom_score():
+        score = None  # would fail the start (EACCES): the service keeps dev8's score
+    if score is not None and choom is not None and score != own:
         prefix += [choom, "-n", str(limits.oom_score_adj), "--"]
     return prefix
+
+
+#: The capability that lowering an OOM score takes (linux/capability.h).
+_CAP_SYS_RESOURCE = 24
+
+
+def may_lower_oom_score(status: str = "/proc/self/status") -> bool:
+    """Whether this process may lower OOM scores: CAP_SYS_RESOURCE, which root lacks in some
+    sandboxes (and in containers that drop it)."""
+    try:
+        with open(status, encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_SYS_RESOURCE & 1)
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _own_oom_score_adj() -> int | None:
@@ -302,7 +323,12 @@ async def _open_cgroup(service: str, limits: Limits) -> ServiceCgroup | None:
         return None
     return await trio.to_thread.run_sync(
         functools.partial(
-            ServiceCgroup.create, limits.hierarchy, service, memory=limits.memory, cpu=limits.cpu
+            ServiceCgroup.create,
+            limits.hierarchy,
+            service,
+            memory=limits.memory,
+            cpu=limits.cpu,
+            parent=limits.cgroup_parent,
         )
     )
 

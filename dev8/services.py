@@ -56,6 +56,8 @@ class ServiceFactory:
     placement: Placement | None = None
     #: dev8's cgroup: services with memory/cpu limits get a sub-group there (None: rlimits only).
     cgroup: CgroupFiles | None = None
+    #: This run's group under dev8's cgroup, holding the services' sub-groups.
+    cgroup_parent: str | None = None
 
     def effective(self, name: str, config: Config) -> ServiceConfig:
         """The service's config with its built-in defaults filled in."""
@@ -81,7 +83,7 @@ class ServiceFactory:
         )
         output = self.outputs.setdefault(name, OutputRing())
         custom_env = self.custom_env if _runs_as_workspace_user(user, config) else None
-        limits = limits_of(service, self.cgroup)
+        limits = limits_of(service, self.cgroup, parent=self.cgroup_parent)
 
         async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
             extra = await builtin.prepare()
@@ -144,7 +146,9 @@ DEFAULT_OOM_SCORE_ADJ = 100
 BUILTIN_OOM_SCORE_ADJ: Mapping[str, int] = {"sshd": -900, "code-server": -500}
 
 
-def limits_of(service: ServiceConfig, cgroup: CgroupFiles | None) -> Limits:
+def limits_of(
+    service: ServiceConfig, cgroup: CgroupFiles | None, *, parent: str | None = None
+) -> Limits:
     """The process actor's limits for a service's config."""
     score = service.oom_score_adj
     if score is None:
@@ -157,6 +161,7 @@ def limits_of(service: ServiceConfig, cgroup: CgroupFiles | None) -> Limits:
         oom_score_adj=score,
         hierarchy=cgroup.hierarchy if cgroup is not None and os.geteuid() == 0 else None,
         container_oom_kills=cgroup.oom_kills if cgroup is not None else None,
+        cgroup_parent=parent,
     )
 
 

@@ -11,14 +11,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import structlog
 import trio
 import yaml
-from dev8_harness import free_port, open_dev8, python_service, wait_until, write_config
+from dev8_harness import (
+    UNSHARE_PID1,
+    free_port,
+    open_dev8,
+    pids_with_marker,
+    python_service,
+    wait_until,
+    write_config,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors import ChildContext, EventBus, Mailbox, Supervisor
+from dev8.app import DEV8_OOM_SCORE_ADJ
 from dev8.cgroups import (
     CgroupFiles,
     ContainerFigures,
@@ -27,8 +37,8 @@ from dev8.cgroups import (
     detect_hierarchy,
     parse_v1_container,
 )
-from dev8.config import ConfigError, load_config
-from dev8.process import Limits, _limits_prefix
+from dev8.config import ConfigError, ServiceConfig, load_config
+from dev8.process import Limits, _limits_prefix, may_lower_oom_score
 from dev8.resources import (
     ContainerCpuThrottled,
     OomKilled,
@@ -43,6 +53,7 @@ from dev8.resources import (
     parse_proc_stat,
     service_figures,
 )
+from dev8.services import limits_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -540,10 +551,10 @@ async def test_oom_kill_limits_and_figures_end_to_end(tmp_path: Path) -> None:
         assert re.search(r"Max open files\s+300\s+300", limits)
         assert (await trio.Path(f"/proc/{pid}/oom_score_adj").read_text()).strip() == "100"
         dev8_pid = await dev8.dev8_pid()
-        group = f"/dev8-{dev8_pid}/tree"
         cgroups = await trio.Path(f"/proc/{pid}/cgroup").read_text()
-        assert re.search(rf"memory:.*{group}$", cgroups, re.MULTILINE)
-        assert re.search(rf"cpu:.*{group}$", cgroups, re.MULTILINE)
+        memory_group = re.search(rf"memory:(.*/dev8-{dev8_pid}-[0-9a-f]+)/tree$", cgroups, re.M)
+        assert memory_group is not None, cgroups
+        assert re.search(rf"cpu:.*/dev8-{dev8_pid}-[0-9a-f]+/tree$", cgroups, re.MULTILINE)
 
         scrape = (await dev8.http.get("/metrics")).text
         assert _metric(scrape, "dev8_service_oom_kills_total", service="hog") == 1.0
@@ -552,10 +563,61 @@ async def test_oom_kill_limits_and_figures_end_to_end(tmp_path: Path) -> None:
         assert (_metric(scrape, "dev8_service_memory_bytes", service="tree") or 0) > 0
         assert _metric(scrape, "dev8_container_memory_bytes") is not None
         assert _metric(scrape, "dev8_container_oom_kills_total") is not None
-        hierarchy = CgroupFiles.detect().hierarchy
-        assert hierarchy is not None
-        memory_dir = Path(hierarchy.v1["memory"]) / f"dev8-{dev8_pid}"
-        assert memory_dir.exists()
+        mount = next(
+            line.split()[4]
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()  # noqa: ASYNC240
+            if line.endswith(",memory") and " cgroup " in line
+        )
+        memory_dir = Path(mount + memory_group[1])
+        assert memory_dir.is_dir()  # noqa: ASYNC240 - a cgroupfs stat
     await wait_until(
         lambda: not memory_dir.exists(), timeout=10, what="the service sub-groups removed"
     )
+
+
+def test_oom_scores_put_the_users_services_first() -> None:
+    cgroup = CgroupFiles.detect()
+    service = ServiceConfig(command=("x",))
+    assert limits_of(service, cgroup).oom_score_adj == 100
+    assert limits_of(attrs.evolve(service, oom_score_adj=700), cgroup).oom_score_adj == 700
+    code = limits_of(ServiceConfig(builtin="code-server"), cgroup).oom_score_adj
+    sshd = limits_of(ServiceConfig(builtin="sshd"), cgroup).oom_score_adj
+    assert code is not None
+    assert sshd is not None
+    assert DEV8_OOM_SCORE_ADJ < sshd < code < 100
+
+
+async def test_as_pid1_dev8_protects_itself_and_scores_its_services(tmp_path: Path) -> None:
+    port = free_port()
+    marker = f"dev8-res-pid1-{os.getpid()}"
+    config = write_config(
+        tmp_path / "dev8.yaml",
+        {"web": python_service("import time; time.sleep(120)", marker)},
+        port=port,
+    )
+    async with open_dev8(config, port=port, prefix=UNSHARE_PID1, marker=marker) as dev8:
+        dev8_pid = await dev8.dev8_pid()
+        own = int(await trio.Path(f"/proc/{dev8_pid}/oom_score_adj").read_text())
+        if may_lower_oom_score():
+            assert own == DEV8_OOM_SCORE_ADJ
+        else:  # this machine: root without CAP_SYS_RESOURCE may only raise scores
+            assert own == 0
+            assert dev8.messages("oom_score_adj_unset", error="Permission denied")
+        await wait_until(
+            lambda: bool(pids_with_marker(marker)), timeout=10, what="the service's process"
+        )
+        pids = pids_with_marker(marker)
+        for pid in pids:
+            score = await trio.Path(f"/proc/{pid}/oom_score_adj").read_text()
+            assert int(score) == 100  # above dev8's, whichever it has
+
+
+def test_a_lower_score_than_allowed_does_not_break_the_start() -> None:
+    """Without CAP_SYS_RESOURCE, choom -n -900 would fail the spawn: sshd keeps dev8's score."""
+    limits = Limits(oom_score_adj=-900)
+    prefix = _limits_prefix(limits, in_cgroup=False)
+    result = subprocess.run(
+        [*prefix, "cat", "/proc/self/oom_score_adj"], capture_output=True, text=True, check=True
+    )
+    expected = -900 if may_lower_oom_score() else _own_score()
+    assert int(result.stdout) == expected
