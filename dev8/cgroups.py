@@ -274,9 +274,22 @@ class ServiceCgroup:
         dirs: dict[str, str] = {}
         if hierarchy.version == 2:
             assert hierarchy.v2 is not None
-            # Processes may only sit in leaves; dev8's own group holds dev8: not creatable here
-            # unless its parent delegates controllers, which a failed write below tells.
             dirs["unified"] = os.path.join(hierarchy.v2, group)
+            # The controllers must be enabled down the path. dev8's own group holds dev8, and v2
+            # keeps processes in leaves only: there the write fails (EBUSY) unless the group is
+            # a namespace's root or already delegates them; the limits' files are then missing
+            # and the service runs with rlimits alone.
+            parent_dir = os.path.dirname(dirs["unified"])
+            with contextlib.suppress(OSError):
+                os.makedirs(parent_dir, exist_ok=True)
+            for directory in (hierarchy.v2, parent_dir):
+                with (
+                    contextlib.suppress(OSError),
+                    open(
+                        os.path.join(directory, "cgroup.subtree_control"), "w", encoding="ascii"
+                    ) as handle,
+                ):
+                    handle.write("+memory +cpu")
         else:
             for controller in ("memory", "cpu"):
                 if controller in hierarchy.v1:
