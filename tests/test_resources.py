@@ -558,6 +558,11 @@ async def test_oom_kill_limits_and_figures_end_to_end(tmp_path: Path) -> None:
         assert re.search(rf"cpu:.*/dev8-{dev8_pid}-[0-9a-f]+/tree$", cgroups, re.MULTILINE)
 
         scrape = (await dev8.http.get("/metrics")).text
+        lint = await trio.run_process(
+            ["promtool", "check", "metrics"], stdin=scrape.encode(), capture_stdout=True,
+            capture_stderr=True, check=False,
+        )  # fmt: skip
+        assert lint.returncode == 0, lint.stdout + lint.stderr
         assert _metric(scrape, "dev8_service_oom_kills_total", service="hog") == 1.0
         assert _metric(scrape, "dev8_service_processes", service="tree") == 3.0
         assert _metric(scrape, "dev8_service_memory_limit_bytes", service="tree") == 1 << 30
