@@ -265,7 +265,8 @@ class Dev8:
         leaders: dict[int, str] = {}
         for node in self.services.children():
             pid = node.info.get("pid")
-            if node.state is ChildState.RUNNING and isinstance(pid, int):
+            # Starting too: a service waiting for its readiness probe already uses resources.
+            if node.state in (ChildState.STARTING, ChildState.RUNNING) and isinstance(pid, int):
                 leaders[pid] = node.name
         return leaders
 

@@ -643,3 +643,17 @@ def test_a_v2_service_group_writes_the_v2_limit_formats(tmp_path: Path) -> None:
     assert (tmp_path / "cgroup.subtree_control").read_text() == "+memory +cpu"
     (leaf / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
     assert group.oom_kills() == 1
+
+
+def test_without_a_sub_group_memory_is_an_address_space_rlimit() -> None:
+    """The fallback where no cgroup may be made: an allocation over the limit fails (no OOM)."""
+    prefix = _limits_prefix(Limits(memory=256 << 20, nofile=64), in_cgroup=False)
+    code = (
+        "from resource import *\n"
+        "print(getrlimit(RLIMIT_AS)[0], getrlimit(RLIMIT_NOFILE)[0])\n"
+        "try:\n    bytearray(512 << 20)\nexcept MemoryError:\n    print('MemoryError')\n"
+    )
+    result = subprocess.run(
+        [*prefix, sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == [str(256 << 20), "64", "MemoryError"]
