@@ -234,11 +234,6 @@ class SampleNow:
     reply: Reply[dict[str, Any]]
 
 
-@attrs.define
-class _Crossing:
-    above: bool = False
-
-
 class ResourceBoard:
     """The last figures, and which thresholds are crossed. Read by /status and /metrics."""
 
