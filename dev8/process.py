@@ -248,18 +248,26 @@ _ROOT = Who("root", 0, frozenset({0}))
 
 
 def _resolve_program(
-    program: str, env: Mapping[str, str], cwd: str | None, identity: _Identity
+    program: str, env: Mapping[str, str], cwd: str | None, identity: _Identity | None
 ) -> str:
     """The full path of the program the user would run, or ``SpawnError`` as ``Popen`` raises.
 
     Behind ``setpriv`` a missing program is only an exit 127; and setpriv searches the PATH with
     root's permissions, so it could pick a file the user may not run (exit 126) before one they
     may. Searched as the user, in the child's PATH and relative to its working directory; the
-    full path is given only when setpriv's own search would find another file.
+    full path is given only when setpriv's own search would find another file. Behind only
+    ``prlimit``/``choom`` (``identity`` None: as dev8 itself), the same search tells a missing or
+    non-executable program apart from the program's own exit 126/127.
     """
     if cwd is not None and not os.path.isdir(cwd):
         return program  # Popen reports the working directory itself
-    who = Who(identity.name, identity.uid, frozenset((identity.gid, *identity.groups)))
+    if identity is None:
+        own = os.geteuid()
+        who = Who(str(own), own, frozenset((os.getegid(), *os.getgroups())))
+        searcher = who
+    else:
+        who = Who(identity.name, identity.uid, frozenset((identity.gid, *identity.groups)))
+        searcher = _ROOT
     path = env.get("PATH", os.defpath)
     base = cwd if cwd is not None else os.getcwd()
     try:
@@ -268,7 +276,7 @@ def _resolve_program(
         reason = os.strerror(problem.errno)
         raise SpawnError(f"cannot start {program!r}: {reason}") from None
     # The same file as setpriv would find: keep the argv as written (argv[0] unchanged).
-    return program if resolve_command(program, path, base, _ROOT) == resolved else resolved
+    return program if resolve_command(program, path, base, searcher) == resolved else resolved
 
 
 def _environment(settings: ProcessSettings, identity: _Identity | None) -> dict[str, str]:
@@ -297,19 +305,18 @@ async def run_process(
     log = structlog.get_logger("dev8.process").bind(service=ctx.name)
     identity = _identity(settings.user)
     env = _environment(settings, identity)
-    prefix, options = _become(identity)
-    command = list(settings.command)
-    if prefix:
-        assert identity is not None
-        command[0] = _resolve_program(command[0], env, settings.cwd, identity)
-    del env  # built again for the spawn, then dropped (see there)
     limits = settings.limits
     cgroup = await _open_cgroup(ctx.name, limits)
     try:
+        prefix, options = _become(identity)
+        prefix = [*_limits_prefix(limits, in_cgroup=cgroup is not None), *prefix]
+        command = list(settings.command)
+        if prefix:
+            command[0] = _resolve_program(command[0], env, settings.cwd, identity)
+        del env  # built again for the spawn, then dropped (see there)
         await _run_limited(
-            ctx, settings, [*_limits_prefix(limits, in_cgroup=cgroup is not None), *prefix],
-            command, options, own=own, output=output, cgroup=cgroup, log=log,
-            identity=identity, task_status=task_status,
+            ctx, settings, prefix, command, options, own=own, output=output, cgroup=cgroup,
+            log=log, identity=identity, task_status=task_status,
         )  # fmt: skip
     finally:
         if cgroup is not None:

@@ -140,9 +140,10 @@ class ServiceFactory:
         return pid_of
 
 
-#: OOM scores (/proc/PID/oom_score_adj) under memory pressure: the user's services go first,
-#: then code-server, then sshd (the way in to fix things); dev8 itself sets -999 as PID 1.
-DEFAULT_OOM_SCORE_ADJ = 100
+#: OOM scores (/proc/PID/oom_score_adj) under memory pressure: the user's services go first
+#: (the kernel's default score), then code-server, then sshd (the way in to fix things); dev8
+#: itself sets -999 as PID 1. A service whose score is dev8's needs no ``choom`` at its spawn.
+DEFAULT_OOM_SCORE_ADJ = 0
 BUILTIN_OOM_SCORE_ADJ: Mapping[str, int] = {"sshd": -900, "code-server": -500}
 
 

@@ -38,7 +38,15 @@ from dev8.cgroups import (
     parse_v1_container,
 )
 from dev8.config import ConfigError, ServiceConfig, load_config
-from dev8.process import Limits, _limits_prefix, may_lower_oom_score
+from dev8.init import OwnPids
+from dev8.process import (
+    Limits,
+    ProcessSettings,
+    SpawnError,
+    _limits_prefix,
+    may_lower_oom_score,
+    run_process,
+)
 from dev8.resources import (
     ContainerCpuThrottled,
     OomKilled,
@@ -53,7 +61,7 @@ from dev8.resources import (
     parse_proc_stat,
     service_figures,
 )
-from dev8.services import limits_of
+from dev8.services import DEFAULT_OOM_SCORE_ADJ, limits_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -506,7 +514,10 @@ async def test_oom_kill_limits_and_figures_end_to_end(tmp_path: Path) -> None:
         {
             "hog": python_service(HOG, marker, restart="temporary", limits={"memory": "64M"}),
             "tree": python_service(
-                TREE_SERVICE, marker, limits={"nofile": 300, "cpu": 0.5, "memory": "1G"}
+                TREE_SERVICE,
+                marker,
+                limits={"nofile": 300, "cpu": 0.5, "memory": "1G"},
+                oom_score_adj=300,
             ),
         },
         port=port,
@@ -550,7 +561,7 @@ async def test_oom_kill_limits_and_figures_end_to_end(tmp_path: Path) -> None:
         pid = tree["pid"]
         limits = await trio.Path(f"/proc/{pid}/limits").read_text()
         assert re.search(r"Max open files\s+300\s+300", limits)
-        assert (await trio.Path(f"/proc/{pid}/oom_score_adj").read_text()).strip() == "100"
+        assert (await trio.Path(f"/proc/{pid}/oom_score_adj").read_text()).strip() == "300"
         dev8_pid = await dev8.dev8_pid()
         cgroups = await trio.Path(f"/proc/{pid}/cgroup").read_text()
         memory_group = re.search(rf"memory:(.*/dev8-{dev8_pid}-[0-9a-f]+)/tree$", cgroups, re.M)
@@ -584,13 +595,13 @@ async def test_oom_kill_limits_and_figures_end_to_end(tmp_path: Path) -> None:
 def test_oom_scores_put_the_users_services_first() -> None:
     cgroup = CgroupFiles.detect()
     service = ServiceConfig(command=("x",))
-    assert limits_of(service, cgroup).oom_score_adj == 100
+    assert limits_of(service, cgroup).oom_score_adj == DEFAULT_OOM_SCORE_ADJ == 0
     assert limits_of(attrs.evolve(service, oom_score_adj=700), cgroup).oom_score_adj == 700
     code = limits_of(ServiceConfig(builtin="code-server"), cgroup).oom_score_adj
     sshd = limits_of(ServiceConfig(builtin="sshd"), cgroup).oom_score_adj
     assert code is not None
     assert sshd is not None
-    assert DEV8_OOM_SCORE_ADJ < sshd < code < 100
+    assert DEV8_OOM_SCORE_ADJ < sshd < code < DEFAULT_OOM_SCORE_ADJ
 
 
 async def test_as_pid1_dev8_protects_itself_and_scores_its_services(tmp_path: Path) -> None:
@@ -598,7 +609,10 @@ async def test_as_pid1_dev8_protects_itself_and_scores_its_services(tmp_path: Pa
     marker = f"dev8-res-pid1-{os.getpid()}"
     config = write_config(
         tmp_path / "dev8.yaml",
-        {"web": python_service("import time; time.sleep(120)", marker)},
+        {
+            "web": python_service("import time; time.sleep(120)", marker),
+            "batch": python_service("import time; time.sleep(120)", marker, oom_score_adj=500),
+        },
         port=port,
     )
     async with open_dev8(config, port=port, prefix=UNSHARE_PID1, marker=marker) as dev8:
@@ -610,12 +624,13 @@ async def test_as_pid1_dev8_protects_itself_and_scores_its_services(tmp_path: Pa
             assert own == 0
             assert dev8.messages("oom_score_adj_unset", error="Permission denied")
         await wait_until(
-            lambda: bool(pids_with_marker(marker)), timeout=10, what="the service's process"
+            lambda: len(pids_with_marker(marker)) == 2, timeout=10, what="the services' processes"
         )
-        pids = pids_with_marker(marker)
-        for pid in pids:
-            score = await trio.Path(f"/proc/{pid}/oom_score_adj").read_text()
-            assert int(score) == 100  # above dev8's, whichever it has
+        scores = set()
+        for pid in pids_with_marker(marker):
+            scores.add(int(await trio.Path(f"/proc/{pid}/oom_score_adj").read_text()))
+        # The default (0): not dev8's -999, which it would inherit; and a configured score.
+        assert scores == {DEFAULT_OOM_SCORE_ADJ, 500}
 
 
 def test_a_lower_score_than_allowed_does_not_break_the_start() -> None:
@@ -657,3 +672,16 @@ def test_without_a_sub_group_memory_is_an_address_space_rlimit() -> None:
         [*prefix, sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.split() == [str(256 << 20), "64", "MemoryError"]
+
+
+async def test_behind_the_limits_prefix_a_bad_command_is_still_a_spawn_error(
+    tmp_path: Path,
+) -> None:
+    """prlimit would exec it and exit 126: dev8 resolves the program first, as Popen would."""
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)  # not executable
+    ctx = ChildContext(name="svc", path="test/svc", attempt=0, publish=lambda event: None)
+    settings = ProcessSettings(command=[str(script)], limits=Limits(nofile=64))
+    with pytest.raises(SpawnError, match="Permission denied"):
+        await run_process(ctx, settings, own=OwnPids())
