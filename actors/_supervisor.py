@@ -541,7 +541,8 @@ class Supervisor:
                 exit_info = ExitInfo(reason="normal", abnormal=False)
         except Exception as error:
             exit_info = ExitInfo(
-                reason="error",
+                # An error may name its reason (a process killed by the OOM killer: "oom").
+                reason=str(getattr(error, "exit_reason", None) or "error"),
                 abnormal=True,
                 error=_describe(error),
                 details=dict(getattr(error, "details", None) or {}),

@@ -9,6 +9,7 @@
     ├── services         supervisor (one_for_one): one process actor per configured service
     ├── health           supervisor: one prober per probed service
     ├── connections      the connection tracker
+    ├── resources        the resource sampler (/proc per service tree, the cgroup)
     ├── secret-watch     applies on_secret_change
     └── reloader         config reloads as messages (only with a config file)
 
@@ -36,14 +37,17 @@ from actors import (
     ChildExists,
     ChildSpec,
     ChildState,
+    Envelope,
     Escalation,
     EventBus,
     Intensity,
+    Mailbox,
     Supervisor,
     UnknownChild,
 )
 
 from .alerts import make_alerts_spec
+from .cgroups import CgroupFiles
 from .config import (
     Config,
     ConfigError,
@@ -65,6 +69,7 @@ from .init import (
 )
 from .logs import LineWriter, log_event
 from .reload import Reloader, ReloadPlan
+from .resources import OomKilled, ResourceBoard, SampleNow, make_sampler_spec
 from .secrets.runtime import Secrets
 from .services import ServiceFactory, intensity_of, send_signal_to_service
 from .signals import (
@@ -139,6 +144,21 @@ def api_allowed_hosts(config: Config) -> frozenset[str] | None:
     return LOOPBACK_HOSTS | extra
 
 
+#: dev8's own OOM score as PID 1: the last the kernel picks (-1000 would make it unkillable,
+#: and a leak in dev8 would then take every other process instead).
+DEV8_OOM_SCORE_ADJ = -999
+
+
+def protect_from_oom_killer(log: Any) -> None:
+    """Under memory pressure the kernel kills the user's processes before dev8 (see
+    ``services.BUILTIN_OOM_SCORE_ADJ``); services get their own scores through ``choom``."""
+    try:
+        with open("/proc/self/oom_score_adj", "w", encoding="ascii") as handle:
+            handle.write(str(DEV8_OOM_SCORE_ADJ))
+    except OSError as error:
+        log.warning("oom_score_adj_unset", error=error.strerror)
+
+
 class Dev8:
     """One run of dev8: the tree, the bus and the init duties around them."""
 
@@ -183,12 +203,16 @@ class Dev8:
             config, publish=self.bus.publish, home=self.placement.credentials_home
         )
         self.health = HealthBoard()
+        # Blocking (reads /proc/self), so here, before trio runs.
+        self.cgroup = CgroupFiles.detect()
         self.factory = ServiceFactory(
             own=self.own,
             health=self.health,
             get_secret=self.secrets.get if self.secrets else None,
             custom_env=self.secrets.injector.custom_env if self.secrets else None,
             placement=self.placement,
+            cgroup=self.cgroup,
+            cgroup_parent=f"dev8-{os.getpid()}-{os.urandom(4).hex()}",
         )
         enabled = [name for name, service in config.services.items() if service.enabled]
         self.services = Supervisor(
@@ -210,33 +234,30 @@ class Dev8:
             {name: self.factory.effective(name, config).ports for name in enabled},
             websocket_clients=lambda: self.control.websocket_clients if self.control else 0,
         )
+        self.resources = ResourceBoard(
+            memory_threshold=config.resources.memory_threshold,
+            cpu_threshold=config.resources.cpu_threshold,
+        )
+        self._set_resource_limits(config)
+        self.resources_mailbox = Mailbox[SampleNow]("resources", capacity=16)
+        self.bus.add_listener(self._count_oom_kills)
         children = [
             ChildSpec(name="api", start=self._start_api, shutdown_timeout=3.0, start_timeout=10.0)
         ]
-        # Alerts and idle come before what they watch, so they see it from its first event.
-        # The key files were checked by the pre-flight (dev8.preflight); read here, before trio.
-        self.webhooks = WebhookNotifier.from_config(
-            config.alerts.webhooks, environment_id=config.environment_id
-        )
-        children.append(make_alerts_spec(self.bus, resolve_after=config.alerts.resolve_after))
-        if self.webhooks.receivers:
-            children.append(make_webhooks_spec(self.webhooks, self.bus))
-        if config.idle.after is not None:
-            children.append(
-                make_idle_spec(
-                    self.bus,
-                    self.connections.snapshot,
-                    after=config.idle.after,
-                    count_api_clients=config.idle.api_clients,
-                    poll_interval=config.connections.interval,
-                )
-            )
+        children += self._alert_specs(config)
         if self.secrets is not None:
             children.append(self.secrets.child_spec())
         children += [
             attrs.evolve(self.services.child_spec(significant=True), start=self._start_services),
             self.probers.child_spec(),
             make_tracker_spec(self.connections, interval=config.connections.interval),
+            make_sampler_spec(
+                self.resources,
+                self.resources_mailbox,
+                leaders=self._service_leaders,
+                cgroup=self.cgroup,
+                interval=config.resources.interval,
+            ),
             ChildSpec(name="secret-watch", start=self._watch_secret_changes, shutdown_timeout=1.0),
         ]
         self.reloader: Reloader | None = None
@@ -253,6 +274,52 @@ class Dev8:
             intensity=Intensity(max_restarts=10, window=60.0),
             rng=self.rng,
         )
+
+    def _alert_specs(self, config: Config) -> list[ChildSpec]:
+        """Alerts, webhooks and idle: before what they watch, so they see it from its first event.
+
+        The webhooks' key files were checked by the pre-flight (dev8.preflight); read here,
+        before trio runs.
+        """
+        self.webhooks = WebhookNotifier.from_config(
+            config.alerts.webhooks, environment_id=config.environment_id
+        )
+        specs = [make_alerts_spec(self.bus, resolve_after=config.alerts.resolve_after)]
+        if self.webhooks.receivers:
+            specs.append(make_webhooks_spec(self.webhooks, self.bus))
+        if config.idle.after is not None:
+            specs.append(
+                make_idle_spec(
+                    self.bus,
+                    self.connections.snapshot,
+                    after=config.idle.after,
+                    count_api_clients=config.idle.api_clients,
+                    poll_interval=config.connections.interval,
+                )
+            )
+        return specs
+
+    def _set_resource_limits(self, config: Config) -> None:
+        enabled = {n: s for n, s in config.services.items() if s.enabled}
+        self.resources.set_limits(
+            {n: s.limits.memory for n, s in enabled.items()},
+            {n: s.limits.cpu for n, s in enabled.items()},
+        )
+
+    def _service_leaders(self) -> dict[int, str]:
+        """pid -> service, of each running service's process (its session and tree leader)."""
+        leaders: dict[int, str] = {}
+        for node in self.services.children():
+            pid = node.info.get("pid")
+            # Starting too: a service waiting for its readiness probe already uses resources.
+            if node.state in (ChildState.STARTING, ChildState.RUNNING) and isinstance(pid, int):
+                leaders[pid] = node.name
+        return leaders
+
+    def _count_oom_kills(self, envelope: Envelope) -> None:
+        event = envelope.event
+        if isinstance(event, OomKilled) and event.service is not None:
+            self.resources.count_oom_kill(event.service)
 
     async def _start_api(self, ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
         from .api import serve_api  # noqa: PLC0415 - see run()
@@ -301,6 +368,8 @@ class Dev8:
         pid1 = is_pid1()
         subreaper = False if pid1 else become_subreaper()
         fds_before, fds = raise_fd_limit()
+        if pid1:
+            protect_from_oom_killer(self.log)
         self.log.info("dev8_starting", pid=os.getpid(), pid1=pid1, subreaper=subreaper, max_fds=fds)
         if fds_before != fds:
             self.log.info("fd_limit_raised", soft_before=fds_before, soft=fds)
@@ -326,6 +395,8 @@ class Dev8:
                 secrets=self.secrets.status if self.secrets else None,
                 log_output=self._log_output.stats if self._log_output else None,
                 storage=lambda: storage,
+                resources=self.resources.snapshot,
+                resources_interval=self.config.resources.interval,
                 secrets_waiting=self.secrets.waiting_for if self.secrets else None,
                 secrets_stats=self.secrets.stats if self.secrets else None,
                 probe_stats=self.health.probe_stats,
@@ -479,6 +550,7 @@ class Dev8:
                 if service.enabled
             }
         )
+        self._set_resource_limits(new)
         self.config = new
         self.log.info("config_reloaded", **plan.as_fields())
 

@@ -522,6 +522,48 @@ class SshdOptions:
     listen: str = attrs.field(default="0.0.0.0", validator=_check_name)  # noqa: S104
 
 
+#: A size in bytes: an integer, or text such as "512M", "1G", "64Mi" (powers of 1024).
+ByteSize = NewType("ByteSize", int)
+_BYTE_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtT]?)(?:i?[bB]?)")
+_BYTE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_BYTE_SIZE_EXPECTED = 'expected a size in bytes (an integer, or e.g. "512M", "1G")'
+
+
+def _structure_byte_size(value: Any, _type: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and (match := _BYTE_SIZE.fullmatch(value.strip())):
+        return int(float(match[1]) * _BYTE_UNITS[match[2].lower()])
+    raise _Invalid(_BYTE_SIZE_EXPECTED, value)
+
+
+def _optional_number(
+    *, ge: float | None = None, gt: float | None = None, lt: float | None = None
+) -> Callable[[Any, "attrs.Attribute[Any]", float | None], None]:
+    check = _number(ge=ge, gt=gt, lt=lt)
+
+    def optional(inst: Any, attribute: "attrs.Attribute[Any]", value: float | None) -> None:
+        if value is not None:
+            check(inst, attribute, value)
+
+    return optional
+
+
+@attrs.frozen
+class LimitsConfig:
+    """What one service may use: rlimits always, and a cgroup sub-group where dev8 may make one
+    (memory and cpu are then enforced on the whole process tree)."""
+
+    #: Bytes: RLIMIT_AS of each process, and the sub-group's memory limit.
+    memory: ByteSize | None = attrs.field(default=None, validator=_optional_number(ge=1 << 20))
+    #: Open files per process (RLIMIT_NOFILE).
+    nofile: int | None = attrs.field(default=None, validator=_optional_number(ge=1))
+    #: Processes of the service's user (RLIMIT_NPROC; the kernel counts per user).
+    nproc: int | None = attrs.field(default=None, validator=_optional_number(ge=1))
+    #: Cores, e.g. 0.5: the sub-group's CPU quota.
+    cpu: float | None = attrs.field(default=None, validator=_optional_number(gt=0))
+
+
 BuiltinKind: TypeAlias = Literal["code-server", "sshd"]
 SecretChangeAction: TypeAlias = Literal["restart", "reload", "none"]
 
@@ -556,6 +598,11 @@ class ServiceConfig:
     reload_signal: signal.Signals = signal.SIGHUP
     code_server: CodeServerOptions = attrs.field(factory=CodeServerOptions)
     sshd: SshdOptions = attrs.field(factory=SshdOptions)
+    limits: LimitsConfig = attrs.field(factory=LimitsConfig)
+    #: /proc/PID/oom_score_adj (-1000..1000); null: 0 for services, lower for sshd/code-server.
+    oom_score_adj: int | None = attrs.field(
+        default=None, validator=_optional_number(ge=-1000, lt=1001)
+    )
 
 
 @attrs.frozen
@@ -598,6 +645,16 @@ class ConnectionsConfig:
     """The connection tracker reads the kernel's TCP tables every `interval` seconds."""
 
     interval: float = attrs.field(default=5.0, validator=_number(gt=0))
+
+
+@attrs.frozen
+class ResourcesConfig:
+    """The resource sampler: every `interval` seconds; events when a fraction of a limit is
+    crossed (memory of its limit, CPU of its cores)."""
+
+    interval: float = attrs.field(default=10.0, validator=_number(gt=0))
+    memory_threshold: float = attrs.field(default=0.8, validator=_number(gt=0))
+    cpu_threshold: float = attrs.field(default=0.8, validator=_number(gt=0))
 
 
 def _check_port_owners(
@@ -705,6 +762,7 @@ class Config:
     chaos: ChaosConfig = attrs.field(factory=ChaosConfig)
     alerts: AlertsConfig = attrs.field(factory=AlertsConfig)
     idle: IdleConfig = attrs.field(factory=IdleConfig)
+    resources: ResourcesConfig = attrs.field(factory=ResourcesConfig)
     #: Built from the raw `secrets:` section and the environment by dev8.secrets.settings.
     secrets: SecretsConfig = attrs.field(
         default=attrs.Factory(
@@ -879,6 +937,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook_factory(attrs.has, attrs_factory)
     conv.register_structure_hook(Bind, _structure_bind)
     conv.register_structure_hook_func(lambda t: t == tuple[WebhookConfig, ...], _structure_webhooks)
+    conv.register_structure_hook(ByteSize, _structure_byte_size)
 
     conv.register_unstructure_hook(signal.Signals, lambda s: s.name)
     conv.register_unstructure_hook(Bind, str)

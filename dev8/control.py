@@ -138,6 +138,9 @@ class Hooks:
     webhook_stats: Callable[[], Any] | None = None
     #: A service's restart policy (None: unknown), to tell a final ``exited`` from a pending one.
     restart_policy: Callable[[str], Restart | None] | None = None
+    #: The resource sampler's figures (``ResourceBoard.snapshot``) and its interval.
+    resources: Callable[[], dict[str, Any]] | None = None
+    resources_interval: float = 10.0
 
 
 class Control:
@@ -265,11 +268,13 @@ class Control:
     def status_document(self) -> documents.StatusDocument:
         details = self.hooks.service_details() if self.hooks.service_details else {}
         ready = self.readiness()
+        figures = self.hooks.resources() if self.hooks.resources is not None else {}
         services = {
             name: documents.service_document(
                 node,
                 ready=ready.get(name, False),
                 probes=documents.probes_document(details.get(name)),
+                resources=documents.service_resources(figures.get("services", {}).get(name)),
             )
             for name, node in self.service_nodes().items()
         }
@@ -293,6 +298,9 @@ class Control:
             waiting_for_secrets=documents.waiting_secrets(self.secrets_waiting()),
             log_output=None if log_output is None else documents.LogOutputDocument(**log_output),
             storage=None if storage is None else documents.storage_document(storage),
+            resources=documents.resources_document(figures, self.hooks.resources_interval)
+            if figures
+            else None,
         )
 
     def status(self) -> dict[str, Any]:

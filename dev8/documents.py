@@ -249,6 +249,58 @@ class TreeNode:
 
 
 @attrs.frozen(kw_only=True)
+class ServiceResources:
+    """A service's figures at the last sample, summed over its whole process tree."""
+
+    cpu_seconds: float | None = attrs.field(metadata=_doc("CPU time of its live processes"))
+    cpu_usage: float | None = attrs.field(metadata=_doc("cores used over the last interval"))
+    memory_bytes: int | None = attrs.field(metadata=_doc("resident memory"))
+    memory_limit_bytes: int | None = attrs.field(metadata=_doc("limits.memory; null: none"))
+    cpu_limit_cores: float | None = attrs.field(metadata=_doc("limits.cpu; null: none"))
+    threads: int | None
+    open_fds: int | None
+    processes: int | None
+    oom_kills: int = attrs.field(metadata=_doc("of its processes, since dev8 started"))
+
+
+@attrs.frozen(kw_only=True)
+class ContainerResources:
+    """The container's cgroup (v1 or v2); null where unknown or, for limits, unlimited."""
+
+    memory_bytes: int | None
+    memory_limit_bytes: int | None
+    cpu_seconds: float | None
+    cpu_usage: float | None = attrs.field(metadata=_doc("cores used over the last interval"))
+    cpu_limit_cores: float | None = attrs.field(metadata=_doc("quota / period"))
+    throttled_periods: int | None
+    throttled_seconds: float | None
+    oom_kills: int | None
+
+
+@attrs.frozen(kw_only=True)
+class ResourcesDocument:
+    sampled_at: Timestamp | None = attrs.field(metadata=_doc("null before the first sample"))
+    interval: float = attrs.field(metadata=_doc("seconds between samples"))
+    container: ContainerResources
+
+
+def resources_document(snapshot: Mapping[str, Any], interval: float) -> ResourcesDocument:
+    return ResourcesDocument(
+        sampled_at=timestamp(snapshot.get("sampledAt")),
+        interval=interval,
+        container=ContainerResources(**_snake(snapshot["container"])),
+    )
+
+
+def service_resources(figures: Mapping[str, Any] | None) -> ServiceResources | None:
+    return None if figures is None else ServiceResources(**_snake(figures))
+
+
+def _snake(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {"".join(f"_{c.lower()}" if c.isupper() else c for c in k): v for k, v in data.items()}
+
+
+@attrs.frozen(kw_only=True)
 class ServiceDocument:
     state: State
     ready: bool
@@ -258,6 +310,9 @@ class ServiceDocument:
     last_exit: ExitDocument | None
     since: Timestamp | None
     probes: ProbesDocument | None = attrs.field(metadata=_doc("null when it has no probes"))
+    resources: ServiceResources | None = attrs.field(
+        default=None, metadata=_doc("null without a sampler; figures null until sampled")
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -333,6 +388,9 @@ class StatusDocument:
         metadata=_doc("dev8's own stdout; null when not logging through the writer")
     )
     storage: StorageDocument | None = attrs.field(metadata=_doc("the workspace's storage"))
+    resources: ResourcesDocument | None = attrs.field(
+        default=None, metadata=_doc("the container's figures; null without a sampler")
+    )
 
 
 # ------------------------------------------------------------------------------- connections
@@ -529,7 +587,11 @@ def tree_node(node: NodeStatus) -> TreeNode:
 
 
 def service_document(
-    node: NodeStatus, *, ready: bool, probes: ProbesDocument | None
+    node: NodeStatus,
+    *,
+    ready: bool,
+    probes: ProbesDocument | None,
+    resources: ServiceResources | None = None,
 ) -> ServiceDocument:
     return ServiceDocument(
         state=node.state.value,
@@ -540,6 +602,7 @@ def service_document(
         last_exit=exit_document(node.last_exit),
         since=timestamp(node.since),
         probes=probes,
+        resources=resources,
     )
 
 
@@ -761,11 +824,22 @@ def event_classes() -> list[type[Event]]:
     """Every kind of event dev8 publishes, for the schemas (imported here, not at start)."""
     import actors._lifecycle as lifecycle  # noqa: PLC0415
 
-    from . import alerts, chaos, connections, health, idle, reload  # noqa: PLC0415
+    from . import alerts, chaos, connections, health, idle, reload, resources  # noqa: PLC0415
     from .secrets import events as secret_events  # noqa: PLC0415
 
     found: dict[str, type[Event]] = {}
-    for module in (lifecycle, health, connections, secret_events, chaos, alerts, idle, reload):
+    modules = (
+        lifecycle,
+        health,
+        connections,
+        secret_events,
+        chaos,
+        alerts,
+        idle,
+        reload,
+        resources,
+    )
+    for module in modules:
         for value in vars(module).values():
             if isinstance(value, type) and issubclass(value, Event) and value is not Event:
                 found.setdefault(value.kind, value)

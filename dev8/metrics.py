@@ -107,6 +107,8 @@ class Dev8Collector(Collector):
         yield from health_metrics(control)
         if control.hooks.webhook_stats is not None:
             yield from webhook_metrics(control.hooks.webhook_stats())
+        if control.hooks.resources is not None:
+            yield from resources_metrics(control.hooks.resources())
 
 
 #: The fetch-failure reasons docs/secrets.md lists, exported at 0 before the first failure: the
@@ -247,6 +249,58 @@ def webhook_metrics(stats: WebhookStats) -> Iterator[Metric]:
         "dev8_webhook_queued", "Alerts waiting in the webhooks' queues.",
         value=float(stats.queued),
     )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- resources
+
+
+_SERVICE_FIGURES = (
+    # (name, help, key in the snapshot, counter?)
+    ("dev8_service_cpu_seconds", "CPU seconds of the service's process tree.", "cpuSeconds", True),
+    ("dev8_service_memory_bytes", "Resident memory of the service's process tree.", "memoryBytes",
+     False),
+    ("dev8_service_memory_limit_bytes", "The service's limits.memory.", "memoryLimitBytes", False),
+    ("dev8_service_threads", "Threads of the service's process tree.", "threads", False),
+    ("dev8_service_open_fds", "Open file descriptors of the service's process tree.", "openFds",
+     False),
+    ("dev8_service_processes", "Processes in the service's tree.", "processes", False),
+    ("dev8_service_oom_kills", "The service's processes killed by the OOM killer.", "oomKills",
+     True),
+)  # fmt: skip
+
+_CONTAINER_FIGURES = (
+    ("dev8_container_memory_bytes", "Memory in use in the container's cgroup.", "memoryBytes",
+     False),
+    ("dev8_container_memory_limit_bytes", "The container's memory limit.", "memoryLimitBytes",
+     False),
+    ("dev8_container_cpu_seconds", "CPU seconds used by the container.", "cpuSeconds", True),
+    ("dev8_container_cpu_limit_cores", "The container's CPU quota in cores.", "cpuLimitCores",
+     False),
+    ("dev8_container_cpu_throttled_periods", "CFS periods in which the container was throttled.",
+     "throttledPeriods", True),
+    ("dev8_container_cpu_throttled_seconds", "Time the container was throttled.",
+     "throttledSeconds", True),
+    ("dev8_container_oom_kills", "OOM kills in the container's cgroup.", "oomKills", True),
+)  # fmt: skip
+
+
+def resources_metrics(snapshot: Mapping[str, Any]) -> Iterator[Metric]:
+    """The sampler's figures (docs/operations.md); a figure that is unknown has no series."""
+    services: Mapping[str, Mapping[str, Any]] = snapshot.get("services", {})
+    for name, text, key, counter in _SERVICE_FIGURES:
+        family = (CounterMetricFamily if counter else GaugeMetricFamily)(
+            name, text, labels=["service"]
+        )
+        for service, figures in sorted(services.items()):
+            if figures.get(key) is not None:
+                family.add_metric([service], float(figures[key]))
+        yield family
+    container: Mapping[str, Any] = snapshot.get("container", {})
+    for name, text, key, counter in _CONTAINER_FIGURES:
+        family = (CounterMetricFamily if counter else GaugeMetricFamily)(name, text, labels=[])
+        if container.get(key) is not None:
+            family.add_metric([], float(container[key]))
+        yield family
 
 
 def make_registry(control: Control) -> CollectorRegistry:

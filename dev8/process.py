@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import pwd
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -24,8 +25,10 @@ import trio
 
 from actors import ChildContext
 
+from .cgroups import Hierarchy, ServiceCgroup
 from .init import OwnPids
 from .preflight import CommandProblem, Who, resolve_command
+from .resources import OomKilled
 
 #: The logger of the services' output lines (dev8's own lines use "dev8.process").
 SERVICE_OUTPUT_LOGGER = "dev8.output"
@@ -52,10 +55,15 @@ class ProcessExited(Exception):
     why in ``/status`` and in the log without reading its raw output.
     """
 
-    def __init__(self, returncode: int, last_output: Sequence[str] = ()) -> None:
+    def __init__(
+        self, returncode: int, last_output: Sequence[str] = (), *, oom: bool = False
+    ) -> None:
+        #: The exit's reason for the supervisor (``child_exited``, /status): ``oom`` when the
+        #: kernel's OOM killer sent the SIGKILL.
+        self.exit_reason = "oom" if oom else "error"
         if returncode < 0:
             name = _signal_name(-returncode)
-            message = f"killed by {name}"
+            message = "killed by the OOM killer (SIGKILL)" if oom else f"killed by {name}"
             self.details: dict[str, Any] = {"signal": name, "exit_code": None}
         else:
             message = f"exited with code {returncode}"
@@ -78,6 +86,23 @@ def _signal_name(number: int) -> str:
 
 
 @attrs.frozen(kw_only=True)
+class Limits:
+    """What the service may use (see ``limits:`` in docs/configuration.md) and its OOM score."""
+
+    memory: int | None = None
+    nofile: int | None = None
+    nproc: int | None = None
+    cpu: float | None = None
+    oom_score_adj: int | None = None
+    #: dev8's cgroup, where the service's sub-group goes; None: rlimits only.
+    hierarchy: Hierarchy | None = None
+    #: The group, under dev8's, that holds the services' sub-groups (one per run of dev8).
+    cgroup_parent: str | None = None
+    #: The container's OOM kills so far (a SIGKILL while it grows is the OOM killer's).
+    container_oom_kills: Callable[[], int | None] | None = None
+
+
+@attrs.frozen(kw_only=True)
 class ProcessSettings:
     """Everything needed to run one service's process."""
 
@@ -87,6 +112,59 @@ class ProcessSettings:
     user: str | None = None
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 10.0
+    limits: Limits = attrs.field(factory=Limits)
+
+
+def _limits_prefix(limits: Limits, *, in_cgroup: bool) -> list[str]:
+    """``prlimit`` and ``choom`` (util-linux) before the command: each sets its own limits or
+    score and execs the next, so the spawn stays a vfork. The memory limit is an address-space
+    rlimit only without a sub-group: it counts virtual memory (a JIT reserves gigabytes it never
+    touches) and turns an OOM kill into a failed allocation."""
+    prefix: list[str] = []
+    options = [
+        f"--{name}={value}"
+        for name, value in (
+            ("as", None if in_cgroup else limits.memory),
+            ("nofile", limits.nofile),
+            ("nproc", limits.nproc),
+        )
+        if value is not None
+    ]
+    prlimit = shutil.which("prlimit")
+    if options and prlimit is not None:
+        prefix += [prlimit, *options, "--"]
+    choom = shutil.which("choom")
+    score, own = limits.oom_score_adj, _own_oom_score_adj()
+    if score is not None and own is not None and score < own and not may_lower_oom_score():
+        score = None  # would fail the start (EACCES): the service keeps dev8's score
+    if score is not None and choom is not None and score != own:
+        prefix += [choom, "-n", str(limits.oom_score_adj), "--"]
+    return prefix
+
+
+#: The capability that lowering an OOM score takes (linux/capability.h).
+_CAP_SYS_RESOURCE = 24
+
+
+def may_lower_oom_score(status: str = "/proc/self/status") -> bool:
+    """Whether this process may lower OOM scores: CAP_SYS_RESOURCE, which root lacks in some
+    sandboxes (and in containers that drop it)."""
+    try:
+        with open(status, encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_SYS_RESOURCE & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def _own_oom_score_adj() -> int | None:
+    try:
+        with open("/proc/self/oom_score_adj", encoding="ascii") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return None
 
 
 class OutputRing:
@@ -170,18 +248,26 @@ _ROOT = Who("root", 0, frozenset({0}))
 
 
 def _resolve_program(
-    program: str, env: Mapping[str, str], cwd: str | None, identity: _Identity
+    program: str, env: Mapping[str, str], cwd: str | None, identity: _Identity | None
 ) -> str:
     """The full path of the program the user would run, or ``SpawnError`` as ``Popen`` raises.
 
     Behind ``setpriv`` a missing program is only an exit 127; and setpriv searches the PATH with
     root's permissions, so it could pick a file the user may not run (exit 126) before one they
     may. Searched as the user, in the child's PATH and relative to its working directory; the
-    full path is given only when setpriv's own search would find another file.
+    full path is given only when setpriv's own search would find another file. Behind only
+    ``prlimit``/``choom`` (``identity`` None: as dev8 itself), the same search tells a missing or
+    non-executable program apart from the program's own exit 126/127.
     """
     if cwd is not None and not os.path.isdir(cwd):
         return program  # Popen reports the working directory itself
-    who = Who(identity.name, identity.uid, frozenset((identity.gid, *identity.groups)))
+    if identity is None:
+        own = os.geteuid()
+        who = Who(str(own), own, frozenset((os.getegid(), *os.getgroups())))
+        searcher = who
+    else:
+        who = Who(identity.name, identity.uid, frozenset((identity.gid, *identity.groups)))
+        searcher = _ROOT
     path = env.get("PATH", os.defpath)
     base = cwd if cwd is not None else os.getcwd()
     try:
@@ -190,7 +276,7 @@ def _resolve_program(
         reason = os.strerror(problem.errno)
         raise SpawnError(f"cannot start {program!r}: {reason}") from None
     # The same file as setpriv would find: keep the argv as written (argv[0] unchanged).
-    return program if resolve_command(program, path, base, _ROOT) == resolved else resolved
+    return program if resolve_command(program, path, base, searcher) == resolved else resolved
 
 
 def _environment(settings: ProcessSettings, identity: _Identity | None) -> dict[str, str]:
@@ -219,11 +305,63 @@ async def run_process(
     log = structlog.get_logger("dev8.process").bind(service=ctx.name)
     identity = _identity(settings.user)
     env = _environment(settings, identity)
-    prefix, options = _become(identity)
-    command = list(settings.command)
-    if prefix:
-        assert identity is not None
-        command[0] = _resolve_program(command[0], env, settings.cwd, identity)
+    limits = settings.limits
+    cgroup = await _open_cgroup(ctx.name, limits)
+    try:
+        prefix, options = _become(identity)
+        prefix = [*_limits_prefix(limits, in_cgroup=cgroup is not None), *prefix]
+        command = list(settings.command)
+        if prefix:
+            command[0] = _resolve_program(command[0], env, settings.cwd, identity)
+        del env  # built again for the spawn, then dropped (see there)
+        await _run_limited(
+            ctx, settings, prefix, command, options, own=own, output=output, cgroup=cgroup,
+            log=log, identity=identity, task_status=task_status,
+        )  # fmt: skip
+    finally:
+        if cgroup is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(cgroup.remove)
+
+
+async def _open_cgroup(service: str, limits: Limits) -> ServiceCgroup | None:
+    """The service's own sub-group, when it has limits to enforce and dev8 may make one."""
+    if limits.hierarchy is None or (limits.memory is None and limits.cpu is None):
+        return None
+    return await trio.to_thread.run_sync(
+        functools.partial(
+            ServiceCgroup.create,
+            limits.hierarchy,
+            service,
+            memory=limits.memory,
+            cpu=limits.cpu,
+            parent=limits.cgroup_parent,
+        )
+    )
+
+
+def _oom_count(limits: Limits, cgroup: ServiceCgroup | None) -> int | None:
+    if cgroup is not None:
+        return cgroup.oom_kills()
+    return limits.container_oom_kills() if limits.container_oom_kills is not None else None
+
+
+async def _run_limited(
+    ctx: ChildContext,
+    settings: ProcessSettings,
+    prefix: list[str],
+    command: list[str],
+    options: dict[str, Any],
+    *,
+    own: OwnPids,
+    output: OutputRing | None,
+    cgroup: ServiceCgroup | None,
+    log: Any,
+    identity: _Identity | None,
+    task_status: trio.TaskStatus[Any],
+) -> None:
+    ooms_before = _oom_count(settings.limits, cgroup)
+    env = _environment(settings, identity)
     try:
         with own.spawning():
             process = await trio.lowlevel.open_process(
@@ -237,6 +375,11 @@ async def run_process(
                 **options,
             )
             own.add(process.pid)
+            if cgroup is not None:
+                try:
+                    cgroup.add(process.pid)  # a write to cgroupfs: it does not block
+                except OSError as error:
+                    log.warning("cgroup_join_failed", pid=process.pid, error=error.strerror)
     except OSError as error:
         if settings.cwd is not None and error.filename == settings.cwd:
             raise SpawnError(
@@ -259,7 +402,15 @@ async def run_process(
     ctx.info["exit_code"] = returncode
     if returncode != 0:
         lines = [] if output is None else output.tail(LAST_OUTPUT_LINES, since=first_seq)
-        raise ProcessExited(returncode, [entry["line"][:LAST_OUTPUT_CHARS] for entry in lines])
+        oom = False
+        if returncode == -signal.SIGKILL and ooms_before is not None:
+            ooms_after = await trio.to_thread.run_sync(_oom_count, settings.limits, cgroup)
+            oom = ooms_after is not None and ooms_after > ooms_before
+            if oom:
+                ctx.publish(OomKilled(scope="service", service=ctx.name))
+        raise ProcessExited(
+            returncode, [entry["line"][:LAST_OUTPUT_CHARS] for entry in lines], oom=oom
+        )
 
 
 async def _supervise(

@@ -27,7 +27,7 @@ from .config import Config, load_config
 #: Config sections that take effect only at dev8's next start.
 RESTART_SECTIONS = (
     *("api", "workspace", "shutdown", "supervisor", "log", "secrets"),
-    *("alerts", "idle"),
+    *("alerts", "idle", "resources"),
 )
 MAILBOX_CAPACITY = 16
 

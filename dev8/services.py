@@ -33,11 +33,12 @@ from actors import (
 )
 
 from .builtins import SecretGetter, expand
+from .cgroups import CgroupFiles
 from .config import RESTART_DELAY_FLOOR, BackoffConfig, Config, IntensityConfig, ServiceConfig
 from .health import HealthBoard, make_prober_spec
 from .init import OwnPids
 from .probes import start_when_ready
-from .process import OutputRing, ProcessSettings, run_process
+from .process import Limits, OutputRing, ProcessSettings, run_process
 from .sshd_log import FailedAuthCounter, SshdOutput
 from .storage import Placement
 
@@ -75,6 +76,11 @@ class ServiceFactory:
     def restart_policy(self, name: str) -> Restart | None:
         return self.restart_policies.get(name)
 
+    #: dev8's cgroup: services with memory/cpu limits get a sub-group there (None: rlimits only).
+    cgroup: CgroupFiles | None = None
+    #: This run's group under dev8's cgroup, holding the services' sub-groups.
+    cgroup_parent: str | None = None
+
     def effective(self, name: str, config: Config) -> ServiceConfig:
         """The service's config with its built-in defaults filled in."""
         return expand(
@@ -99,6 +105,7 @@ class ServiceFactory:
         )
         output = self._output(name, sshd=service.builtin == "sshd")
         custom_env = self.custom_env if _runs_as_workspace_user(user, config) else None
+        limits = limits_of(service, self.cgroup, parent=self.cgroup_parent)
 
         async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
             if name in self.held:
@@ -113,6 +120,7 @@ class ServiceFactory:
                 user=user,
                 stop_signal=service.stop_signal,
                 stop_timeout=service.stop_timeout,
+                limits=limits,
             )
             run = functools.partial(run_process, ctx, settings, own=self.own, output=output)
             await start_when_ready(
@@ -176,6 +184,32 @@ class ServiceFactory:
             return None
 
         return pid_of
+
+
+#: OOM scores (/proc/PID/oom_score_adj) under memory pressure: the user's services go first
+#: (the kernel's default score), then code-server, then sshd (the way in to fix things); dev8
+#: itself sets -999 as PID 1. A service whose score is dev8's needs no ``choom`` at its spawn.
+DEFAULT_OOM_SCORE_ADJ = 0
+BUILTIN_OOM_SCORE_ADJ: Mapping[str, int] = {"sshd": -900, "code-server": -500}
+
+
+def limits_of(
+    service: ServiceConfig, cgroup: CgroupFiles | None, *, parent: str | None = None
+) -> Limits:
+    """The process actor's limits for a service's config."""
+    score = service.oom_score_adj
+    if score is None:
+        score = BUILTIN_OOM_SCORE_ADJ.get(service.builtin or "", DEFAULT_OOM_SCORE_ADJ)
+    return Limits(
+        memory=service.limits.memory,
+        nofile=service.limits.nofile,
+        nproc=service.limits.nproc,
+        cpu=service.limits.cpu,
+        oom_score_adj=score,
+        hierarchy=cgroup.hierarchy if cgroup is not None and os.geteuid() == 0 else None,
+        container_oom_kills=cgroup.oom_kills if cgroup is not None else None,
+        cgroup_parent=parent,
+    )
 
 
 def _uid_of(user: str) -> int | None:

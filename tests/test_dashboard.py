@@ -305,3 +305,56 @@ async def test_a_page_of_another_origin_cannot_drive_the_api(
         refused = [line for line in dev8.lines if "cross_site" in line]
         assert refused == [], "refusals are answers, not log lines"
         nursery.cancel_scope.cancel()
+
+
+SPARKS = """return Array.from(document.querySelectorAll('#services tr[data-service]'), (row) => ({
+  service: row.dataset.service,
+  cpu: row.querySelector('td.cpu svg.spark').dataset.points,
+  memory: row.querySelector('td.memory svg.spark').dataset.points,
+  memoryPoints: row.querySelector('td.memory polyline').getAttribute('points').split(' ').length,
+  memoryText: row.querySelector('td.memory').textContent,
+}));"""
+CONTAINER = """const box = document.getElementById('container');
+return {memory: box.dataset.memory, limit: box.dataset.limit,
+        text: document.getElementById('container-memory-text').textContent,
+        meterHidden: document.getElementById('container-memory').hidden,
+        oom: document.getElementById('container-oom').textContent};"""
+
+
+async def test_dashboard_draws_cpu_and_memory_sparklines_and_the_container(
+    tmp_path: Path, api_port: int, marker: str
+) -> None:
+    config = configure(tmp_path / "dev8.yaml", marker, api_port)
+    data = yaml.safe_load(config.read_text())
+    data["resources"] = {"interval": 0.3}
+    data["services"]["web"]["limits"] = {"memory": "64M"}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    async with open_dev8(config, port=api_port, marker=marker) as dev8:
+        await running_pids(dev8)
+        async with open_page(f"http://127.0.0.1:{api_port}/", tmp_path / "profile") as page:
+            # The page polls /status at the sampler's interval: the lines grow sample by sample.
+            sparks = await page.wait(
+                SPARKS,
+                lambda rows: len(rows) == 2 and all(int(r["memory"]) >= 3 for r in rows),
+                "three samples in each service's memory sparkline",
+            )
+            for row in sparks:
+                assert int(row["cpu"]) >= 2  # CPU needs two samples for its first figure
+                assert row["memoryPoints"] == int(row["memory"])
+            web = next(r for r in sparks if r["service"] == "web")
+            assert web["memoryText"].endswith(" / 64.0 MiB")
+            other = next(r for r in sparks if r["service"] == "other")
+            assert "/" not in other["memoryText"]  # no limit, none shown
+            container = await page.js(CONTAINER)
+            status = await dev8.status()
+            figures = status["resources"]["container"]
+            assert int(container["memory"]) > 0
+            assert container["oom"] == str(figures["oomKills"])
+            if figures["memoryLimitBytes"] is None:  # this machine's cgroup: unlimited
+                assert container["limit"] == ""
+                assert container["meterHidden"]
+                assert container["text"].endswith("(no limit)")
+            else:
+                assert int(container["limit"]) == figures["memoryLimitBytes"]
+                assert not container["meterHidden"]
+                assert " of " in container["text"]

@@ -86,6 +86,7 @@ MODULES: dict[str, frozenset[str]] = {
     "test_probes": U,
     "test_process_spawn": U,
     "test_reload": U,
+    "test_resources": ER,
     "test_secrets_atomicity": R,
     "test_secrets_injector": U,
     "test_secrets_keyvault": U,

@@ -121,6 +121,39 @@ type Service struct {
 	LastExit       *Exit          `json:"lastExit"`
 	Since          *time.Time     `json:"since"`
 	Probes         *Probes        `json:"probes"`
+	// Null without a sampler; its figures are null until sampled.
+	Resources *ServiceResources `json:"resources"`
+}
+
+// A service's figures, summed over its whole process tree.
+type ServiceResources struct {
+	CpuSeconds       *float64 `json:"cpuSeconds"`
+	CpuUsage         *float64 `json:"cpuUsage"`
+	MemoryBytes      *int64   `json:"memoryBytes"`
+	MemoryLimitBytes *int64   `json:"memoryLimitBytes"`
+	CpuLimitCores    *float64 `json:"cpuLimitCores"`
+	Threads          *int     `json:"threads"`
+	OpenFds          *int     `json:"openFds"`
+	Processes        *int     `json:"processes"`
+	OomKills         int      `json:"oomKills"`
+}
+
+// The container's cgroup figures; null where unknown (limits: or unlimited).
+type ContainerResources struct {
+	MemoryBytes      *int64   `json:"memoryBytes"`
+	MemoryLimitBytes *int64   `json:"memoryLimitBytes"`
+	CpuSeconds       *float64 `json:"cpuSeconds"`
+	CpuUsage         *float64 `json:"cpuUsage"`
+	CpuLimitCores    *float64 `json:"cpuLimitCores"`
+	ThrottledPeriods *int64   `json:"throttledPeriods"`
+	ThrottledSeconds *float64 `json:"throttledSeconds"`
+	OomKills         *int64   `json:"oomKills"`
+}
+
+type Resources struct {
+	SampledAt *time.Time         `json:"sampledAt"`
+	Interval  float64            `json:"interval"`
+	Container ContainerResources `json:"container"`
 }
 
 type SecretsStats struct {
@@ -164,6 +197,7 @@ type Status struct {
 	WaitingForSecrets []WaitingSecret `json:"waitingForSecrets"`
 	LogOutput         *LogOutput      `json:"logOutput"`
 	Storage           *Storage        `json:"storage"`
+	Resources         *Resources      `json:"resources"`
 }
 
 // dev8's own stdout: a stalled or closed reader drops lines, never stalls dev8.
@@ -427,42 +461,64 @@ type ReloadFailed struct {
 	Reason   string `json:"reason"`
 }
 
+type ResourceThreshold struct { // resource_threshold_crossed, resource_threshold_cleared
+	Scope     string  `json:"scope"`
+	Service   *string `json:"service"`
+	Resource  string  `json:"resource"`
+	Value     float64 `json:"value"`
+	Threshold float64 `json:"threshold"`
+}
+
+type ContainerCpuThrottled struct {
+	Periods int     `json:"periods"`
+	Seconds float64 `json:"seconds"`
+}
+
+type OomKilled struct {
+	Scope   string  `json:"scope"`
+	Service *string `json:"service"`
+}
+
 // dataTypes: the documented data of every kind; an event of another kind is a contract break.
 var dataTypes = map[string]func() interface{}{
-	"child_started":            func() interface{} { return &ChildStarted{} },
-	"child_exited":             func() interface{} { return &ChildExited{} },
-	"restart_scheduled":        func() interface{} { return &RestartScheduled{} },
-	"child_gave_up":            func() interface{} { return &ChildGaveUp{} },
-	"child_stopping":           func() interface{} { return &ChildStopping{} },
-	"child_stopped":            func() interface{} { return &ChildOnly{} },
-	"child_added":              func() interface{} { return &ChildOnly{} },
-	"child_removed":            func() interface{} { return &ChildOnly{} },
-	"child_killed":             func() interface{} { return &ChildKilled{} },
-	"supervisor_escalated":     func() interface{} { return &SupervisorEscalated{} },
-	"probe_failed":             func() interface{} { return &ProbeFailed{} },
-	"probe_recovered":          func() interface{} { return &ProbeRecovered{} },
-	"service_ready":            func() interface{} { return &ServiceReadiness{} },
-	"service_not_ready":        func() interface{} { return &ServiceReadiness{} },
-	"liveness_failed":          func() interface{} { return &LivenessFailed{} },
-	"probe_latency_crossed":    func() interface{} { return &ProbeLatency{} },
-	"probe_latency_cleared":    func() interface{} { return &ProbeLatency{} },
-	"alert_fired":              func() interface{} { return &Alert{} },
-	"alert_resolved":           func() interface{} { return &Alert{} },
-	"workspace_idle":           func() interface{} { return &WorkspaceIdle{} },
-	"workspace_active":         func() interface{} { return &WorkspaceActive{} },
-	"connection_opened":        func() interface{} { return &ConnectionOpened{} },
-	"connection_closed":        func() interface{} { return &ConnectionClosed{} },
-	"secret_fetched":           func() interface{} { return &SecretFetched{} },
-	"secret_rotated":           func() interface{} { return &SecretRotated{} },
-	"secret_fetch_failed":      func() interface{} { return &SecretFetchFailed{} },
-	"secret_input_refused":     func() interface{} { return &SecretInputRefused{} },
-	"secrets_injected":         func() interface{} { return &SecretsInjected{} },
-	"secrets_injection_failed": func() interface{} { return &SecretsInjectionFailed{} },
-	"chaos_fault_injected":     func() interface{} { return &ChaosFaultInjected{} },
-	"reload_started":           func() interface{} { return &ReloadStarted{} },
-	"reload_finished":          func() interface{} { return &ReloadFinished{} },
-	"reload_failed":            func() interface{} { return &ReloadFailed{} },
-	"resync":                   func() interface{} { return &Status{} },
+	"child_started":              func() interface{} { return &ChildStarted{} },
+	"child_exited":               func() interface{} { return &ChildExited{} },
+	"restart_scheduled":          func() interface{} { return &RestartScheduled{} },
+	"child_gave_up":              func() interface{} { return &ChildGaveUp{} },
+	"child_stopping":             func() interface{} { return &ChildStopping{} },
+	"child_stopped":              func() interface{} { return &ChildOnly{} },
+	"child_added":                func() interface{} { return &ChildOnly{} },
+	"child_removed":              func() interface{} { return &ChildOnly{} },
+	"child_killed":               func() interface{} { return &ChildKilled{} },
+	"supervisor_escalated":       func() interface{} { return &SupervisorEscalated{} },
+	"probe_failed":               func() interface{} { return &ProbeFailed{} },
+	"probe_recovered":            func() interface{} { return &ProbeRecovered{} },
+	"service_ready":              func() interface{} { return &ServiceReadiness{} },
+	"service_not_ready":          func() interface{} { return &ServiceReadiness{} },
+	"liveness_failed":            func() interface{} { return &LivenessFailed{} },
+	"probe_latency_crossed":      func() interface{} { return &ProbeLatency{} },
+	"probe_latency_cleared":      func() interface{} { return &ProbeLatency{} },
+	"alert_fired":                func() interface{} { return &Alert{} },
+	"alert_resolved":             func() interface{} { return &Alert{} },
+	"workspace_idle":             func() interface{} { return &WorkspaceIdle{} },
+	"workspace_active":           func() interface{} { return &WorkspaceActive{} },
+	"connection_opened":          func() interface{} { return &ConnectionOpened{} },
+	"connection_closed":          func() interface{} { return &ConnectionClosed{} },
+	"secret_fetched":             func() interface{} { return &SecretFetched{} },
+	"secret_rotated":             func() interface{} { return &SecretRotated{} },
+	"secret_fetch_failed":        func() interface{} { return &SecretFetchFailed{} },
+	"secret_input_refused":       func() interface{} { return &SecretInputRefused{} },
+	"secrets_injected":           func() interface{} { return &SecretsInjected{} },
+	"secrets_injection_failed":   func() interface{} { return &SecretsInjectionFailed{} },
+	"chaos_fault_injected":       func() interface{} { return &ChaosFaultInjected{} },
+	"reload_started":             func() interface{} { return &ReloadStarted{} },
+	"reload_finished":            func() interface{} { return &ReloadFinished{} },
+	"reload_failed":              func() interface{} { return &ReloadFailed{} },
+	"resource_threshold_crossed": func() interface{} { return &ResourceThreshold{} },
+	"resource_threshold_cleared": func() interface{} { return &ResourceThreshold{} },
+	"container_cpu_throttled":    func() interface{} { return &ContainerCpuThrottled{} },
+	"oom_killed":                 func() interface{} { return &OomKilled{} },
+	"resync":                     func() interface{} { return &Status{} },
 }
 
 // ------------------------------------------------------------------------------ strictness
