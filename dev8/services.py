@@ -106,7 +106,7 @@ class ServiceFactory:
             start_timeout=service.start_timeout,
             backoff=backoff_of(service.backoff),
             intensity=intensity_of(service.intensity),
-            significant=service.critical,
+            critical=service.critical,
         )
 
     def prober_spec(self, name: str, config: Config) -> ChildSpec | None:

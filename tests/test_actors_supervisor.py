@@ -392,7 +392,7 @@ async def test_strategies(
         else:
             assert node.restarts == 0
     stopped_siblings = [
-        (e.child, e.reason) for e in tree.rec.events(ChildExited) if e.reason == "sibling"
+        (e.child, e.shutdown) for e in tree.rec.events(ChildExited) if e.shutdown == "sibling"
     ]
     assert stopped_siblings == [
         (name, "sibling") for _, name, what in after_crash if what == "cancelled"
@@ -512,18 +512,18 @@ async def test_intensity_window_slides(autojump_clock: trio.testing.MockClock) -
 
 
 @pytest.mark.parametrize("restart", [Restart.TEMPORARY, Restart.TRANSIENT])
-async def test_significant_child_ending_escalates_finally(
+async def test_critical_child_ending_escalates_finally(
     autojump_clock: trio.testing.MockClock, restart: Restart
 ) -> None:
     tree = Tree()
     main = tree.worker("main", Life(run_for=2, ends="return"))
     other = tree.worker("other")
-    sup = tree.supervisor("sup", [other.spec(), main.spec(restart=restart, significant=True)])
+    sup = tree.supervisor("sup", [other.spec(), main.spec(restart=restart, critical=True)])
     with pytest.raises(Escalation) as raised:
         await sup.run()
     assert tree.now() == 2
     assert (raised.value.reason, raised.value.child, raised.value.final) == (
-        "significant child ended",
+        "critical child ended",
         "main",
         True,
     )
@@ -531,30 +531,30 @@ async def test_significant_child_ending_escalates_finally(
     assert sup.snapshot().state is ChildState.FATAL
 
 
-async def test_significant_child_that_gives_up_escalates_finally(
+async def test_critical_child_that_gives_up_escalates_finally(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     tree = Tree()
     main = tree.worker("main", then=Life(run_for=1))
     sup = tree.supervisor(
-        "sup", [main.spec(significant=True, intensity=Intensity(max_restarts=1, window=10))]
+        "sup", [main.spec(critical=True, intensity=Intensity(max_restarts=1, window=10))]
     )
     with pytest.raises(Escalation) as raised:
         await sup.run()
     assert tree.now() == 2
-    assert (raised.value.reason, raised.value.final) == ("significant child gave up", True)
+    assert (raised.value.reason, raised.value.final) == ("critical child gave up", True)
     assert tree.rec.steps("child_gave_up", "supervisor_escalated") == [
         (2, "child_gave_up", "main"),
         (2, "supervisor_escalated", "main"),
     ]
 
 
-async def test_a_significant_child_that_is_restarted_does_not_escalate(
+async def test_a_critical_child_that_is_restarted_does_not_escalate(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     tree = Tree()
     main = tree.worker("main", Life(run_for=1))
-    sup = tree.supervisor("sup", [main.spec(restart=Restart.TRANSIENT, significant=True)])
+    sup = tree.supervisor("sup", [main.spec(restart=Restart.TRANSIENT, critical=True)])
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
         await trio.sleep(3)
@@ -653,17 +653,17 @@ async def test_nested_supervisor_is_restarted_by_its_parent_and_shows_in_the_sna
     ]
 
 
-@pytest.mark.parametrize("significant", [False, True])
+@pytest.mark.parametrize("critical", [False, True])
 async def test_final_escalation_of_a_nested_supervisor_is_not_restarted(
-    autojump_clock: trio.testing.MockClock, significant: bool
+    autojump_clock: trio.testing.MockClock, critical: bool
 ) -> None:
     tree = Tree()
     job = tree.worker("job", Life(run_for=1, ends="return"))
-    inner = tree.supervisor("inner", [job.spec(restart=Restart.TEMPORARY, significant=True)])
+    inner = tree.supervisor("inner", [job.spec(restart=Restart.TEMPORARY, critical=True)])
     other = tree.worker("other")
-    outer = tree.supervisor("outer", [inner.child_spec(significant=significant), other.spec()])
+    outer = tree.supervisor("outer", [inner.child_spec(critical=critical), other.spec()])
     async with trio.open_nursery() as nursery:
-        if significant:
+        if critical:
             with pytest.raises(Escalation) as raised:
                 await outer.run()
             assert raised.value.final
@@ -715,9 +715,10 @@ async def test_a_child_raising_during_start_is_restarted_and_the_supervisor_live
     assert flaky.starts == [0, 1.5]
     assert nxt.starts == [0.5]
     assert tree.rec.steps("child_exited", "restart_scheduled", "child_started")[:4] == [
+        # The exit is decided at once (the restart scheduled), while "next" starts in its task.
         (0.5, "child_exited", "flaky"),
-        (0.5, "child_started", "next"),
         (0.5, "restart_scheduled", "flaky"),
+        (0.5, "child_started", "next"),
         (1.5, "child_started", "flaky"),
     ]
 
@@ -804,9 +805,9 @@ async def test_a_child_hanging_in_shutdown_is_killed_at_its_shutdown_timeout(
     ]
     killed = tree.rec.events(ChildKilled)
     assert [(k.child, k.shutdown_timeout) for k in killed] == [("hang", 3)]
-    assert [(e.child, e.reason) for e in tree.rec.events(ChildExited)] == [
-        ("hang", "stop"),
-        ("tidy", "stop"),
+    assert [(e.child, e.reason, e.shutdown) for e in tree.rec.events(ChildExited)] == [
+        ("hang", "shutdown", "stop"),
+        ("tidy", "shutdown", "stop"),
     ]
 
 
@@ -1039,9 +1040,9 @@ async def test_restart_child_with_a_reason_counts_against_intensity(
         assert status.state is ChildState.FATAL
         nursery.cancel_scope.cancel()
     assert w.starts == [0, 2]
-    assert [(e.reason, e.abnormal) for e in tree.rec.events(ChildExited)] == [
-        ("unhealthy", False),
-        ("unhealthy", False),
+    assert [(e.reason, e.shutdown, e.abnormal) for e in tree.rec.events(ChildExited)] == [
+        ("shutdown", "unhealthy", False),
+        ("shutdown", "unhealthy", False),
     ]
     assert [(s.reason, s.delay) for s in tree.rec.events(RestartScheduled)] == [("unhealthy", 2.0)]
     assert tree.rec.steps("child_gave_up") == [(3, "child_gave_up", "w")]
