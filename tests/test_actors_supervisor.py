@@ -1216,3 +1216,168 @@ async def test_crash_child_fails_the_child_as_if_it_raised(
         nursery.cancel_scope.cancel()
     exited = [data for kind, data in kinds if kind == "child_exited"]
     assert exited[0]["abnormal"] is True
+
+
+# -- one loop, no lock: slow stops and starts run in the child's own task -------------------------
+
+
+def restart_delays(tree: Tree, name: str) -> list[float]:
+    """For each restart of ``name``: the time from its exit to its next start."""
+    exits = [t for t, kind, who in tree.rec.steps("child_exited", child=name)]
+    starts = [t for t, who, what in tree.journal if who == name and what == "start"][1:]
+    return [round(start - exit_, 6) for exit_, start in zip(exits, starts, strict=False)]
+
+
+async def test_a_crash_is_restarted_within_its_backoff_while_a_sibling_takes_10s_to_stop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tree = Tree()
+    slow = tree.worker("slow", then=Life(cleanup=10))
+    flaky = tree.worker("flaky", then=Life(run_for=1))
+    steady = tree.worker("steady")
+    sup = tree.supervisor(
+        "sup",
+        [
+            slow.spec(shutdown_timeout=15),
+            flaky.spec(backoff=Backoff(initial_delay=0.1, min_delay=0.1, max_delay=0.1, jitter=0)),
+            steady.spec(),
+        ],
+    )
+    answered: dict[str, float] = {}
+
+    async def stop_slow() -> None:
+        status = await sup.stop_child("slow")
+        answered["slow"] = tree.now()
+        assert status.state is ChildState.STOPPED
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        await trio.sleep(0.5)
+        nursery.start_soon(stop_slow)
+        await trio.sleep(2.5)
+        # An unrelated restart is answered at once, while "slow" is still stopping.
+        assert sup.snapshot().children[0].state is ChildState.STOPPING
+        status = await sup.restart_child("steady")
+        answered["steady"] = tree.now()
+        assert status.state is ChildState.RUNNING
+        await trio.sleep(9)
+        snap = sup.snapshot()
+        nursery.cancel_scope.cancel()
+    assert answered == {"steady": 3.0, "slow": 10.5}
+    assert tree.of("slow")[-2:] == [(0.5, "cancelled"), (10.5, "cleaned")]
+    # "flaky" crashed every second and was restarted 0.1 s later each time, all through the
+    # 10 s that "slow" took to stop.
+    flaky_starts = [t for t, what in tree.of("flaky") if what == "start"]
+    assert len([t for t in flaky_starts if 0.5 < t < 10.5]) == 9
+    assert set(restart_delays(tree, "flaky")) == {0.1}
+    assert states(snap)["slow"] == "stopped"
+    assert states(snap)["steady"] == "running"
+    assert steady.starts == [0, 3.0]
+
+
+async def test_a_crash_is_restarted_within_its_backoff_while_a_sibling_takes_8_6s_to_start(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tree = Tree()
+    flaky = tree.worker("flaky", then=Life(run_for=0.5))
+    steady = tree.worker("steady")
+    slow = tree.worker("slow", then=Life(ready_after=8.6))
+    sup = tree.supervisor(
+        "sup",
+        [
+            flaky.spec(
+                backoff=Backoff(initial_delay=0.1, min_delay=0.1, max_delay=0.2, factor=2, jitter=0)
+            ),
+            steady.spec(),
+        ],
+    )
+    answered: dict[str, float] = {}
+
+    async def add_slow() -> None:
+        status = await sup.add_child(slow.spec(start_timeout=30))
+        answered["slow"] = tree.now()
+        assert status.state is ChildState.RUNNING
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        nursery.start_soon(add_slow)
+        await trio.sleep(4)
+        status = await sup.restart_child("steady")
+        answered["steady"] = tree.now()
+        assert status.state is ChildState.RUNNING
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert answered == {"steady": 4.0, "slow": 8.6}
+    flaky_starts = [t for t, what in tree.of("flaky") if what == "start"]
+    # Started at 0, then every 0.5 s run + 0.1, 0.2, 0.2 ... backoff: never held up by "slow".
+    during_slow_start = [t for t in flaky_starts if 0 < t < 8.6]
+    assert len(during_slow_start) >= 10
+    assert set(restart_delays(tree, "flaky")) <= {0.1, 0.2}
+    assert steady.starts == [0, 4.0]
+
+
+async def test_a_non_critical_child_over_its_intensity_is_fatal_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Twenty crash-looping children each give up alone: the supervisor's own (small) intensity
+    counts only children without one of their own, so it never trips, and the steady child is
+    never restarted."""
+    tree = Tree()
+    bad = [tree.worker(f"bad{n}", then=Life(run_for=0.1)) for n in range(20)]
+    steady = tree.worker("steady")
+    sup = tree.supervisor(
+        "sup",
+        [
+            *(
+                b.spec(
+                    intensity=Intensity(max_restarts=5, window=60),
+                    backoff=Backoff(min_delay=0.1, max_delay=0.1, jitter=0),
+                )
+                for b in bad
+            ),
+            steady.spec(),
+        ],
+        intensity=Intensity(max_restarts=2, window=60),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        await trio.sleep(30)
+        snap = sup.snapshot()
+        nursery.cancel_scope.cancel()
+    assert snap.state is ChildState.RUNNING
+    assert states(snap) == {**{b.name: "fatal" for b in bad}, "steady": "running"}
+    assert all(child(snap, b.name).restarts == 5 for b in bad)
+    assert steady.starts == [0]
+    assert child(snap, "steady").restarts == 0
+    assert sorted(e.child for e in tree.rec.events(ChildGaveUp)) == sorted(b.name for b in bad)
+    assert tree.rec.events(SupervisorEscalated) == []
+
+
+@pytest.mark.parametrize("starting", [False, True])
+async def test_a_stop_sticks_until_a_start(
+    autojump_clock: trio.testing.MockClock, starting: bool
+) -> None:
+    """Stopping a crash-looping child (or one that never gets ready) keeps it stopped: no pending
+    backoff, start timeout or group restart brings it back; a start does."""
+    tree = Tree()
+    life = Life(ready_after=None) if starting else Life(run_for=0.3)
+    loop = tree.worker("loop", then=life)
+    sup = tree.supervisor(
+        "sup",
+        [loop.spec(start_timeout=1, backoff=Backoff(min_delay=0.5, max_delay=0.5, jitter=0))],
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run) if not starting else nursery.start_soon(sup.run)
+        for _ in range(5):
+            await trio.sleep(0.35)
+            status = await sup.stop_child("loop")
+            assert status.state is ChildState.STOPPED
+            stopped_at = tree.now()
+            await trio.sleep(5)
+            assert child(sup.snapshot(), "loop").state is ChildState.STOPPED
+            assert [t for t in loop.starts if t > stopped_at] == []
+            before = len(loop.starts)
+            nursery.start_soon(sup.start_child, "loop")
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(loop.starts) == before + 1
+        nursery.cancel_scope.cancel()
