@@ -193,6 +193,8 @@ class _Child:
         self.ctx: ChildContext | None = None
         self.scope: trio.CancelScope | None = None
         self.done: trio.Event | None = None
+        #: The start timeout's timer, cancelled once the start settles.
+        self.start_timer: trio.CancelScope | None = None
         #: Run by the loop once the current start settles (ready, ended, or stopped).
         self.on_settled: list[_Then] = []
         #: Run by the loop once the current stop ladder is done.
@@ -544,6 +546,9 @@ class Supervisor:
             reply.send(self._status_of(child))
 
     def _settle(self, child: _Child) -> None:
+        if child.start_timer is not None:
+            child.start_timer.cancel()
+            child.start_timer = None
         waiting, child.on_settled = child.on_settled, []
         for then in waiting:
             then()
@@ -783,14 +788,21 @@ class Supervisor:
         child.scope = trio.CancelScope(shield=True)
         self._nursery.start_soon(self._run_child, child, child.generation, self._mailbox)
         if child.spec.start_timeout is not None:
+            child.start_timer = trio.CancelScope()
             self._nursery.start_soon(
-                self._start_timer, child, child.generation, child.spec.start_timeout
+                self._start_timer,
+                child.start_timer,
+                _StartTimedOut(child, child.generation),
+                child.spec.start_timeout,
             )
 
-    async def _start_timer(self, child: _Child, generation: int, timeout: float) -> None:
-        await trio.sleep(timeout)
-        assert self._mailbox is not None
-        self._mailbox.put_internal(_StartTimedOut(child, generation))
+    async def _start_timer(
+        self, scope: trio.CancelScope, notice: _StartTimedOut, timeout: float
+    ) -> None:
+        with scope:
+            await trio.sleep(timeout)
+            assert self._mailbox is not None
+            self._mailbox.put_internal(notice)
 
     async def _run_child(self, child: _Child, generation: int, mailbox: Mailbox[_Message]) -> None:
         ctx, scope, done = child.ctx, child.scope, child.done
