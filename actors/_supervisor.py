@@ -591,10 +591,17 @@ class Supervisor:
         child.generation += 1
         child.set_state(ChildState.STOPPED)
         self._publish(ChildStopped(source=self._child_path(child), child=child.spec.name))
-        self._settle(child)
+        # Those waiting for the start that was cut short hear after what follows the stop was
+        # decided (a restart in backoff, say); a start launched by a continuation has its own.
+        if child.start_timer is not None:
+            child.start_timer.cancel()
+            child.start_timer = None
+        waiting, child.on_settled = child.on_settled, []
         continuations, child.after_stop = child.after_stop, []
         for then in continuations:
             then()
+        for settled in waiting:
+            settled()
 
     def _after_start_timeout(self, child: _Child) -> _Then:
         timeout = child.spec.start_timeout

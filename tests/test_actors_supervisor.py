@@ -1381,3 +1381,25 @@ async def test_a_stop_sticks_until_a_start(
             await trio.testing.wait_all_tasks_blocked()
             assert len(loop.starts) == before + 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_start_that_times_out_answers_with_the_state_decided_after_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tree = Tree()
+    never = tree.worker("never", then=Life(ready_after=None))
+    sup = tree.supervisor(
+        "sup",
+        [never.spec(start_timeout=1, backoff=Backoff(initial_delay=5, jitter=0))],
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sup.run)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (await sup.stop_child("never")).state is ChildState.STOPPED
+        start = tree.now()
+        status = await sup.start_child("never")
+        assert tree.now() - start == 1
+        assert status.state is ChildState.BACKOFF
+        assert status.last_exit is not None
+        assert status.last_exit.reason == "start_timeout"
+        nursery.cancel_scope.cancel()
