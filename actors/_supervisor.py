@@ -512,7 +512,10 @@ class Supervisor:
                     self._launch(child)
                 self._reply_when_settled(child, command.reply)
 
-            self._begin_stop(child, "restart", start)  # only waits for a stop under way
+            if child.state is ChildState.STOPPING:
+                child.after_stop.append(start)  # once the stop under way is done
+            else:
+                start()
         elif isinstance(command, StopChild):
             child.held = True
             child.pending = None

@@ -1403,3 +1403,28 @@ async def test_a_start_that_times_out_answers_with_the_state_decided_after_it(
         assert status.last_exit is not None
         assert status.last_exit.reason == "start_timeout"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_start_during_a_slow_stop_waits_for_it_then_starts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tree = Tree()
+    slow = tree.worker("slow", Life(cleanup=4), then=Life(ready_after=1))
+    sup = tree.supervisor("sup", [slow.spec(shutdown_timeout=10)])
+    answered: list[tuple[str, float, ChildState]] = []
+
+    async def act(name: str, command: Any) -> None:
+        status = await command("slow")
+        answered.append((name, tree.now(), status.state))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        nursery.start_soon(act, "stop", sup.stop_child)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(act, "start", sup.start_child)
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert answered == [("stop", 4, ChildState.STOPPED), ("start", 5, ChildState.RUNNING)]
+    assert slow.starts == [0, 4]
+    # One stop, no spurious second one for the start (the last is the test's own shutdown).
+    assert [t for t, _, _ in tree.rec.steps("child_stopped")][:-1] == [4]
