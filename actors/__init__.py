@@ -3,6 +3,10 @@
 It knows nothing of what its actors do: processes, HTTP and secrets belong to its users.
 """
 
+from ._actor import NO_REPLY as NO_REPLY
+from ._actor import Actor as Actor
+from ._actor import ActorStopped as ActorStopped
+from ._actor import Refuse as Refuse
 from ._backoff import Backoff as Backoff
 from ._backoff import Intensity as Intensity
 from ._backoff import RestartWindow as RestartWindow
@@ -11,6 +15,8 @@ from ._bus import EventBus as EventBus
 from ._bus import SubscriberLagged as SubscriberLagged
 from ._bus import Subscription as Subscription
 from ._event import Event as Event
+from ._exit import ExitInfo as ExitInfo
+from ._exit import ExitReason as ExitReason
 from ._lifecycle import ChildAdded as ChildAdded
 from ._lifecycle import ChildExited as ChildExited
 from ._lifecycle import ChildGaveUp as ChildGaveUp
@@ -21,15 +27,20 @@ from ._lifecycle import ChildStopped as ChildStopped
 from ._lifecycle import ChildStopping as ChildStopping
 from ._lifecycle import RestartScheduled as RestartScheduled
 from ._lifecycle import SupervisorEscalated as SupervisorEscalated
-from ._mailbox import ActorRef as ActorRef
+from ._mailbox import ActorError as ActorError
+from ._mailbox import ActorExited as ActorExited
+from ._mailbox import ActorNotFound as ActorNotFound
 from ._mailbox import CallTimeout as CallTimeout
 from ._mailbox import Mailbox as Mailbox
 from ._mailbox import MailboxFull as MailboxFull
+from ._mailbox import MailboxStatistics as MailboxStatistics
 from ._mailbox import Reply as Reply
+from ._registry import ActorRef as ActorRef
+from ._registry import PathTaken as PathTaken
+from ._registry import Registry as Registry
 from ._spec import ChildContext as ChildContext
 from ._spec import ChildSpec as ChildSpec
 from ._spec import ChildState as ChildState
-from ._spec import ExitInfo as ExitInfo
 from ._spec import NodeStatus as NodeStatus
 from ._spec import Restart as Restart
 from ._spec import StartFunction as StartFunction

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import attrs
 
 from ._event import Event
+from ._exit import ExitReason
 
 
 @attrs.frozen(kw_only=True)
@@ -22,9 +23,11 @@ class ChildStarted(Event):
 class ChildExited(Event):
     kind: ClassVar[str] = "child_exited"
     child: str
-    reason: str
+    reason: ExitReason
     abnormal: bool
     error: str | None = None
+    #: For ``reason == "shutdown"``: who stopped it (``stop``, ``restart``, ``sibling``...).
+    shutdown: str | None = None
     details: Mapping[str, Any] = attrs.field(factory=dict)
 
 

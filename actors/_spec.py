@@ -12,6 +12,7 @@ import trio
 
 from ._backoff import Backoff, Intensity
 from ._event import Event
+from ._exit import ExitInfo
 
 
 class Restart(enum.Enum):
@@ -30,16 +31,6 @@ class ChildState(enum.Enum):
     STOPPED = "stopped"
     EXITED = "exited"
     FATAL = "fatal"
-
-
-@attrs.frozen(kw_only=True)
-class ExitInfo:
-    """Why a child's task ended."""
-
-    reason: str  # normal | error | shutdown | killed | start_timeout
-    abnormal: bool
-    error: str | None = None
-    details: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen(kw_only=True)
@@ -134,24 +125,41 @@ class StartFunction(Protocol):
 
 @attrs.frozen(kw_only=True)
 class ChildSpec:
-    """How to run one child.
+    """How to run one child (OTP's child specification), field by field.
 
     ``start(ctx, task_status=...)`` runs the child for one incarnation and calls
-    ``task_status.started()`` once it is really ready. Returning means a normal exit; raising, an
-    abnormal one. It is stopped by cancellation; cleanup that must finish goes in
-    ``ctx.cleanup_scope()``, and is cut after ``shutdown_timeout``.
+    ``task_status.started(info)`` once it is really ready. Returning means a normal exit; raising,
+    an abnormal one. It is stopped by cancellation; cleanup that must finish goes in
+    ``ctx.cleanup_scope()``, and is cut after ``shutdown_timeout``. The start and the stop run in
+    the child's own task: however long they take, the supervisor keeps handling its mailbox.
     """
 
+    #: Unique among its siblings; the child's path is ``<supervisor path>/<name>``.
     name: str
+    #: Runs one incarnation (see above). An ``Actor``'s ``run`` or a ``Supervisor``'s ``run`` fit.
     start: StartFunction
+    #: When an ended child is started again: ``PERMANENT`` always, ``TRANSIENT`` after an abnormal
+    #: exit only, ``TEMPORARY`` never.
     restart: Restart = Restart.PERMANENT
+    #: Seconds from the stop's cancellation until its cleanup (``ctx.cleanup_scope``) is cut short
+    #: (OTP's ``shutdown``). The stop waits in the child's task, never in the supervisor's loop.
     shutdown_timeout: float = 5.0
+    #: Seconds to report ready (``task_status.started``); past it the child is stopped and its
+    #: exit counts as abnormal (``start_timeout``). ``None``: wait as long as it takes.
     start_timeout: float | None = None
+    #: The delay before each restart after an unwanted exit, growing with consecutive failures.
     backoff: Backoff = Backoff()
-    #: Per-child intensity: beyond it the child is given up on (state ``fatal``).
+    #: This child's own restart intensity: more restarts than ``max_restarts`` in ``window``
+    #: seconds and the child is given up on alone (state ``fatal``); its siblings are untouched.
+    #: ``None``: its restarts count toward the supervisor's intensity instead (OTP's rule), which
+    #: stops every child and escalates when exceeded.
     intensity: Intensity | None = None
-    #: When a significant child ends for good, its supervisor stops and escalates.
-    significant: bool = False
+    #: When a critical child ends for good (gives up, or ends without being restarted), its
+    #: supervisor stops and escalates a final ``Escalation``: nothing above restarts it. (OTP's
+    #: ``significant`` applies to transient/temporary children with auto-shutdown only; this is the
+    #: notion "the whole tree depends on it", valid with any restart type.)
+    critical: bool = False
+    #: ``worker`` or ``supervisor``, shown in the status snapshot.
     kind: str = "worker"
     #: For a nested supervisor: how to read its children's status.
     children: Callable[[], Sequence[NodeStatus]] | None = None

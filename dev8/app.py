@@ -248,7 +248,7 @@ class Dev8:
         if self.secrets is not None:
             children.append(self.secrets.child_spec())
         children += [
-            attrs.evolve(self.services.child_spec(significant=True), start=self._start_services),
+            attrs.evolve(self.services.child_spec(critical=True), start=self._start_services),
             self.probers.child_spec(),
             make_tracker_spec(self.connections, interval=config.connections.interval),
             make_sampler_spec(

@@ -24,7 +24,7 @@ import trio
 
 import dev8
 from actors import (
-    CallTimeout,
+    ActorError,
     ChildGaveUp,
     ChildStarted,
     ChildState,
@@ -399,7 +399,7 @@ class Control:
             raise NotAvailable("reload needs dev8 to run from a config file")
         try:
             result = await self.hooks.reload()
-        except CallTimeout:
+        except ActorError:  # too slow to take it, its mailbox full, or between restarts
             raise ActionFailed(
                 503,
                 documents.error_document(

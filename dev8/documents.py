@@ -214,12 +214,13 @@ class ExitDetails:
 class ExitDocument:
     """Why a child's last incarnation ended."""
 
-    reason: str = attrs.field(
-        metadata=_doc("normal, error, shutdown, killed, start_timeout, escalated, ...")
-    )
+    reason: str = attrs.field(metadata=_doc("normal, shutdown, error, start_timeout, escalated"))
     abnormal: bool
     error: str | None
     details: ExitDetails
+    shutdown: str | None = attrs.field(
+        default=None, metadata=_doc("who stopped it (stop, restart, probe, ...) for a shutdown")
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -544,10 +545,11 @@ def exit_document(info: ExitInfo | None) -> ExitDocument | None:
         return None
     details = info.details
     return ExitDocument(
-        reason=info.reason,
+        reason=info.reason.value,
         abnormal=info.abnormal,
         error=info.error,
         details=exit_details(details),
+        shutdown=info.shutdown,
     )
 
 
@@ -909,6 +911,8 @@ class Schemas:
             return dict(_SCALARS[tp])
         if attrs.has(tp):
             return self.document(tp)
+        if isinstance(tp, type) and issubclass(tp, enum.Enum):
+            return {"type": "string", "enum": [member.value for member in tp]}
         origin = typing.get_origin(tp)
         args = typing.get_args(tp)
         if origin in (typing.Union, types.UnionType):

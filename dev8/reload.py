@@ -151,7 +151,6 @@ class Reloader:
         self._apply = apply
         self._load = load
         self._mailbox: Mailbox[Reload] = Mailbox("reloader", MAILBOX_CAPACITY)
-        self.ref = self._mailbox.ref
         #: The config in effect once every accepted reload is applied.
         self._target = current
         #: The config the last finished pass left in effect.
@@ -163,7 +162,7 @@ class Reloader:
 
     async def reload(self, *, timeout: float) -> ReloadAccepted:
         """Ask for a reload; answered once the file is read and checked, not once applied."""
-        return await self.ref.call(lambda reply: Reload(reply=reply), timeout=timeout)
+        return await self._mailbox.call(lambda reply: Reload(reply=reply), timeout=timeout)
 
     def status(self) -> Mapping[str, Any]:
         return {

@@ -139,7 +139,7 @@ class ServiceFactory:
             start_timeout=service.start_timeout,
             backoff=backoff_of(service.backoff),
             intensity=intensity_of(service.intensity),
-            significant=service.critical,
+            critical=service.critical,
         )
 
     def _output(self, name: str, *, sshd: bool) -> OutputRing:

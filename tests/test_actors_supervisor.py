@@ -365,7 +365,7 @@ async def test_strategies(
         else:
             assert node.restarts == 0
     stopped_siblings = [
-        (e.child, e.reason) for e in tree.rec.events(ChildExited) if e.reason == "sibling"
+        (e.child, e.shutdown) for e in tree.rec.events(ChildExited) if e.shutdown == "sibling"
     ]
     assert stopped_siblings == [
         (name, "sibling") for _, name, what in after_crash if what == "cancelled"
@@ -485,18 +485,18 @@ async def test_intensity_window_slides(autojump_clock: trio.testing.MockClock) -
 
 
 @pytest.mark.parametrize("restart", [Restart.TEMPORARY, Restart.TRANSIENT])
-async def test_significant_child_ending_escalates_finally(
+async def test_critical_child_ending_escalates_finally(
     autojump_clock: trio.testing.MockClock, restart: Restart
 ) -> None:
     tree = Tree()
     main = tree.worker("main", Life(run_for=2, ends="return"))
     other = tree.worker("other")
-    sup = tree.supervisor("sup", [other.spec(), main.spec(restart=restart, significant=True)])
+    sup = tree.supervisor("sup", [other.spec(), main.spec(restart=restart, critical=True)])
     with pytest.raises(Escalation) as raised:
         await sup.run()
     assert tree.now() == 2
     assert (raised.value.reason, raised.value.child, raised.value.final) == (
-        "significant child ended",
+        "critical child ended",
         "main",
         True,
     )
@@ -504,30 +504,30 @@ async def test_significant_child_ending_escalates_finally(
     assert sup.snapshot().state is ChildState.FATAL
 
 
-async def test_significant_child_that_gives_up_escalates_finally(
+async def test_critical_child_that_gives_up_escalates_finally(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     tree = Tree()
     main = tree.worker("main", then=Life(run_for=1))
     sup = tree.supervisor(
-        "sup", [main.spec(significant=True, intensity=Intensity(max_restarts=1, window=10))]
+        "sup", [main.spec(critical=True, intensity=Intensity(max_restarts=1, window=10))]
     )
     with pytest.raises(Escalation) as raised:
         await sup.run()
     assert tree.now() == 2
-    assert (raised.value.reason, raised.value.final) == ("significant child gave up", True)
+    assert (raised.value.reason, raised.value.final) == ("critical child gave up", True)
     assert tree.rec.steps("child_gave_up", "supervisor_escalated") == [
         (2, "child_gave_up", "main"),
         (2, "supervisor_escalated", "main"),
     ]
 
 
-async def test_a_significant_child_that_is_restarted_does_not_escalate(
+async def test_a_critical_child_that_is_restarted_does_not_escalate(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     tree = Tree()
     main = tree.worker("main", Life(run_for=1))
-    sup = tree.supervisor("sup", [main.spec(restart=Restart.TRANSIENT, significant=True)])
+    sup = tree.supervisor("sup", [main.spec(restart=Restart.TRANSIENT, critical=True)])
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
         await trio.sleep(3)
@@ -626,17 +626,17 @@ async def test_nested_supervisor_is_restarted_by_its_parent_and_shows_in_the_sna
     ]
 
 
-@pytest.mark.parametrize("significant", [False, True])
+@pytest.mark.parametrize("critical", [False, True])
 async def test_final_escalation_of_a_nested_supervisor_is_not_restarted(
-    autojump_clock: trio.testing.MockClock, significant: bool
+    autojump_clock: trio.testing.MockClock, critical: bool
 ) -> None:
     tree = Tree()
     job = tree.worker("job", Life(run_for=1, ends="return"))
-    inner = tree.supervisor("inner", [job.spec(restart=Restart.TEMPORARY, significant=True)])
+    inner = tree.supervisor("inner", [job.spec(restart=Restart.TEMPORARY, critical=True)])
     other = tree.worker("other")
-    outer = tree.supervisor("outer", [inner.child_spec(significant=significant), other.spec()])
+    outer = tree.supervisor("outer", [inner.child_spec(critical=critical), other.spec()])
     async with trio.open_nursery() as nursery:
-        if significant:
+        if critical:
             with pytest.raises(Escalation) as raised:
                 await outer.run()
             assert raised.value.final
@@ -688,9 +688,10 @@ async def test_a_child_raising_during_start_is_restarted_and_the_supervisor_live
     assert flaky.starts == [0, 1.5]
     assert nxt.starts == [0.5]
     assert tree.rec.steps("child_exited", "restart_scheduled", "child_started")[:4] == [
+        # The exit is decided at once (the restart scheduled), while "next" starts in its task.
         (0.5, "child_exited", "flaky"),
-        (0.5, "child_started", "next"),
         (0.5, "restart_scheduled", "flaky"),
+        (0.5, "child_started", "next"),
         (1.5, "child_started", "flaky"),
     ]
 
@@ -777,9 +778,9 @@ async def test_a_child_hanging_in_shutdown_is_killed_at_its_shutdown_timeout(
     ]
     killed = tree.rec.events(ChildKilled)
     assert [(k.child, k.shutdown_timeout) for k in killed] == [("hang", 3)]
-    assert [(e.child, e.reason) for e in tree.rec.events(ChildExited)] == [
-        ("hang", "stop"),
-        ("tidy", "stop"),
+    assert [(e.child, e.reason, e.shutdown) for e in tree.rec.events(ChildExited)] == [
+        ("hang", "shutdown", "stop"),
+        ("tidy", "shutdown", "stop"),
     ]
 
 
@@ -1012,9 +1013,9 @@ async def test_restart_child_with_a_reason_counts_against_intensity(
         assert status.state is ChildState.FATAL
         nursery.cancel_scope.cancel()
     assert w.starts == [0, 2]
-    assert [(e.reason, e.abnormal) for e in tree.rec.events(ChildExited)] == [
-        ("unhealthy", False),
-        ("unhealthy", False),
+    assert [(e.reason, e.shutdown, e.abnormal) for e in tree.rec.events(ChildExited)] == [
+        ("shutdown", "unhealthy", False),
+        ("shutdown", "unhealthy", False),
     ]
     assert [(s.reason, s.delay) for s in tree.rec.events(RestartScheduled)] == [("unhealthy", 2.0)]
     assert tree.rec.steps("child_gave_up") == [(3, "child_gave_up", "w")]
@@ -1188,3 +1189,215 @@ async def test_crash_child_fails_the_child_as_if_it_raised(
         nursery.cancel_scope.cancel()
     exited = [data for kind, data in kinds if kind == "child_exited"]
     assert exited[0]["abnormal"] is True
+
+
+# -- one loop, no lock: slow stops and starts run in the child's own task -------------------------
+
+
+def restart_delays(tree: Tree, name: str) -> list[float]:
+    """For each restart of ``name``: the time from its exit to its next start."""
+    exits = [t for t, kind, who in tree.rec.steps("child_exited", child=name)]
+    starts = [t for t, who, what in tree.journal if who == name and what == "start"][1:]
+    return [round(start - exit_, 6) for exit_, start in zip(exits, starts, strict=False)]
+
+
+async def test_a_crash_is_restarted_within_its_backoff_while_a_sibling_takes_10s_to_stop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tree = Tree()
+    slow = tree.worker("slow", then=Life(cleanup=10))
+    flaky = tree.worker("flaky", then=Life(run_for=1))
+    steady = tree.worker("steady")
+    sup = tree.supervisor(
+        "sup",
+        [
+            slow.spec(shutdown_timeout=15),
+            flaky.spec(backoff=Backoff(initial_delay=0.1, min_delay=0.1, max_delay=0.1, jitter=0)),
+            steady.spec(),
+        ],
+    )
+    answered: dict[str, float] = {}
+
+    async def stop_slow() -> None:
+        status = await sup.stop_child("slow")
+        answered["slow"] = tree.now()
+        assert status.state is ChildState.STOPPED
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        await trio.sleep(0.5)
+        nursery.start_soon(stop_slow)
+        await trio.sleep(2.5)
+        # An unrelated restart is answered at once, while "slow" is still stopping.
+        assert sup.snapshot().children[0].state is ChildState.STOPPING
+        status = await sup.restart_child("steady")
+        answered["steady"] = tree.now()
+        assert status.state is ChildState.RUNNING
+        await trio.sleep(9)
+        snap = sup.snapshot()
+        nursery.cancel_scope.cancel()
+    assert answered == {"steady": 3.0, "slow": 10.5}
+    assert tree.of("slow")[-2:] == [(0.5, "cancelled"), (10.5, "cleaned")]
+    # "flaky" crashed every second and was restarted 0.1 s later each time, all through the
+    # 10 s that "slow" took to stop.
+    flaky_starts = [t for t, what in tree.of("flaky") if what == "start"]
+    assert len([t for t in flaky_starts if 0.5 < t < 10.5]) == 9
+    assert set(restart_delays(tree, "flaky")) == {0.1}
+    assert states(snap)["slow"] == "stopped"
+    assert states(snap)["steady"] == "running"
+    assert steady.starts == [0, 3.0]
+
+
+async def test_a_crash_is_restarted_within_its_backoff_while_a_sibling_takes_8_6s_to_start(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tree = Tree()
+    flaky = tree.worker("flaky", then=Life(run_for=0.5))
+    steady = tree.worker("steady")
+    slow = tree.worker("slow", then=Life(ready_after=8.6))
+    sup = tree.supervisor(
+        "sup",
+        [
+            flaky.spec(
+                backoff=Backoff(initial_delay=0.1, min_delay=0.1, max_delay=0.2, factor=2, jitter=0)
+            ),
+            steady.spec(),
+        ],
+    )
+    answered: dict[str, float] = {}
+
+    async def add_slow() -> None:
+        status = await sup.add_child(slow.spec(start_timeout=30))
+        answered["slow"] = tree.now()
+        assert status.state is ChildState.RUNNING
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        nursery.start_soon(add_slow)
+        await trio.sleep(4)
+        status = await sup.restart_child("steady")
+        answered["steady"] = tree.now()
+        assert status.state is ChildState.RUNNING
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert answered == {"steady": 4.0, "slow": 8.6}
+    flaky_starts = [t for t, what in tree.of("flaky") if what == "start"]
+    # Started at 0, then every 0.5 s run + 0.1, 0.2, 0.2 ... backoff: never held up by "slow".
+    during_slow_start = [t for t in flaky_starts if 0 < t < 8.6]
+    assert len(during_slow_start) >= 10
+    assert set(restart_delays(tree, "flaky")) <= {0.1, 0.2}
+    assert steady.starts == [0, 4.0]
+
+
+async def test_a_non_critical_child_over_its_intensity_is_fatal_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Twenty crash-looping children each give up alone: the supervisor's own (small) intensity
+    counts only children without one of their own, so it never trips, and the steady child is
+    never restarted."""
+    tree = Tree()
+    bad = [tree.worker(f"bad{n}", then=Life(run_for=0.1)) for n in range(20)]
+    steady = tree.worker("steady")
+    sup = tree.supervisor(
+        "sup",
+        [
+            *(
+                b.spec(
+                    intensity=Intensity(max_restarts=5, window=60),
+                    backoff=Backoff(min_delay=0.1, max_delay=0.1, jitter=0),
+                )
+                for b in bad
+            ),
+            steady.spec(),
+        ],
+        intensity=Intensity(max_restarts=2, window=60),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        await trio.sleep(30)
+        snap = sup.snapshot()
+        nursery.cancel_scope.cancel()
+    assert snap.state is ChildState.RUNNING
+    assert states(snap) == {**{b.name: "fatal" for b in bad}, "steady": "running"}
+    assert all(child(snap, b.name).restarts == 5 for b in bad)
+    assert steady.starts == [0]
+    assert child(snap, "steady").restarts == 0
+    assert sorted(e.child for e in tree.rec.events(ChildGaveUp)) == sorted(b.name for b in bad)
+    assert tree.rec.events(SupervisorEscalated) == []
+
+
+@pytest.mark.parametrize("starting", [False, True])
+async def test_a_stop_sticks_until_a_start(
+    autojump_clock: trio.testing.MockClock, starting: bool
+) -> None:
+    """Stopping a crash-looping child (or one that never gets ready) keeps it stopped: no pending
+    backoff, start timeout or group restart brings it back; a start does."""
+    tree = Tree()
+    life = Life(ready_after=None) if starting else Life(run_for=0.3)
+    loop = tree.worker("loop", then=life)
+    sup = tree.supervisor(
+        "sup",
+        [loop.spec(start_timeout=1, backoff=Backoff(min_delay=0.5, max_delay=0.5, jitter=0))],
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run) if not starting else nursery.start_soon(sup.run)
+        for _ in range(5):
+            await trio.sleep(0.35)
+            status = await sup.stop_child("loop")
+            assert status.state is ChildState.STOPPED
+            stopped_at = tree.now()
+            await trio.sleep(5)
+            assert child(sup.snapshot(), "loop").state is ChildState.STOPPED
+            assert [t for t in loop.starts if t > stopped_at] == []
+            before = len(loop.starts)
+            nursery.start_soon(sup.start_child, "loop")
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(loop.starts) == before + 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_start_that_times_out_answers_with_the_state_decided_after_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tree = Tree()
+    never = tree.worker("never", then=Life(ready_after=None))
+    sup = tree.supervisor(
+        "sup",
+        [never.spec(start_timeout=1, backoff=Backoff(initial_delay=5, jitter=0))],
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sup.run)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (await sup.stop_child("never")).state is ChildState.STOPPED
+        start = tree.now()
+        status = await sup.start_child("never")
+        assert tree.now() - start == 1
+        assert status.state is ChildState.BACKOFF
+        assert status.last_exit is not None
+        assert status.last_exit.reason == "start_timeout"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_start_during_a_slow_stop_waits_for_it_then_starts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tree = Tree()
+    slow = tree.worker("slow", Life(cleanup=4), then=Life(ready_after=1))
+    sup = tree.supervisor("sup", [slow.spec(shutdown_timeout=10)])
+    answered: list[tuple[str, float, ChildState]] = []
+
+    async def act(name: str, command: Any) -> None:
+        status = await command("slow")
+        answered.append((name, tree.now(), status.state))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        nursery.start_soon(act, "stop", sup.stop_child)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(act, "start", sup.start_child)
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert answered == [("stop", 4, ChildState.STOPPED), ("start", 5, ChildState.RUNNING)]
+    assert slow.starts == [0, 4]
+    # One stop, no spurious second one for the start (the last is the test's own shutdown).
+    assert [t for t, _, _ in tree.rec.steps("child_stopped")][:-1] == [4]

@@ -469,7 +469,7 @@ async def test_a_hung_service_is_restarted_by_its_liveness_probe(
             assert event["data"]["detail"] == "timed out after 0.3 s"
         assert failed["data"]["failures"] == 2
         assert scheduled["data"]["reason"] == "probe"
-        assert exited["data"]["reason"] == "probe"
+        assert (exited["data"]["reason"], exited["data"]["shutdown"]) == ("shutdown", "probe")
         assert started["data"]["info"]["pid"] != old_pid
         assert not pid_alive(old_pid)  # a hung process is stopped, not left behind
         node = (await run.status())["services"]["hung"]

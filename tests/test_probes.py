@@ -319,7 +319,7 @@ async def test_never_ready_is_a_failed_start_and_a_critical_one_ends_the_tree() 
         probe,
         own,
         start_timeout=0.6,
-        significant=True,
+        critical=True,
         intensity=Intensity(max_restarts=0, window=60.0),
     )
     services = Supervisor("services", [spec], bus=bus)

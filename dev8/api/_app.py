@@ -14,6 +14,8 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from actors import ActorError
+
 from .. import documents
 from ..config import ConfigError
 from ..control import ActionFailed, Control, NotAvailable, UnknownService
@@ -153,6 +155,12 @@ def _register_errors(app: QuartTrio) -> None:
             if name.lower() != "content-type":
                 response.headers[name] = value  # Allow on a 405 (RFC 9110)
         return response
+
+    @app.errorhandler(ActorError)
+    async def actor_unavailable(error: ActorError) -> Response:
+        # An actor between restarts, with a full mailbox or too slow to answer: try again.
+        log.warning("api_actor_unavailable: %s %s: %s", request.method, request.path, error)
+        return error_response(503, "actor_unavailable", str(error))
 
     @app.errorhandler(Exception)
     async def internal_error(error: Exception) -> Response:

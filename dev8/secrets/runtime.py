@@ -91,7 +91,7 @@ class Secrets:
             shutdown_timeout=5.0,
             backoff=Backoff(initial_delay=1.0, min_delay=2.0, max_delay=60.0, reset_after=60.0),
             intensity=Intensity(max_restarts=5, window=600.0),
-            significant=False,
+            critical=False,
         )
 
     async def get(self, name: str) -> str | None:

@@ -44,6 +44,7 @@ S: frozenset[str] = frozenset({SLOW})
 
 #: Test module (file name without .py) -> the kinds of its tests.
 MODULES: dict[str, frozenset[str]] = {
+    "test_actors_actor": U,
     "test_actors_backoff": U,
     "test_actors_bus": U,
     "test_actors_mailbox": U,
@@ -97,6 +98,7 @@ MODULES: dict[str, frozenset[str]] = {
     "test_security": ER,
     "test_sshd": RS,
     "test_storage": R,
+    "test_supervision_faults": E,
     "test_test_kinds": U,
     "test_webhooks": E,
 }

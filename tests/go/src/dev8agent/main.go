@@ -70,6 +70,7 @@ type Exit struct {
 	Abnormal bool        `json:"abnormal"`
 	Error    *string     `json:"error"`
 	Details  ExitDetails `json:"details"`
+	Shutdown *string     `json:"shutdown"`
 }
 
 type NodeInfo struct {
@@ -287,6 +288,7 @@ type ChildExited struct {
 	Reason   string      `json:"reason"`
 	Abnormal bool        `json:"abnormal"`
 	Error    *string     `json:"error"`
+	Shutdown *string     `json:"shutdown"`
 	Details  ExitDetails `json:"details"`
 }
 
