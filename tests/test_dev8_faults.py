@@ -72,7 +72,9 @@ def life_after(events: EventStream, service: str, seq: int) -> list[str]:
     return [
         event["kind"]
         for event in events.seen
-        if event["seq"] > seq and event["kind"] in LIFE and event["data"].get("child") == service
+        if event["seq"] > seq
+        and event["kind"] in LIFE
+        and event["source"] == f"dev8/services/{service}"  # not its prober (dev8/health/...)
     ]
 
 
