@@ -402,7 +402,8 @@ class Supervisor:
                         child.window.clear()
                     child.consecutive = 0
                     child.pending = None
-                    child.held = False
+                    # ``held`` survives: a stopped child stays stopped across this supervisor's
+                    # own restarts, until a start.
 
                 def booted() -> None:
                     self._set_state(ChildState.RUNNING)
@@ -760,7 +761,7 @@ class Supervisor:
         in a group restart it stops the sequence, and its exit restarts the rest of the group.
         """
         for index, child in enumerate(children):
-            if token is not None and (child.pending != token or child.held):
+            if child.held or (token is not None and child.pending != token):
                 continue
             child.pending = None
             self._launch(child)

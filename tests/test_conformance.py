@@ -356,6 +356,12 @@ async def test_what_an_exited_service_leaves_behind_is_cleared(
         await wait_until(
             lambda: not any(pid_alive(p) for p in leftovers), timeout=5, what="leftovers gone"
         )
+        # Each clearing is logged once its group is gone: the line may trail the kill.
+        await wait_until(
+            lambda: len(dev8.messages("leftovers_killed", stop_timeout=0.5)) >= 3,
+            timeout=10,
+            what="three leftovers_killed lines",
+        )
         assert len(dev8.messages("leftovers_killed", stop_timeout=0.5)) == 3
         assert live_descendants(await dev8.dev8_pid()) == {}
 

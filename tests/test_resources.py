@@ -377,7 +377,7 @@ async def test_sampler_actor_answers_sample_now_and_publishes_crossings(
     ctx = ChildContext(name="top", path="top", attempt=0, publish=bus.publish)
     async with trio.open_nursery() as nursery:
         await nursery.start(supervisor.run, ctx)
-        snapshot = await mailbox.ref.call(SampleNow, timeout=10)
+        snapshot = await mailbox.call(SampleNow, timeout=10)
         nursery.cancel_scope.cancel()
     tree = snapshot["services"]["tree"]
     assert tree["processes"] == 4
