@@ -120,7 +120,10 @@ class AccessPolicy:
         return None
 
 
+UNAUTHORIZED_MESSAGE = "missing or wrong bearer token"
+
+
 def unauthorized() -> Response:
-    response = error_response(401, "unauthorized", "missing or wrong bearer token")
+    response = error_response(401, "unauthorized", UNAUTHORIZED_MESSAGE)
     response.headers["WWW-Authenticate"] = 'Bearer realm="dev8"'
     return response

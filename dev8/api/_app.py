@@ -19,7 +19,7 @@ from ..control import ActionFailed, Control, NotAvailable, UnknownService
 from ._access import PUBLIC_PATHS, AccessPolicy, unauthorized
 from ._chaos import CHAOS_PATHS, register_chaos
 from ._events import EventFeed, stream_events
-from ._front import PolledRoutes
+from ._front import AUTHORIZED_KEY, PolledRoutes
 from ._openapi import openapi_document
 from ._responses import (
     BadParameter,
@@ -79,8 +79,10 @@ def create_app(
         refused = policy.check_host(request.headers)
         if refused is not None:
             return refused
-        if request.path not in PUBLIC_PATHS and not policy.bearer_ok(
-            request.headers.get("Authorization")
+        if (
+            request.path not in PUBLIC_PATHS
+            and not request.scope.get(AUTHORIZED_KEY)  # the front checked it already
+            and not policy.bearer_ok(request.headers.get("Authorization"))
         ):
             return unauthorized()
         return None

@@ -21,8 +21,9 @@ from typing import Any
 import attrs
 import trio
 
+from .. import documents
 from ..control import Control
-from ._access import PROBE_PATHS, AccessPolicy
+from ._access import PROBE_PATHS, PUBLIC_PATHS, UNAUTHORIZED_MESSAGE, AccessPolicy
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -34,6 +35,10 @@ STATUS_REUSE = 0.1
 _JSON = (b"content-type", b"application/json")
 #: Request headers that mean a body follows: such a request is Quart's to read and check.
 _BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect"})
+_UNAUTHORIZED = documents.to_json(documents.error_document("unauthorized", UNAUTHORIZED_MESSAGE))
+_CHALLENGE = (b"www-authenticate", b'Bearer realm="dev8"')
+#: Set in the ASGI scope once this front found the request's bearer token right.
+AUTHORIZED_KEY = "dev8.authorized"
 
 
 class _Headers:
@@ -107,39 +112,86 @@ class ApiFront:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http" and scope["method"] == "GET":
-            answer = self._polled(scope)
+        if kind == "http":
+            answer = self._answer(scope)
             if answer is not None:
-                status, body = answer
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": status,
-                        "headers": [_JSON, (b"content-length", str(len(body)).encode())],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await _send_json(send, *answer)
                 return
         elif kind == "lifespan":
             await _lifespan(receive, send)
             return
         await self.quart(scope, receive, send)
 
-    def _polled(self, scope: Scope) -> tuple[int, bytes] | None:
+    def _answer(self, scope: Scope) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
+        """This front's answer, or None for Quart's. A refusal other than a wrong token (the
+        one an unauthenticated flood earns) is Quart's to give, in the one shape of errors."""
         path = scope["path"]
-        if path != "/status" and path not in PROBE_PATHS:
-            return None
         pairs = scope["headers"]
-        if any(name in _BODY_HEADERS for name, _ in pairs):
-            return None
         headers = _Headers(pairs)
-        # A refusal is Quart's to give (one shape for every error): only a request that passes
-        # is answered here.
         if not self.policy.host_ok(headers):
             return None
-        if path == "/status" and not self.policy.bearer_ok(headers.get("Authorization")):
+        if self.policy.token is not None and path not in PUBLIC_PATHS:
+            # Checked once per request: Quart's check reads the outcome (AUTHORIZED_KEY).
+            authorized = self.policy.bearer_ok(headers.get("Authorization"))
+            if not authorized:
+                return 401, _UNAUTHORIZED, [_CHALLENGE]
+            scope[AUTHORIZED_KEY] = True
+        if path != "/status" and path not in PROBE_PATHS:
             return None
-        return self.polled.answer(path)
+        if scope["method"] != "GET" or any(name in _BODY_HEADERS for name, _ in pairs):
+            return None
+        found = self.polled.answer(path)
+        return None if found is None else (*found, [])
+
+    async def probes(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The probe listener's app (``api.probe_bind``): GET /livez, /readyz, /health only.
+
+        No Host check: the probes reveal nothing private, and the kubelet addresses the pod's IP.
+        """
+        kind = scope["type"]
+        if kind == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if kind != "http":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        path = scope["path"]
+        answer = self.polled.answer(path) if path in PROBE_PATHS else None
+        if answer is None:
+            answer = (
+                404,
+                documents.to_json(
+                    documents.error_document(
+                        "not_found", "this listener serves only /livez, /readyz and /health"
+                    )
+                ),
+            )
+        elif scope["method"] not in ("GET", "HEAD"):
+            answer = (
+                405,
+                documents.to_json(
+                    documents.error_document("method_not_allowed", "the probes are GET only")
+                ),
+            )
+        await _send_json(send, *answer, [], body=scope["method"] != "HEAD")
+
+
+async def _send_json(
+    send: Send,
+    status: int,
+    text: bytes,
+    headers: Iterable[tuple[bytes, bytes]],
+    *,
+    body: bool = True,
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [_JSON, (b"content-length", str(len(text)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": text if body else b""})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
