@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,7 +99,10 @@ def wait_answering(port: int, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("dev8's API never answered")
 
 
-def one_round(work: Path, idle: int, unread: int) -> dict[str, object]:
+@contextlib.contextmanager
+def launch(work: Path, *, probe: bool = True) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
+    """``dev8 run`` with two sleeping services, a token and a probe listener; (process, API
+    port, probe port) once it answers."""
     port, probe_port = free_port(), free_port()
     token_file = work / "token"
     token_file.write_text(TOKEN)
@@ -113,8 +117,8 @@ def one_round(work: Path, idle: int, unread: int) -> dict[str, object]:
                 "workspace": {"dir": str(work), "user": pwd.getpwuid(os.geteuid()).pw_name},
                 "api": {
                     "bind": f"127.0.0.1:{port}",
-                    "probe_bind": f"127.0.0.1:{probe_port}",
                     "token_file": str(token_file),
+                    **({"probe_bind": f"127.0.0.1:{probe_port}"} if probe else {}),
                 },
                 "services": {name: {"command": sleeper} for name in ("a", "b")},
             }
@@ -128,6 +132,15 @@ def one_round(work: Path, idle: int, unread: int) -> dict[str, object]:
     )
     try:
         wait_answering(port, process)
+        yield process, port, probe_port
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+
+
+def one_round(work: Path, idle: int, unread: int) -> dict[str, object]:
+    with launch(work) as (process, port, probe_port):
         cpu_before, rss_before = proc_figures(process.pid)
         began = time.perf_counter()
         held = open_flood(port, idle, unread)
@@ -153,10 +166,6 @@ def one_round(work: Path, idle: int, unread: int) -> dict[str, object]:
             "rss_before_mb": round(rss_before / 1024, 1),
             "rss_during_mb": round(rss_during / 1024, 1),
         }
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
 
 
 def main() -> int:

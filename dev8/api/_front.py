@@ -14,6 +14,7 @@ probes and pollers ever call, do without it. Lifespan is answered here: the app 
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
@@ -108,6 +109,7 @@ class ApiFront:
         """The Quart app, built now if it was not yet."""
         if self._quart is None:
             self._quart = self.build(self.polled)
+            gc.freeze()  # Quart's modules and the app live as long as dev8 (see dev8.app)
         return self._quart
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
