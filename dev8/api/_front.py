@@ -3,8 +3,10 @@
 Probes (/livez, /readyz, /health) and /status are what the kubelet, the agent and dashboards
 poll. They take no parameters and no body, so they need no request object, no routing and no
 request context: answered from dev8's state straight through ASGI, they cost a fraction of a
-Quart request. Everything else, and any of these that is not a plain GET (a HEAD, a body, a
-refused Host or token), goes to the Quart app, which serves every route and gives every error.
+Quart request. A wrong or missing token is answered 401 here too (what an unauthenticated
+flood of requests earns), in the shape Quart's would have. Everything else, and any of these
+that is not a plain GET (a HEAD, a body) or whose Host is refused, goes to the Quart app, which
+serves every route and gives every other error.
 
 Quart (with Flask, Werkzeug and Jinja2: about 14 MB and 0.2 s of imports) is built on the first
 request it is needed for, so start-up to the API answering, and a workspace that only its
