@@ -139,16 +139,16 @@ def launch(work: Path, *, probe: bool = True) -> Iterator[tuple[subprocess.Popen
         process.wait(30)
 
 
-def one_round(work: Path, idle: int, unread: int) -> dict[str, object]:
-    with launch(work) as (process, port, probe_port):
+def one_round(work: Path, idle: int, unread: int, *, probe: bool = True) -> dict[str, object]:
+    with launch(work, probe=probe) as (process, port, probe_port):
         cpu_before, rss_before = proc_figures(process.pid)
         began = time.perf_counter()
         held = open_flood(port, idle, unread)
         opened_s = time.perf_counter() - began
         try:
-            probe_status, probe_ms = get(probe_port, "/health")
+            probe_status, probe_ms = get(probe_port, "/health") if probe else (0, 0.0)
             api_status, api_ms = get(port, "/health")
-            probe_again = get(probe_port, "/health")[1]
+            probe_again = get(probe_port, "/health")[1] if probe else 0.0
             cpu_during, rss_during = proc_figures(process.pid)
         finally:
             for sock in held:
@@ -173,11 +173,21 @@ def main() -> int:
     parser.add_argument("--idle", type=int, default=5000)
     parser.add_argument("--unread", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--no-probe-listener",
+        action="store_true",
+        help="without api.probe_bind (a dev8 that has none: the API's port only)",
+    )
     args = parser.parse_args()
     print(json.dumps({"loadavg": os.getloadavg()}), flush=True)
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="dev8-flood-") as work:
-            print(json.dumps(one_round(Path(work), args.idle, args.unread)), flush=True)
+            print(
+                json.dumps(
+                    one_round(Path(work), args.idle, args.unread, probe=not args.no_probe_listener)
+                ),
+                flush=True,
+            )
     print(json.dumps({"loadavg": os.getloadavg()}), flush=True)
     return 0
 
