@@ -428,7 +428,10 @@ class Dev8:
         catcher = self._signals or SignalCatcher().install()
         try:
             # Bound before the tree starts: a port in use is one error (ApiBindError), raised here.
-            self._api_sockets = await bind_api(str(self.config.api.bind))
+            probe_bind = self.config.api.probe_bind
+            self._api_sockets = await bind_api(
+                str(self.config.api.bind), None if probe_bind is None else str(probe_bind)
+            )
             return await self._run(root_ctx, tree_done, catcher, task_status)
         finally:
             if self._api_sockets is not None:

@@ -622,6 +622,9 @@ class ApiConfig:
     allowed_hosts: tuple[str, ...] = ()
     #: Browser origins (``scheme://host[:port]``) allowed besides the API's own.
     allowed_origins: tuple[str, ...] = ()
+    #: A second listener that serves only /livez, /readyz and /health (no token), for the
+    #: kubelet: a flood of connections to ``bind`` queues behind nothing here. None: off.
+    probe_bind: Bind | None = None
 
 
 @attrs.frozen
@@ -938,9 +941,13 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(Bind, _structure_bind)
     conv.register_structure_hook_func(lambda t: t == tuple[WebhookConfig, ...], _structure_webhooks)
     conv.register_structure_hook(ByteSize, _structure_byte_size)
+    conv.register_structure_hook(
+        Bind | None, lambda v, _t: None if v is None else _structure_bind(v, Bind)
+    )
 
     conv.register_unstructure_hook(signal.Signals, lambda s: s.name)
     conv.register_unstructure_hook(Bind, str)
+    conv.register_unstructure_hook(Bind | None, lambda b: None if b is None else str(b))
     conv.register_unstructure_hook_func(_is_frozenset, sorted)
     conv.register_unstructure_hook_func(lambda t: t == tuple[str, ...], list)
     conv.register_unstructure_hook_func(lambda t: t == tuple[int, ...], list)

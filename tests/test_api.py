@@ -380,3 +380,27 @@ async def test_hundreds_of_subscribers_all_receive_a_burst(api: Api) -> None:
             for _ in range(burst):
                 api.bus.publish(Event(source="test"))
     assert counts == [burst] * subscribers
+
+
+async def test_polled_routes_answer_without_quart_and_as_quart_does(nursery: trio.Nursery) -> None:
+    # The front answers plain GETs of the probes and /status itself; a request with a body header
+    # goes through Quart's route for the same path: both answers are the same bytes and headers.
+    api = await start_api(nursery, token="t0ken")
+    auth = {"Authorization": "Bearer t0ken"}
+    async with httpx.AsyncClient(base_url=api.url) as client:
+        for path in ("/livez", "/readyz", "/health", "/status"):
+            fast = await client.get(path, headers=auth)
+            assert api.app._quart is None, f"{path} built the Quart app"
+            slow = await client.get(path, headers={**auth, "Content-Length": "0"})
+            assert api.app._quart is not None
+            assert (fast.status_code, fast.headers["content-type"]) == (
+                slow.status_code,
+                slow.headers["content-type"],
+            )
+            # Times move on between the two: the same document, key for key.
+            assert fast.json().keys() == slow.json().keys(), path
+            api.app._quart = None
+        # A refusal is Quart's to give: no token on /status is its 401 JSON error.
+        refused = await client.get("/status")
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "unauthorized"

@@ -18,6 +18,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 import trio_websocket
+from support.net import free_port
 from test_api import Api, events_in, start_api
 
 from actors import ChildContext, Event, EventBus
@@ -174,6 +175,33 @@ async def test_the_unix_socket_is_owner_only_replaces_a_stale_one_and_is_removed
     scope.cancel()
     await trio.testing.wait_all_tasks_blocked()
     assert not path.exists()
+
+
+async def test_the_probe_listener_serves_the_probes_only_and_without_a_token(
+    nursery: trio.Nursery,
+) -> None:
+    # api.probe_bind: the kubelet's port, with its own accept loop (benchmarks/flood.py).
+    api = await start_api(nursery, token="s3cret")
+    bound = await bind_api(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+    assert bound.probe is not None
+    ctx = ChildContext(name="api", path="dev8/api", attempt=0, publish=EventBus().publish)
+    started = await nursery.start(serve_api, ctx, api.app, bound)
+    assert started["probeBinds"] == bound.probe.binds
+    async with (
+        httpx.AsyncClient(base_url=bound.probe.binds[0]) as probe,
+        httpx.AsyncClient(base_url=bound.binds[0]) as main,
+    ):
+        for path in ("/livez", "/readyz", "/health"):
+            answer, same = await probe.get(path), await main.get(path)
+            assert answer.status_code == same.status_code, path
+            assert answer.json().keys() == same.json().keys(), path
+        for path in ("/status", "/connections", "/"):
+            refused = await probe.get(path, headers={"Authorization": "Bearer s3cret"})
+            assert refused.status_code == 404, path
+            assert refused.json()["error"]["code"] == "not_found"
+        assert (await probe.post("/health")).status_code == 405
+        assert (await main.get("/status")).status_code == 401
+    bound.close()
 
 
 async def test_a_port_in_use_is_one_clear_error(nursery: trio.Nursery) -> None:

@@ -53,24 +53,26 @@ def test_the_validator_catches_a_mistake() -> None:
         kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
 
 
-def test_probes_hit_dev8s_api_port() -> None:
+def test_probes_hit_dev8s_probe_listener() -> None:
     container = _workspace_container()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"code-server": 8080, "ssh": 2222, "api": 9000}
+    assert ports == {"code-server": 8080, "ssh": 2222, "api": 9000, "probes": 9001}
     config = load_config(CONTAINERS / "supervisor.yaml", environ={})
     assert f":{ports['api']}" in str(config.api.bind)
+    # Its own accept loop: a connection flood on the API's port does not fail liveness.
+    assert f":{ports['probes']}" in str(config.api.probe_bind)
     paths = {
         probe: (container[probe]["httpGet"]["path"], container[probe]["httpGet"]["port"])
         for probe in ("startupProbe", "livenessProbe", "readinessProbe")
     }
     # Liveness never follows a service's state (one stopped on purpose would restart the pod).
     assert paths == {
-        "startupProbe": ("/livez", "api"),
-        "livenessProbe": ("/livez", "api"),
-        "readinessProbe": ("/readyz", "api"),
+        "startupProbe": ("/livez", "probes"),
+        "livenessProbe": ("/livez", "probes"),
+        "readinessProbe": ("/readyz", "probes"),
     }
     healthcheck = (CONTAINERS / "base" / "Dockerfile").read_text()
-    assert '"http://127.0.0.1:9000/livez"' in healthcheck
+    assert '"http://127.0.0.1:9001/livez"' in healthcheck
     # The token comes from the mounted secret file the manifest provides.
     assert config.api.token_file == "/run/secrets/dev8/api-token"
     exposed = re.search(r"^EXPOSE (.+)$", (CONTAINERS / "base" / "Dockerfile").read_text(), re.M)

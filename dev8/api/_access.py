@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
-from quart import Response
 
 from ._responses import error_response
+
+if TYPE_CHECKING:
+    from quart import Response
 
 #: Answer without a token: they reveal nothing private and the kubelet carries none.
 PROBE_PATHS = frozenset({"/livez", "/readyz", "/health"})
@@ -73,12 +75,15 @@ class AccessPolicy:
             return False
         return hmac.compare_digest(value.strip().encode(), self.token.encode())
 
+    def host_ok(self, headers: Headers) -> bool:
+        return self.allowed_hosts is None or (
+            host_name(headers.get("Host") or "") in self.allowed_hosts
+        )
+
     def check_host(self, headers: Headers) -> Response | None:
-        if self.allowed_hosts is None:
+        if self.host_ok(headers):
             return None
         name = host_name(headers.get("Host") or "")
-        if name in self.allowed_hosts:
-            return None
         return error_response(
             403, "forbidden_host", f"this API does not answer to the Host {name!r}"
         )
@@ -115,7 +120,10 @@ class AccessPolicy:
         return None
 
 
+UNAUTHORIZED_MESSAGE = "missing or wrong bearer token"
+
+
 def unauthorized() -> Response:
-    response = error_response(401, "unauthorized", "missing or wrong bearer token")
+    response = error_response(401, "unauthorized", UNAUTHORIZED_MESSAGE)
     response.headers["WWW-Authenticate"] = 'Bearer realm="dev8"'
     return response

@@ -9,7 +9,6 @@ from functools import wraps
 from importlib import resources
 from typing import Any
 
-import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -22,6 +21,7 @@ from ..control import ActionFailed, Control, NotAvailable, UnknownService
 from ._access import PUBLIC_PATHS, AccessPolicy, unauthorized
 from ._chaos import CHAOS_PATHS, register_chaos
 from ._events import EventFeed, stream_events
+from ._front import AUTHORIZED_KEY, PolledRoutes
 from ._openapi import openapi_document
 from ._responses import (
     BadParameter,
@@ -37,8 +37,6 @@ MAX_LOG_LINES = 1000
 MAX_BODY = 64 * 1024
 #: A request body must have arrived within this long.
 BODY_TIMEOUT = 10.0
-#: How long a rendered /status may be served again when no event happened meanwhile.
-STATUS_REUSE = 0.1
 
 Handler = Callable[..., Awaitable[Response]]
 
@@ -57,6 +55,7 @@ def create_app(
     chaos: bool = False,
     allowed_hosts: Iterable[str] | None = None,
     allowed_origins: Iterable[str] = (),
+    polled: PolledRoutes | None = None,
 ) -> QuartTrio:
     """Build the app.
 
@@ -82,8 +81,10 @@ def create_app(
         refused = policy.check_host(request.headers)
         if refused is not None:
             return refused
-        if request.path not in PUBLIC_PATHS and not policy.bearer_ok(
-            request.headers.get("Authorization")
+        if (
+            request.path not in PUBLIC_PATHS
+            and not request.scope.get(AUTHORIZED_KEY)  # the front checked it already
+            and not policy.bearer_ok(request.headers.get("Authorization"))
         ):
             return unauthorized()
         return None
@@ -109,7 +110,7 @@ def create_app(
         return wrapper
 
     _register_errors(app)
-    _register_reads(app, control, chaos=chaos)
+    _register_reads(app, control, polled or PolledRoutes(control), chaos=chaos)
     _register_actions(app, control, guarded)
     if chaos:  # fault injection, for test rigs only (config: chaos.enabled)
         register_chaos(app, control, guarded)
@@ -168,7 +169,9 @@ def _register_errors(app: QuartTrio) -> None:
         return error_response(500, "internal_error", "the handler failed; see dev8's log")
 
 
-def _register_reads(app: QuartTrio, control: Control, *, chaos: bool = False) -> None:
+def _register_reads(
+    app: QuartTrio, control: Control, polled: PolledRoutes, *, chaos: bool = False
+) -> None:
     """Read-only endpoints."""
     registry: Any = None
 
@@ -190,41 +193,24 @@ def _register_reads(app: QuartTrio, control: Control, *, chaos: bool = False) ->
             openapi_text = json.dumps(document)
         return json_text_response(openapi_text)
 
-    @app.get("/livez")
-    async def livez() -> Response:
-        alive, body = control.liveness()
-        return json_response(body, 200 if alive else 503)
+    def polled_route(path: str) -> None:
+        async def answer() -> Response:
+            found = polled.answer(path)
+            assert found is not None
+            return json_text_response(found[1], found[0])
 
-    @app.get("/readyz")
-    async def readyz() -> Response:
-        is_ready, body = control.readyz()
-        return json_response(body, 200 if is_ready else 503)
+        app.add_url_rule(path, path.strip("/"), answer, methods=["GET"])
 
-    @app.get("/health")
-    async def health() -> Response:
-        healthy, body = control.health()
-        return json_response(body, 200 if healthy else 503)
+    # Also answered by the front (``dev8.api._front``) without Quart when a plain GET.
+    for path in ("/livez", "/readyz", "/health"):
+        polled_route(path)
 
     @app.get("/ready")
     async def ready() -> Response:
         is_ready, body = control.ready()
         return json_response(body, 200 if is_ready else 503)
 
-    rendered: tuple[int, float, str] | None = None
-
-    @app.get("/status")
-    async def status() -> Response:
-        # Agents and dashboards poll this: the body is rendered again only once something
-        # happened (an event) or STATUS_REUSE seconds went by (uptime, probe timings).
-        nonlocal rendered
-        now = trio.current_time()
-        if (
-            rendered is None
-            or rendered[0] != control.bus.last_seq
-            or now - rendered[1] > STATUS_REUSE
-        ):
-            rendered = (control.bus.last_seq, now, json.dumps(control.status()))
-        return json_text_response(rendered[2])
+    polled_route("/status")
 
     @app.get("/connections")
     async def connections() -> Response:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -137,7 +137,8 @@ async def stream_events(control: Control, feed: EventFeed) -> Response | None:
     try:
         if resync:
             await websocket.send(json.dumps(resync_event(control)))
-        await _follow(subscriber, feed, accept)
+        # Bound once: the context-local proxy resolves the websocket only here, not per send.
+        await _follow(subscriber, feed, accept, websocket.send)
     finally:
         feed.sending.discard(subscriber)
         control.websocket_clients -= 1
@@ -149,7 +150,10 @@ async def stream_events(control: Control, feed: EventFeed) -> Response | None:
 
 
 async def _follow(
-    subscriber: _Subscriber, feed: EventFeed, accept: Callable[[Envelope], bool] | None
+    subscriber: _Subscriber,
+    feed: EventFeed,
+    accept: Callable[[Envelope], bool] | None,
+    send: Callable[[str], Awaitable[None]],
 ) -> None:
     """Send until the subscriber lags (the client leaving cancels us)."""
     bus = feed.bus
@@ -166,6 +170,6 @@ async def _follow(
         batch = envelopes if accept is None else [e for e in envelopes if accept(e)]
         if batch:
             feed.sending.add(subscriber)
-            await websocket.send(batch_text(batch, feed.encode))
+            await send(batch_text(batch, feed.encode))
             feed.sending.discard(subscriber)
         subscriber.cursor = envelopes[-1].seq

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-from quart import Response
+from typing import TYPE_CHECKING, Any
 
 from .. import documents
+
+if TYPE_CHECKING:
+    from quart import Response
 
 
 class BadParameter(ValueError):
@@ -24,6 +25,8 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 def json_text_response(text: str | bytes, status: int = 200) -> Response:
+    from quart import Response  # noqa: PLC0415 - Quart loads with the first route it serves
+
     return Response(text, status=status, content_type="application/json")
 
 

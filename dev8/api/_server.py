@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import stat
+from functools import partial
 from typing import Any
 
 import attrs
@@ -57,8 +58,12 @@ class BoundApi:
     sockets: list[socket.socket]
     binds: list[str]
     unix_path: str | None = None
+    #: The probe listener (``api.probe_bind``), when configured.
+    probe: BoundApi | None = None
 
     def close(self) -> None:
+        if self.probe is not None:
+            self.probe.close()
         for sock in self.sockets:
             sock.close()
         if self.unix_path is not None:
@@ -66,8 +71,17 @@ class BoundApi:
                 os.unlink(self.unix_path)
 
 
-async def bind_api(bind: str) -> BoundApi:
+async def bind_api(bind: str, probe_bind: str | None = None) -> BoundApi:
     """Bind and listen; ``ApiBindError`` when the address is in use or not ours."""
+    if probe_bind is not None:
+        probe = await bind_api(probe_bind)
+        try:
+            bound = await bind_api(bind)
+        except BaseException:
+            probe.close()
+            raise
+        bound.probe = probe
+        return bound
     where = parse_bind(bind)
     try:
         if isinstance(where, UnixBind):
@@ -110,17 +124,31 @@ async def serve_api(
     bound = bind if isinstance(bind, BoundApi) else await bind_api(bind)
     try:
         ctx.info["binds"] = bound.binds
+        info: dict[str, Any] = {"binds": bound.binds}
+        if bound.probe is not None:
+            ctx.info["probeBinds"] = info["probeBinds"] = bound.probe.binds
 
         class _Started:
             def started(self, _value: Any = None) -> None:
-                task_status.started({"binds": bound.binds})
+                task_status.started(info)
 
-        await serve(
-            app,
-            hypercorn_config(bound),
-            shutdown_trigger=trio.sleep_forever,
-            task_status=_Started(),
-        )
+        async with trio.open_nursery() as nursery:
+            if bound.probe is not None:
+                # Its own accept loop: a backlog of connections to the API queues not before it.
+                await nursery.start(
+                    partial(
+                        serve,
+                        app.probes,
+                        hypercorn_config(bound.probe),
+                        shutdown_trigger=trio.sleep_forever,
+                    )
+                )
+            await serve(
+                app,
+                hypercorn_config(bound),
+                shutdown_trigger=trio.sleep_forever,
+                task_status=_Started(),
+            )
     finally:
         if not isinstance(bind, BoundApi):
             bound.close()
