@@ -25,12 +25,12 @@ from support.dev8_harness import (
     NO_BACKOFF,
     Dev8Run,
     fail_after,
-    free_port,
     open_dev8,
     python_service,
     wait_until,
     write_config,
 )
+from support.net import free_port
 from support.tree import walk
 from test_chaos import open_fds
 
