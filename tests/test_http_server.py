@@ -319,7 +319,7 @@ async def test_the_cut_off_says_where_to_resume_and_resuming_there_loses_nothing
 
 
 async def test_dev8_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
-    from dev8_harness import run_cli
+    from support.dev8_harness import run_cli
 
     config = tmp_path / "dev8.yaml"
     config.write_text("api:\n  bind: 0.0.0.0:9\nservices: {}\n")
