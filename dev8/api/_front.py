@@ -105,12 +105,17 @@ class ApiFront:
     #: Builds the Quart app (called once, on the first request that needs it).
     build: Callable[[PolledRoutes], Any]
     _quart: App | None = None
+    #: Runs Quart's background tasks (``add_background_task``): this front answers the
+    #: lifespan, so Quart's own lifespan never opens the nursery they need.
+    _background: trio.Nursery | None = None
 
     @property
     def quart(self) -> Any:
         """The Quart app, built now if it was not yet."""
         if self._quart is None:
             self._quart = self.build(self.polled)
+            if self._background is not None:
+                _give_nursery(self._quart, self._background)
             gc.freeze()  # Quart's modules and the app live as long as dev8 (see dev8.app)
         return self._quart
 
@@ -122,7 +127,12 @@ class ApiFront:
                 await _send_json(send, *answer)
                 return
         elif kind == "lifespan":
-            await _lifespan(receive, send)
+            async with trio.open_nursery() as background:
+                self._background = background
+                if self._quart is not None:
+                    _give_nursery(self._quart, background)
+                await _lifespan(receive, send)
+                background.cancel_scope.cancel()  # what is left of them ends with the server
             return
         await self.quart(scope, receive, send)
 
@@ -178,6 +188,11 @@ class ApiFront:
                 ),
             )
         await _send_json(send, *answer, [], body=scope["method"] != "HEAD")
+
+
+def _give_nursery(quart: Any, nursery: trio.Nursery) -> None:
+    """Where QuartTrio's ``add_background_task`` starts its tasks."""
+    quart.nursery = nursery
 
 
 async def _send_json(
