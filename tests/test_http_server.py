@@ -4,10 +4,12 @@ keep-alive, the Unix socket's mode, strict query parameters and the event stream
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
 import stat
+import tracemalloc
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -350,9 +352,6 @@ async def test_replay_to_clients_that_do_not_read_holds_no_copy_and_memory_retur
 ) -> None:
     """Replay is read from the bus's own history: 200 clients resuming from 0 that never read
     hold at most what is in flight each, and it is all given back once they leave."""
-    import gc
-    import tracemalloc
-
     api = await start_api(nursery, history=2000)
     for _ in range(2000):
         api.bus.publish(Padded(source="test"))  # about 4 KB each: 8 MB of history
