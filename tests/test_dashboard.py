@@ -32,6 +32,7 @@ from support.dev8_harness import (
     wait_until,
     write_config,
 )
+from support.net import free_port
 from support.tree import walk
 
 CHROMIUM = "/usr/bin/chromium"
@@ -358,3 +359,168 @@ async def test_dashboard_draws_cpu_and_memory_sparklines_and_the_container(
                 assert int(container["limit"]) == figures["memoryLimitBytes"]
                 assert not container["meterHidden"]
                 assert " of " in container["text"]
+
+
+TIMELINE = """return Array.from(document.querySelectorAll('#timeline li'), (item) => ({
+  ...item.dataset, text: item.textContent}));"""
+ALERTS = """return Array.from(document.querySelectorAll('#alerts li'), (item) => ({
+  ...item.dataset, text: item.textContent,
+  summary: item.querySelector('.summary').textContent,
+  elements: item.querySelectorAll('*').length}));"""
+#: Restarts at once, three at most: then the service is fatal (ServiceRestartLimitExceeded).
+CRASH_FAST = {"initial_delay": 0.05, "min_delay": 0.05, "max_delay": 0.05, "jitter": 0.0}
+
+
+async def test_dashboard_shows_the_restart_timeline_and_the_active_alerts(
+    tmp_path: Path, api_port: int, marker: str
+) -> None:
+    """Alerts fired before the page opened are replayed from the bus's history; a live restart
+    fires ServiceRestarted, which resolves (`alerts.resolve_after`) and leaves the page."""
+    config = configure(tmp_path / "dev8.yaml", marker, api_port)
+    data = yaml.safe_load(config.read_text())
+    data["services"]["crashy"] = shell_service(
+        "echo '<img src=x onerror=alert(1)>' >&2; exit 3",
+        marker,
+        backoff=CRASH_FAST,
+        intensity={"max_restarts": 3, "window": 60},
+    )
+    data["alerts"] = {"resolve_after": 1.0}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    async with open_dev8(config, port=api_port, marker=marker) as dev8:
+        pids = await running_pids(dev8)
+        await dev8.wait_service("crashy", lambda n: n["state"] == "fatal", what="crashy fatal")
+
+        def crashy_alert(message: str, alert: str) -> Callable[[dict[str, Any]], bool]:
+            return lambda e: (
+                e.get("message") == message
+                and e.get("alert") == alert
+                and e.get("service") == "crashy"
+            )
+
+        await dev8.wait_log(
+            crashy_alert("alert_fired", "ServiceRestartLimitExceeded"), what="the limit alert"
+        )
+        # Its restarts' alert fired and resolved before the page opened: the page must not show it.
+        await dev8.wait_log(
+            crashy_alert("alert_resolved", "ServiceRestarted"), what="the restart alert resolved"
+        )
+        async with open_page(f"http://127.0.0.1:{api_port}/", tmp_path / "profile") as page:
+            await page.wait(LIVE, lambda state: state == "live", "the event stream connected")
+            alerts = await page.wait(
+                ALERTS,
+                lambda items: any(a["alert"] == "ServiceRestartLimitExceeded" for a in items),
+                "the restart-limit alert, replayed",
+            )
+            assert [(a["alert"], a["severity"], a["service"]) for a in alerts] == [
+                ("ServiceRestartLimitExceeded", "critical", "crashy")
+            ]
+            assert alerts[0]["summary"] == "crashy gave up after 3 restarts within 60.0 s"
+
+            # The timeline: crashy's three restarts, each exit, and its giving up; newest first.
+            timeline = await page.wait(
+                TIMELINE,
+                lambda items: any(i["kind"] == "child_gave_up" for i in items),
+                "crashy's restarts",
+            )
+            crashy = [i for i in timeline if i["service"] == "crashy"]
+            assert [int(i["seq"]) for i in timeline] == sorted(
+                (int(i["seq"]) for i in timeline), reverse=True
+            )
+            assert crashy[0]["kind"] == "child_gave_up"
+            assert "gave up after 3 restarts" in crashy[0]["text"]
+            scheduled = [i for i in crashy if i["kind"] == "restart_scheduled"]
+            logged = dev8.messages("restart_scheduled", child="crashy")
+            assert len(scheduled) == len(logged) == 3
+            assert [i["reason"] for i in scheduled] == [e["reason"] for e in reversed(logged)]
+            assert [i["text"].split(" in ")[0].split()[-1] for i in scheduled] == ["#3", "#2", "#1"]
+            exits = [i for i in crashy if i["kind"] == "child_exited"]
+            assert len(exits) == 4  # the first run and three restarts
+            assert all("(exit 3)" in i["text"] for i in exits), exits
+
+            # A live restart: ServiceRestarted fires for web, shows, then resolves and goes.
+            os.kill(pids["web"], signal.SIGKILL)
+            alerts = await page.wait(
+                ALERTS,
+                lambda items: any(
+                    a["alert"] == "ServiceRestarted" and a["service"] == "web" for a in items
+                ),
+                "web's restart alert",
+            )
+            web = next(a for a in alerts if a["alert"] == "ServiceRestarted")
+            assert web["severity"] == "warning"
+            assert web["summary"] == "web was restarted"
+            # Critical first.
+            assert [a["alert"] for a in alerts] == [
+                "ServiceRestartLimitExceeded",
+                "ServiceRestarted",
+            ]
+            timeline = await page.js(TIMELINE)
+            newest_web = next(i for i in timeline if i["service"] == "web")
+            assert newest_web["kind"] in {"restart_scheduled", "child_exited"}
+            assert any(
+                i["service"] == "web" and i["kind"] == "child_exited" and "signal" in i["text"]
+                for i in timeline
+            )
+            await dev8.wait_log(
+                lambda e: e.get("message") == "alert_resolved" and e.get("service") == "web",
+                what="web's restart alert resolved",
+            )
+            alerts = await page.wait(
+                ALERTS,
+                lambda items: not any(a["service"] == "web" for a in items),
+                "web's restart alert gone",
+            )
+            assert [a["alert"] for a in alerts] == ["ServiceRestartLimitExceeded"]
+            # Text only: nothing in an alert or the timeline became markup.
+            assert all(a["elements"] <= 6 for a in alerts)
+            assert await page.js("return document.querySelectorAll('img').length;") == 0
+
+
+#: A port that answers every connection with markup instead of an SSH banner.
+HOSTILE_BANNER = b"SSH-1.5-<img src=x onerror=window.pwned=1>"
+HOSTILE_SERVER = f"""
+import socket, sys
+server = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+while True:
+    client, _ = server.accept()
+    client.sendall({HOSTILE_BANNER!r} + b"\\r\\n")
+    client.close()
+"""
+
+
+async def test_the_dashboard_shows_an_untrusted_alert_summary_as_text(
+    tmp_path: Path, api_port: int, marker: str
+) -> None:
+    """A service's answer reaches an alert's summary (the probe's detail): it stays text."""
+    config = configure(tmp_path / "dev8.yaml", marker, api_port)
+    data = yaml.safe_load(config.read_text())
+    port = free_port()
+    data["services"]["hostile"] = {
+        "command": ["python3", "-c", HOSTILE_SERVER, str(port), marker],
+        "probes": {
+            # Started once it listens: every liveness check then reads the hostile line.
+            "readiness": {"type": "tcp", "port": port},
+            "liveness": {
+                "type": "ssh-banner",
+                "port": port,
+                "interval": 0.1,
+                "failure_threshold": 1000,
+            },
+        },
+    }
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    async with open_dev8(config, port=api_port, marker=marker) as dev8:
+        await running_pids(dev8)
+        async with open_page(f"http://127.0.0.1:{api_port}/", tmp_path / "profile") as page:
+            alerts = await page.wait(
+                ALERTS,
+                lambda items: any(a["alert"] == "HealthCheckFailing" for a in items),
+                "the failing-probe alert",
+            )
+            failing = next(a for a in alerts if a["alert"] == "HealthCheckFailing")
+            assert failing["service"] == "hostile"
+            assert "<img src=x onerror=window.pwned=1>" in failing["summary"]
+            assert "probe=liveness" in failing["text"]
+            assert failing["elements"] <= 6
+            assert await page.js("return document.querySelectorAll('img').length;") == 0
+            assert await page.js("return window.pwned === undefined;") is True
