@@ -1134,7 +1134,8 @@ async def test_chaos_is_off_by_default(tmp_path: Path, api_port: int, marker: st
         tmp_path / "dev8.yaml", {"sleeper": python_service(SLEEPER, marker)}, port=api_port
     )
     async with open_dev8(config, port=api_port, marker=marker) as dev8:
-        pid = (await dev8.service_pids())["sleeper"]
+        node = await dev8.wait_service("sleeper", lambda n: n["state"] == "running", what="up")
+        pid = node["info"]["pid"]
         for path in ("/chaos/actors/dev8/services/sleeper/crash", "/chaos/services/sleeper/signal"):
             response = await dev8.http.post(path, params={"signal": "KILL"})
             assert response.status_code == 404

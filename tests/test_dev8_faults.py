@@ -23,6 +23,7 @@ from support.dev8_harness import (
     printed,
     python_service,
     shell_service,
+    wait_until,
     write_config,
 )
 from support.net import free_port
@@ -171,7 +172,9 @@ async def test_a_stopped_service_stays_stopped_when_its_supervisor_restarts(
         assert (await dev8.service("held"))["state"] == "stopped"
         start = await dev8.http.post("/services/held/start")
         assert (start.status_code, start.json()["state"]) == (200, "running")
-        assert len(pids_with_marker(held_marker)) == 1
+        await wait_until(
+            lambda: len(pids_with_marker(held_marker)) == 1, timeout=10, what="held's process"
+        )
 
 
 TERM_IGNORER = (

@@ -300,23 +300,7 @@ class Dev8Run:
                     )
                 with contextlib.suppress(httpx.TransportError):
                     await self.http.get("/health")
-                    break
-                await trio.sleep(0.05)
-        await self._wait_booted(timeout)
-
-    async def _wait_booted(self, timeout: float) -> None:
-        """Until the root has started every child (each service up, or failed to start), so a
-        test reads the services' first incarnation; bounded, and never an error by itself: a
-        tree that cannot boot is for the test to see."""
-        with trio.move_on_after(timeout):
-            while self.process.returncode is None:
-                with contextlib.suppress(httpx.TransportError):
-                    response = await self.http.get("/status")
-                    if (
-                        response.status_code != 200
-                        or response.json()["tree"]["state"] != "starting"
-                    ):
-                        return
+                    return
                 await trio.sleep(0.05)
 
     async def status(self) -> Json:
