@@ -163,12 +163,15 @@ async def test_signals_are_handled_as_documented(
 async def test_a_critical_failure_as_pid1_exits_3_and_leaves_nothing(
     tmp_path: Path, api_port: int, marker: str
 ) -> None:
+    # `vital` fails only once the test has seen the tree up (a file appears), never on a timer:
+    # on a busy machine dev8 could otherwise be gone before the test reads its descendants.
+    go = tmp_path / "fail-now"
     config = write_config(
         tmp_path / "dev8.yaml",
         {
             "steady": python_service(SLEEPER, marker),
             "vital": shell_service(
-                "sleep 0.5; exit 7",
+                f"while [ ! -e {go} ]; do sleep 0.05; done; exit 7",
                 marker,
                 critical=True,
                 restart="transient",
@@ -178,8 +181,14 @@ async def test_a_critical_failure_as_pid1_exits_3_and_leaves_nothing(
         port=api_port,
     )
     async with open_dev8(config, port=api_port, prefix=UNSHARE_PID1, marker=marker) as dev8:
+        await dev8.wait_ready()
+        for name in ("steady", "vital"):
+            await dev8.wait_service(
+                name, lambda node: node["info"]["pid"] is not None, what="to run"
+            )
         members = set(live_descendants(await dev8.dev8_pid()))
-        assert members
+        assert len(members) >= 2
+        go.touch()
         code = await dev8.wait_exit(30)
     assert code == 3  # through unshare: PID 1's own exit code
     assert not [p for p in members if pid_alive(p)]
