@@ -33,8 +33,8 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, make_mapping_structure_fn
 
-from .secrets.errors import SecretsConfigError
-from .secrets.settings import SecretsConfig, secrets_config_from
+from ..secrets.errors import SecretsConfigError
+from ..secrets.settings import SecretsConfig, secrets_config_from
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
