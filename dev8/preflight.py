@@ -1,6 +1,6 @@
 """Checks of the machine a valid config will run on, made before anything starts.
 
-``dev8/config.py`` says whether the file is well formed; this module says whether it can work
+``dev8.config`` says whether the file is well formed; this module says whether it can work
 here: the users exist, the working directories exist, each command resolves and may be executed
 by the user it will run as, the API's address is free and the token file is readable. ``dev8
 config check`` and ``dev8 run`` both call :func:`check`, so a mistake is one line at start
