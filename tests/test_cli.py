@@ -646,9 +646,9 @@ def test_the_address_comes_from_option_then_env_then_config_then_default(
     assert from_config.token == TOKEN
     assert TOKEN not in repr(from_config)
     # /etc/dev8/supervisor.yaml when readable, else the default address.
-    monkeypatch.setattr("dev8.client.DEFAULT_CONFIG_PATH", str(config))
+    monkeypatch.setattr("dev8.client.discovery.DEFAULT_CONFIG_PATH", str(config))
     assert locate(environ={}).endpoint == Endpoint("http://127.0.0.1:7001")
-    monkeypatch.setattr("dev8.client.DEFAULT_CONFIG_PATH", str(tmp_path / "absent.yaml"))
+    monkeypatch.setattr("dev8.client.discovery.DEFAULT_CONFIG_PATH", str(tmp_path / "absent.yaml"))
     assert locate(environ={}) == Target(Endpoint("http://127.0.0.1:9000"))
     # The token: option, then environment, then config.
     other = tmp_path / "other"
