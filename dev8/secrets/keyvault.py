@@ -21,7 +21,7 @@ import structlog
 import trio
 
 from .errors import SecretFetchError
-from .providers import SecretValue, check_name
+from .values import SecretValue, check_name
 
 log = structlog.get_logger(__name__)
 

@@ -15,25 +15,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-import attrs
-
 from .errors import SecretFetchError
-from .settings import SECRET_NAME_RE, SecretsConfig
+from .settings import SecretsConfig
+from .values import SecretValue, check_name
+
+__all__ = [  # SecretValue and check_name live in .values (shared with .keyvault); kept here too
+    "MAX_SECRET_BYTES",
+    "DirectoryProvider",
+    "EnvProvider",
+    "NullProvider",
+    "SecretProvider",
+    "SecretValue",
+    "build_provider",
+    "check_name",
+    "content_version",
+]
 
 #: Larger "secrets" are a misconfiguration (a wrong directory), not something to inject.
 MAX_SECRET_BYTES = 256 * 1024
-
-
-@attrs.frozen
-class SecretValue:
-    """One version of one secret. Its repr and str never show the value."""
-
-    name: str
-    value: str = attrs.field(repr=False)
-    version: str
-
-    def __str__(self) -> str:
-        return repr(self)
 
 
 @runtime_checkable
@@ -52,12 +51,6 @@ class SecretProvider(Protocol):
 def content_version(data: bytes) -> str:
     """A version for stores that have none: changes exactly when the content does."""
     return hashlib.sha256(data).hexdigest()[:16]
-
-
-def check_name(name: str) -> None:
-    """Reject names that are not Key Vault names (they also must not walk out of a directory)."""
-    if not SECRET_NAME_RE.match(name):
-        raise ValueError(f"invalid secret name {name!r}")
 
 
 class NullProvider:
@@ -138,7 +131,7 @@ class DirectoryProvider:
 def build_provider(config: SecretsConfig) -> SecretProvider:
     """The provider the configuration names. Nothing slow happens here: no SDK call, no I/O."""
     if config.provider == "keyvault":
-        from .keyvault import KeyVaultProvider  # noqa: PLC0415 - keyvault imports this module
+        from .keyvault import KeyVaultProvider  # noqa: PLC0415 - the SDK only when configured
 
         assert config.vault_url is not None
         return KeyVaultProvider(
