@@ -52,6 +52,7 @@ MODULES: dict[str, frozenset[str]] = {
     "test_alert_rules": SY,
     "test_alerts": U,
     "test_api": U,
+    "test_architecture_imports": U,
     "test_architecture_tree": E,
     "test_benchmarks_smoke": E,
     "test_chaos": E,
