@@ -24,6 +24,13 @@ from support.keyvault_fake import (
 )
 from support.kinds import UNIT, kinds_of
 from support.net import free_port
+from support.workspace_harness import (
+    USER_ID,
+    WorkspaceSecrets,
+    WorkspaceUser,
+    make_secrets,
+    workspace_user,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -58,9 +65,23 @@ def home(tmp_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def user() -> Iterator[pwd.struct_passwd]:
     """A real non-root user with a free uid and no home of its own, removed after the module.
-    Needs root (modules that need a user with a home override this fixture)."""
+    Needs root (a user with a home of its own, for dev8 runs: `workspace`)."""
     with throwaway_user("d8t") as created:
         yield created
+
+
+@pytest.fixture(scope="module")
+def workspace() -> Iterator[WorkspaceUser]:
+    """A real user whose home is a new workspace (/var/lib/dev8-test-*), for the module's dev8
+    runs as root; removed after the module with every process it still has. Needs root."""
+    with workspace_user() as created:
+        yield created
+
+
+@pytest.fixture(scope="module")
+def material(tmp_path_factory: pytest.TempPathFactory) -> WorkspaceSecrets:
+    """The workspace's secrets (random values under USER_ID's names) and the client's key files."""
+    return make_secrets(tmp_path_factory.mktemp("client"), USER_ID)
 
 
 @pytest.fixture
@@ -95,9 +116,12 @@ def imds(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeImds]:
 
 @pytest.fixture
 def vault(tls: TlsFiles, imds: FakeImds, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKeyVault]:
-    """A Key Vault-compatible endpoint over HTTPS that accepts the fake identity's tokens."""
+    """A Key Vault-compatible endpoint over HTTPS that accepts the fake identity's tokens, in
+    the environment the platform's agent gives dev8 (a dev8 started by the test inherits it)."""
     with open_fake_vault(tls) as vault:
         vault.accepted_tokens = imds.issued
         # The private CA is trusted the standard way, as in production.
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_cert))
+        monkeypatch.setenv("AZURE_KEY_VAULT_URL", vault.url)
         yield vault
+        vault.heal()  # a test that left it hanging or failing releases its waiting requests

@@ -7,12 +7,11 @@ it. code-server runs as a freshly created non-root user, as dev8 will run it.
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import secrets
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import httpx
 import pytest
 import trio
 from support.net import free_port
+from support.workspace_harness import WorkspaceUser, pids_of_uid
 
 from dev8.codeserver import (
     CODESERVER_SECRET_ENV,
@@ -101,40 +101,6 @@ def binary() -> Path:
 
 
 @attrs.frozen
-class User:
-    name: str
-    uid: int
-    gid: int
-    home: Path
-
-
-@pytest.fixture(scope="module")
-def user() -> Iterator[User]:
-    taken = {entry.pw_uid for entry in pwd.getpwall()}
-    uid = next(u for u in range(40000, 60000) if u not in taken)
-    name = f"d8c{secrets.token_hex(4)}"
-    subprocess.run(["useradd", "-m", "-u", str(uid), "-s", "/bin/sh", name], check=True)
-    try:
-        entry = pwd.getpwnam(name)
-        yield User(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
-    finally:
-        subprocess.run(["userdel", "-r", "-f", name], check=False, capture_output=True)
-
-
-def _pids_of(uid: int) -> list[int]:
-    pids = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            text = status.read_text()
-        except OSError:
-            continue
-        match = re.search(r"^Uid:\s+(\d+)", text, re.MULTILINE)
-        if match and int(match.group(1)) == uid:
-            pids.append(int(status.parent.name))
-    return pids
-
-
-@attrs.frozen
 class Running:
     process: trio.Process
     settings: CodeServerSettings
@@ -143,7 +109,7 @@ class Running:
 
 @asynccontextmanager
 async def run_codeserver(
-    binary: Path, user: User, auth: str, password: str | None
+    binary: Path, user: WorkspaceUser, auth: str, password: str | None
 ) -> AsyncIterator[Running]:
     workspace = user.home / "workspace"
     workspace.mkdir(exist_ok=True)
@@ -186,7 +152,7 @@ async def run_codeserver(
             if process.returncode is None:
                 process.kill()
                 await process.wait()
-            for pid in _pids_of(user.uid):  # only the test user's: all started by this test
+            for pid in pids_of_uid(user.uid):  # only the test user's: all started by this test
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -204,7 +170,7 @@ async def _wait_healthz(client: httpx.AsyncClient, url: str) -> float:
             return trio.current_time() - start
 
 
-async def _stop(running: Running, user: User) -> float:
+async def _stop(running: Running, user: WorkspaceUser) -> float:
     start = trio.current_time()
     running.process.send_signal(signal.SIGTERM)
     with trio.fail_after(5):
@@ -213,21 +179,21 @@ async def _stop(running: Running, user: User) -> float:
     assert running.process.returncode == 0
     with trio.fail_after(5):
         while True:  # code-server's own child must go with it
-            if not _pids_of(user.uid):
+            if not pids_of_uid(user.uid):
                 break
             await trio.sleep(0.05)
     return elapsed
 
 
-async def test_editor_serves_and_stops_promptly(binary: Path, user: User) -> None:
+async def test_editor_serves_and_stops_promptly(binary: Path, workspace: WorkspaceUser) -> None:
     async with (
-        run_codeserver(binary, user, "none", None) as running,
+        run_codeserver(binary, workspace, "none", None) as running,
         httpx.AsyncClient(timeout=10) as client,
     ):
         url = running.settings.local_url
         ready_after = await _wait_healthz(client, url)
         status = await trio.Path(f"/proc/{running.process.pid}/status").read_text()
-        assert re.search(rf"^Uid:\s+{user.uid}\s", status, re.MULTILINE)  # not root
+        assert re.search(rf"^Uid:\s+{workspace.uid}\s", status, re.MULTILINE)  # not root
 
         page = await client.get(f"{url}/", follow_redirects=True)
         assert page.status_code == 200
@@ -240,17 +206,17 @@ async def test_editor_serves_and_stops_promptly(binary: Path, user: User) -> Non
 
         data_dir = running.settings.user_data_dir
         assert (data_dir / "code-server-ipc.sock").exists()  # state goes to the workspace
-        assert not (user.home / ".config/code-server/config.yaml").exists()
+        assert not (workspace.home / ".config/code-server/config.yaml").exists()
 
-        stopped_after = await _stop(running, user)
+        stopped_after = await _stop(running, workspace)
     print(f"code-server ready after {ready_after:.2f} s, stopped after {stopped_after:.3f} s")
 
 
 async def test_password_auth_takes_the_password_from_the_environment(
-    binary: Path, user: User
+    binary: Path, workspace: WorkspaceUser
 ) -> None:
     async with (
-        run_codeserver(binary, user, "password", PASSWORD) as running,
+        run_codeserver(binary, workspace, "password", PASSWORD) as running,
         httpx.AsyncClient(timeout=10) as client,
     ):
         url = running.settings.local_url
@@ -274,5 +240,5 @@ async def test_password_auth_takes_the_password_from_the_environment(
         assert page.status_code == 200
         assert "vscode-workbench-web-configuration" in page.text
 
-        await _stop(running, user)
+        await _stop(running, workspace)
     assert PASSWORD not in running.log.read_text()

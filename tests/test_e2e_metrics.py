@@ -21,19 +21,17 @@ from support.keyvault_fake import FakeKeyVault
 from support.net import free_port
 from support.workspace_harness import (
     ROOT_RUNTIME_DIR,
+    USER_ID,
     WorkspaceSecrets,
     WorkspaceUser,
-    make_secrets,
     open_workspace,
     run_tool,
     ssh_options,
     system_python_service,
     wait_healthy,
     workspace_config,
-    workspace_user,
 )
 
-USER_ID = "u1"
 REPO = Path(__file__).resolve().parent.parent
 SSH = f"ssh-{secrets.token_hex(3)}"
 #: A web server whose readiness probe passes and whose liveness probe (a closed port) fails on
@@ -45,24 +43,6 @@ http.server.HTTPServer(("127.0.0.1", port), http.server.SimpleHTTPRequestHandler
 """
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@pytest.fixture(scope="module")
-def user() -> Iterator[WorkspaceUser]:
-    with workspace_user("d8m") as created:
-        yield created
-
-
-@pytest.fixture(scope="module")
-def material(tmp_path_factory: pytest.TempPathFactory) -> WorkspaceSecrets:
-    return make_secrets(tmp_path_factory.mktemp("client"), USER_ID)
-
-
-@pytest.fixture
-def vault(vault: FakeKeyVault, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKeyVault]:
-    monkeypatch.setenv("AZURE_KEY_VAULT_URL", vault.url)
-    yield vault
-    vault.heal()
 
 
 @pytest.fixture(autouse=True)
@@ -160,7 +140,7 @@ def config_for(tmp_path: Path, user: WorkspaceUser, api_port: int, ssh_port: int
 
 
 async def test_a_live_scrape_is_valid_and_counts_probes_secrets_and_failed_ssh_logins(
-    user: WorkspaceUser,
+    workspace: WorkspaceUser,
     material: WorkspaceSecrets,
     vault: FakeKeyVault,
     tmp_path: Path,
@@ -174,7 +154,7 @@ async def test_a_live_scrape_is_valid_and_counts_probes_secrets_and_failed_ssh_l
     wrong_key = tmp_path / "wrong_key"
     keygen = await run_tool(["ssh-keygen", "-q", "-N", "", "-t", "ed25519", "-f", str(wrong_key)])
     assert keygen.returncode == 0, keygen.stderr
-    config = config_for(tmp_path, user, api_port, ssh_port)
+    config = config_for(tmp_path, workspace, api_port, ssh_port)
     runtime_config = ROOT_RUNTIME_DIR / f"{SSH}_config"
     async with open_workspace(config, port=api_port, markers=[str(runtime_config), SSH]) as (
         run,
@@ -182,16 +162,16 @@ async def test_a_live_scrape_is_valid_and_counts_probes_secrets_and_failed_ssh_l
     ):
         await wait_healthy(run)
         # Good logins are not failures (nor are the banner probes sshd logs meanwhile).
-        await good_login(run, ssh_port, user, material.key_file, known)
+        await good_login(run, ssh_port, workspace, material.key_file, known)
         assert await failed_auth(run) == 0
 
-        await refused_login(ssh_port, user.name, wrong_key, known)  # a key not authorized
+        await refused_login(ssh_port, workspace.name, wrong_key, known)  # a key not authorized
         await wait_failed_auth(run, 1)
         await refused_login(ssh_port, f"nobody{secrets.token_hex(3)}", wrong_key, known)
         await wait_failed_auth(run, 2)
         await refused_login(ssh_port, "root", material.key_file, known)  # never root
         await wait_failed_auth(run, 3)
-        await good_login(run, ssh_port, user, material.key_file, known)
+        await good_login(run, ssh_port, workspace, material.key_file, known)
         assert await failed_auth(run) == 3
 
         # sshd's readiness probe runs every 10 s, its first check one interval after the start.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import yaml
 from support.dev8_harness import NO_BACKOFF, Dev8Run, Json, fail_after, run_cli
 from support.keyvault_fake import AZURE_ENV, FakeImds, FakeKeyVault
 from support.workspace_harness import (
+    USER_ID,
     WorkspaceSecrets,
     WorkspaceUser,
     all_events,
@@ -26,7 +26,6 @@ from support.workspace_harness import (
     events_in,
     file_facts,
     git_credential_fill,
-    make_secrets,
     needles,
     open_workspace,
     random_core,
@@ -35,10 +34,8 @@ from support.workspace_harness import (
     token,
     wait_healthy,
     workspace_config,
-    workspace_user,
 )
 
-USER_ID = "u1"
 ROLES = ("github_token", "copilot_token", "ssh_private_key", "ssh_public_key", "custom_env_vars")
 GITHUB = f"github-token-{USER_ID}"
 #: A workspace service that shows it got the custom environment: a digest, never the value.
@@ -60,25 +57,6 @@ FILES = {
     ".config/dev8/secrets.env": 0o600,
 }
 DIRS = (".ssh", ".config/gh", ".config/github-copilot", ".config/dev8")
-
-
-@pytest.fixture(scope="module")
-def user() -> Iterator[WorkspaceUser]:
-    with workspace_user("d8s") as created:
-        yield created
-
-
-@pytest.fixture(scope="module")
-def material(tmp_path_factory: pytest.TempPathFactory) -> WorkspaceSecrets:
-    return make_secrets(tmp_path_factory.mktemp("client"), USER_ID)
-
-
-@pytest.fixture
-def vault(vault: FakeKeyVault, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKeyVault]:
-    """The environment the platform's agent gives dev8 (dev8 inherits it from this process)."""
-    monkeypatch.setenv("AZURE_KEY_VAULT_URL", vault.url)
-    yield vault
-    vault.heal()
 
 
 def seed(vault: FakeKeyVault, material: WorkspaceSecrets, *, skip: tuple[str, ...] = ()) -> None:
@@ -151,7 +129,7 @@ async def test_keyvault_secrets_are_injected_rotated_and_kept_through_failures_w
     vault: FakeKeyVault,
     imds: FakeImds,
     material: WorkspaceSecrets,
-    user: WorkspaceUser,
+    workspace: WorkspaceUser,
     tmp_path: Path,
     api_port: int,
     marker: str,
@@ -159,25 +137,25 @@ async def test_keyvault_secrets_are_injected_rotated_and_kept_through_failures_w
     seed(vault, material)
     first_version = vault.latest_version(GITHUB)
     config = config_for(
-        tmp_path, user, api_port, marker, rotation_interval=3600, retry_initial_delay=60
+        tmp_path, workspace, api_port, marker, rotation_interval=3600, retry_initial_delay=60
     )
-    home = user.home
+    home = workspace.home
     new_token = token("ghp")
     async with open_workspace(config, port=api_port, markers=[marker]) as (run, recorder):
         await wait_healthy(run)
 
         # -- startup: every file, with its mode and owner, through the real SDK --
         for relative, mode in FILES.items():
-            assert file_facts(home / relative) == (mode, user.uid, user.gid), relative
+            assert file_facts(home / relative) == (mode, workspace.uid, workspace.gid), relative
         for relative in DIRS:
-            assert file_facts(home / relative) == (0o700, user.uid, user.gid), relative
+            assert file_facts(home / relative) == (0o700, workspace.uid, workspace.gid), relative
         assert (home / ".git-credentials").read_text() == (
             f"https://x-access-token:{material.github_token}@github.com\n"
         )
         assert (home / ".ssh/id_ed25519").read_text() == material.ssh_private_key
         copilot = json.loads((home / ".config/github-copilot/hosts.json").read_text())
         assert copilot["github.com"]["oauth_token"] == material.copilot_token
-        assert (await git_credential_fill(user))[-1] == f"password={material.github_token}"
+        assert (await git_credential_fill(workspace))[-1] == f"password={material.github_token}"
         await app_printed(run, f"api key digest {digest(material.env_vars['E2E_API_KEY'])}")
         status = (await run.status())["secrets"]
         assert status["provider"] == "keyvault"
@@ -204,8 +182,8 @@ async def test_keyvault_secrets_are_injected_rotated_and_kept_through_failures_w
             assert (home / ".git-credentials").read_text() == (
                 f"https://x-access-token:{new_token}@github.com\n"
             )
-            assert file_facts(home / ".git-credentials") == (0o600, user.uid, user.gid)
-            assert (await git_credential_fill(user))[-1] == f"password={new_token}"
+            assert file_facts(home / ".git-credentials") == (0o600, workspace.uid, workspace.gid)
+            assert (await git_credential_fill(workspace))[-1] == f"password={new_token}"
             rotated = await seen_or_wait(events, "secret_rotated", name=GITHUB)
             assert rotated["data"] == {
                 "name": GITHUB, "role": "github_token", "version": new_version,
@@ -286,13 +264,13 @@ async def test_rotation_is_picked_up_on_the_interval_without_a_request(
     *,
     vault: FakeKeyVault,
     material: WorkspaceSecrets,
-    user: WorkspaceUser,
+    workspace: WorkspaceUser,
     tmp_path: Path,
     api_port: int,
     marker: str,
 ) -> None:
     seed(vault, material)
-    config = config_for(tmp_path, user, api_port, marker, rotation_interval=2)
+    config = config_for(tmp_path, workspace, api_port, marker, rotation_interval=2)
     new_token = token("ghp")
     async with open_workspace(config, port=api_port, markers=[marker]) as (run, recorder):
         await wait_healthy(run)
@@ -302,7 +280,7 @@ async def test_rotation_is_picked_up_on_the_interval_without_a_request(
             rotated = await seen_or_wait(events, "secret_rotated", name=GITHUB, timeout=15)
         assert rotated["data"]["version"] == version
         assert rotated["data"]["previousVersion"] == previous
-        assert (user.home / ".git-credentials").read_text() == (
+        assert (workspace.home / ".git-credentials").read_text() == (
             f"https://x-access-token:{new_token}@github.com\n"
         )
         assert [e["kind"] for e in events.seen].count("secret_rotated") == 1
@@ -320,15 +298,15 @@ async def test_a_missing_required_secret_is_named_and_waited_for(
     *,
     vault: FakeKeyVault,
     material: WorkspaceSecrets,
-    user: WorkspaceUser,
+    workspace: WorkspaceUser,
     tmp_path: Path,
     api_port: int,
     marker: str,
 ) -> None:
     """The services wait for the secret (named by /health), dev8 keeps retrying, never exits."""
     seed(vault, material, skip=(GITHUB,))
-    (user.home / ".git-credentials").unlink(missing_ok=True)
-    config = config_for(tmp_path, user, api_port, marker, retry_initial_delay=0.2,
+    (workspace.home / ".git-credentials").unlink(missing_ok=True)
+    config = config_for(tmp_path, workspace, api_port, marker, retry_initial_delay=0.2,
                         retry_max_delay=0.5)  # fmt: skip
     async with open_workspace(config, port=api_port, markers=[marker]) as (run, recorder):
         line = await run.wait_log(
@@ -350,11 +328,11 @@ async def test_a_missing_required_secret_is_named_and_waited_for(
         assert health.status_code == 503
         assert health.json()["waitingForSecrets"][0]["name"] == GITHUB
         assert (await run.status())["services"]["app"]["pid"] is None
-        assert not (user.home / ".git-credentials").exists()
+        assert not (workspace.home / ".git-credentials").exists()
         assert run.process.returncode is None
         vault.set_secret(GITHUB, material.named()[GITHUB])
         await wait_healthy(run)
-        assert (user.home / ".git-credentials").exists()
+        assert (workspace.home / ".git-credentials").exists()
         assert run.messages("child_gave_up", child="secrets") == []
     assert_no_leak(needles(material), run=run, recorder=recorder, events=[])
 

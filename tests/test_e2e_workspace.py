@@ -20,12 +20,12 @@ from support.dev8_harness import NO_BACKOFF, Dev8Run, Json, fail_after, pid_aliv
 from support.net import free_port
 from support.workspace_harness import (
     ROOT_RUNTIME_DIR,
+    USER_ID,
     WorkspaceSecrets,
     WorkspaceUser,
     all_events,
     assert_no_leak,
     git_credential_fill,
-    make_secrets,
     needles,
     open_workspace,
     pids_of_uid,
@@ -36,25 +36,12 @@ from support.workspace_harness import (
     system_python_service,
     wait_healthy,
     workspace_config,
-    workspace_user,
 )
 
-USER_ID = "u1"
 #: The sshd service's name also names its generated config (/run/dev8/NAME_config), which is
 #: shared by every dev8 on this host: a name of its own keeps parallel runs apart.
 SSH = f"ssh-{secrets.token_hex(3)}"
 CODE = "code-server"
-
-
-@pytest.fixture(scope="module")
-def user() -> Iterator[WorkspaceUser]:
-    with workspace_user() as created:
-        yield created
-
-
-@pytest.fixture(scope="module")
-def material(tmp_path_factory: pytest.TempPathFactory) -> WorkspaceSecrets:
-    return make_secrets(tmp_path_factory.mktemp("client"), USER_ID)
 
 
 @pytest.fixture
@@ -137,7 +124,7 @@ async def wait_ready_again(run: Dev8Run, name: str, old_pid: int, timeout: float
 
 
 async def test_sshd_lets_the_injected_key_in_only_and_keeps_its_identity_across_a_crash(
-    user: WorkspaceUser,
+    workspace: WorkspaceUser,
     material: WorkspaceSecrets,
     secret_dir: Path,
     tmp_path: Path,
@@ -145,7 +132,7 @@ async def test_sshd_lets_the_injected_key_in_only_and_keeps_its_identity_across_
 ) -> None:
     port = free_port()
     known = tmp_path / "known_hosts"
-    config = config_for(tmp_path, user, api_port, secret_dir, {SSH: sshd_service(port)})
+    config = config_for(tmp_path, workspace, api_port, secret_dir, {SSH: sshd_service(port)})
     runtime_config = ROOT_RUNTIME_DIR / f"{SSH}_config"
     async with open_workspace(config, port=api_port, markers=[str(runtime_config)]) as (
         run,
@@ -160,16 +147,18 @@ async def test_sshd_lets_the_injected_key_in_only_and_keeps_its_identity_across_
         assert "PasswordAuthentication no\n" in runtime_config.read_text()
         assert node["probes"]["readiness"]["type"] == "ssh-banner"
         # The key came from the secret, through the injected authorized_keys.
-        authorized = (user.home / ".ssh/authorized_keys").read_text()
+        authorized = (workspace.home / ".ssh/authorized_keys").read_text()
         key_type, key_body, _comment = material.ssh_public_key.split()
         assert f"{key_type} {key_body} dev8-managed\n" in authorized
 
-        code, out, err = await ssh(port, user.name, material.key_file, known, "echo ok; id -un")
+        code, out, err = await ssh(
+            port, workspace.name, material.key_file, known, "echo ok; id -un"
+        )
         assert code == 0, err
-        assert out.split() == ["ok", user.name]
+        assert out.split() == ["ok", workspace.name]
 
         code, _, err = await ssh(
-            port, user.name, None, known,
+            port, workspace.name, None, known,
             "-o", "PreferredAuthentications=password,keyboard-interactive",
             "-o", "PubkeyAuthentication=no", "true",
         )  # fmt: skip
@@ -186,16 +175,18 @@ async def test_sshd_lets_the_injected_key_in_only_and_keeps_its_identity_across_
         payload = secrets.token_bytes(100_000)
         (tmp_path / "up.bin").write_bytes(payload)
         scp = ["scp", "-q", "-P", str(port), *ssh_options(known, material.key_file)]
-        up = await run_tool([*scp, str(tmp_path / "up.bin"), f"{user.name}@127.0.0.1:up.bin"])
+        up = await run_tool([*scp, str(tmp_path / "up.bin"), f"{workspace.name}@127.0.0.1:up.bin"])
         assert up.returncode == 0, up.stderr
-        assert (user.home / "up.bin").read_bytes() == payload
-        assert (user.home / "up.bin").stat().st_uid == user.uid
-        down = await run_tool([*scp, f"{user.name}@127.0.0.1:up.bin", str(tmp_path / "down.bin")])
+        assert (workspace.home / "up.bin").read_bytes() == payload
+        assert (workspace.home / "up.bin").stat().st_uid == workspace.uid
+        down = await run_tool(
+            [*scp, f"{workspace.name}@127.0.0.1:up.bin", str(tmp_path / "down.bin")]
+        )
         assert down.returncode == 0, down.stderr
         assert (tmp_path / "down.bin").read_bytes() == payload
 
         identity = await ssh_keyscan(port)
-        key_dir = user.home / ".dev8/ssh"
+        key_dir = workspace.home / ".dev8/ssh"
         served = {
             " ".join(
                 (await trio.Path(f"{key_dir}/ssh_host_{kind}_key.pub").read_text()).split()[:2]
@@ -217,26 +208,26 @@ async def test_sshd_lets_the_injected_key_in_only_and_keeps_its_identity_across_
         assert not pid_alive(pid)
 
         assert await ssh_keyscan(port) == identity
-        code, out, err = await ssh(port, user.name, material.key_file, known, "echo again")
+        code, out, err = await ssh(port, workspace.name, material.key_file, known, "echo again")
         assert code == 0, err
         assert out == "again\n"
 
         # What git asks for on a push: the token injected from the secret.
-        assert await git_credential_fill(user) == [
+        assert await git_credential_fill(workspace) == [
             "protocol=https", "host=github.com", "username=x-access-token",
             f"password={material.github_token}",
         ]  # fmt: skip
         await run.http.get(f"/services/{SSH}/logs?lines=1000")
         events_seen = await all_events(run)
     assert_no_leak(needles(material), run=run, recorder=recorder, events=events_seen)
-    assert not pids_of_uid(user.uid)
+    assert not pids_of_uid(workspace.uid)
 
 
 # ---- code-server -----------------------------------------------------------------------------
 
 
 async def test_code_server_serves_the_editor_behind_the_secret_password_and_recovers_from_kill(
-    user: WorkspaceUser,
+    workspace: WorkspaceUser,
     material: WorkspaceSecrets,
     secret_dir: Path,
     tmp_path: Path,
@@ -245,10 +236,10 @@ async def test_code_server_serves_the_editor_behind_the_secret_password_and_reco
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     config = config_for(
-        tmp_path, user, api_port, secret_dir, {CODE: code_server_service(port, "password")}
+        tmp_path, workspace, api_port, secret_dir, {CODE: code_server_service(port, "password")}
     )
     async with (
-        open_workspace(config, port=api_port, markers=[str(user.home)]) as (run, recorder),
+        open_workspace(config, port=api_port, markers=[str(workspace.home)]) as (run, recorder),
         httpx.AsyncClient(timeout=10) as browser,
     ):
         await wait_healthy(run, timeout=90)
@@ -256,7 +247,7 @@ async def test_code_server_serves_the_editor_behind_the_secret_password_and_reco
         pid = node["pid"]
         assert node["probes"]["readiness"]["type"] == "http"
         status = await trio.Path(f"/proc/{pid}/status").read_text()
-        assert re.search(rf"^Uid:\s+{user.uid}\s", status, re.MULTILINE)  # not root
+        assert re.search(rf"^Uid:\s+{workspace.uid}\s", status, re.MULTILINE)  # not root
         cmdline = await trio.Path(f"/proc/{pid}/cmdline").read_bytes()
         assert material.password.encode() not in cmdline
         assert b"--auth\0password" in cmdline
@@ -293,14 +284,14 @@ async def test_code_server_serves_the_editor_behind_the_secret_password_and_reco
         await run.http.get(f"/services/{CODE}/logs?lines=1000")
         events_seen = await all_events(run)
     assert_no_leak(needles(material), run=run, recorder=recorder, events=events_seen)
-    assert not pids_of_uid(user.uid)
+    assert not pids_of_uid(workspace.uid)
 
 
 # ---- connections -----------------------------------------------------------------------------
 
 
 async def test_connections_count_ssh_sessions_and_editor_connections_until_they_close(
-    user: WorkspaceUser,
+    workspace: WorkspaceUser,
     material: WorkspaceSecrets,
     secret_dir: Path,
     tmp_path: Path,
@@ -310,13 +301,13 @@ async def test_connections_count_ssh_sessions_and_editor_connections_until_they_
     known = tmp_path / "known_hosts"
     config = config_for(
         tmp_path,
-        user,
+        workspace,
         api_port,
         secret_dir,
         {SSH: sshd_service(ssh_port), CODE: code_server_service(code_port, "none")},
     )
     runtime_config = ROOT_RUNTIME_DIR / f"{SSH}_config"
-    markers = [str(runtime_config), str(user.home)]
+    markers = [str(runtime_config), str(workspace.home)]
     async with open_workspace(config, port=api_port, markers=markers) as (run, recorder):
         await wait_healthy(run, timeout=90)
         before = (await run.http.get("/connections")).json()
@@ -328,7 +319,7 @@ async def test_connections_count_ssh_sessions_and_editor_connections_until_they_
         async with run.events("kind=connection_opened,connection_closed") as events:
             session = await trio.lowlevel.open_process(
                 ["ssh", "-p", str(ssh_port), *ssh_options(known, material.key_file),
-                 f"{user.name}@127.0.0.1", "sleep 30"],
+                 f"{workspace.name}@127.0.0.1", "sleep 30"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             try:
@@ -430,7 +421,7 @@ while True:
 
 async def test_a_hung_service_is_restarted_by_its_liveness_probe(
     *,
-    user: WorkspaceUser,
+    workspace: WorkspaceUser,
     material: WorkspaceSecrets,
     secret_dir: Path,
     tmp_path: Path,
@@ -450,7 +441,7 @@ async def test_a_hung_service_is_restarted_by_its_liveness_probe(
         },
     )  # fmt: skip
     service["command"].append(str(port))
-    config = config_for(tmp_path, user, api_port, secret_dir, {"hung": service})
+    config = config_for(tmp_path, workspace, api_port, secret_dir, {"hung": service})
     async with open_workspace(config, port=api_port, markers=[marker]) as (run, recorder):
         first = await run.wait_service(
             "hung", lambda n: n["state"] == "running", timeout=20, what="running"

@@ -33,16 +33,15 @@ from support.keyvault_fake import FakeKeyVault
 from support.net import free_port
 from support.workspace_harness import (
     ROOT_RUNTIME_DIR,
+    USER_ID,
     WorkspaceSecrets,
     WorkspaceUser,
     all_events,
     events_in,
-    make_secrets,
     open_workspace,
     system_python_service,
     wait_healthy,
     workspace_config,
-    workspace_user,
 )
 
 from actors import ChildContext, Event
@@ -59,7 +58,6 @@ from dev8.secrets import (
 from dev8.secrets.keyvault import KeyVaultProvider
 
 SEED = int(os.environ.get("DEV8_TEST_SEED", random.randrange(2**32)))
-USER_ID = "u1"
 #: Built into the LD_PRELOAD library: it leaves a file named after the ids it ran with.
 EVIL_C = r"""
 #include <fcntl.h>
@@ -198,17 +196,6 @@ def evil_library() -> Iterator[tuple[Path, Path]]:
         yield library, marks
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def workspace() -> Iterator[WorkspaceUser]:
-    with workspace_user("d8h") as created:
-        yield created
-
-
-@pytest.fixture(scope="module")
-def material(tmp_path_factory: pytest.TempPathFactory) -> WorkspaceSecrets:
-    return make_secrets(tmp_path_factory.mktemp("client"), USER_ID)
 
 
 async def restarted(run: Dev8Run, name: str, timeout: float = 30.0) -> int:

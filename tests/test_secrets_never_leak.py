@@ -13,15 +13,7 @@ from pathlib import Path
 import pytest
 import structlog
 import trio
-from support.keyvault_fake import (
-    AZURE_ENV,
-    FakeImds,
-    FakeKeyVault,
-    TlsFiles,
-    make_tls,
-    open_fake_imds,
-    open_fake_vault,
-)
+from support.keyvault_fake import FakeKeyVault
 
 from actors import Event
 from dev8.logs import configure_logging
@@ -35,20 +27,6 @@ from dev8.secrets import (
 )
 from dev8.secrets.errors import SecretsRefreshFailed
 from dev8.secrets.runtime import refresh_failure, refresh_reply
-
-
-@pytest.fixture
-def vault(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[FakeKeyVault, FakeImds]]:
-    for name in AZURE_ENV:
-        monkeypatch.delenv(name, raising=False)
-    tls: TlsFiles = make_tls(tmp_path)
-    with open_fake_imds() as imds, open_fake_vault(tls) as vault:
-        vault.accepted_tokens = imds.issued
-        monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.url)
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_cert))
-        yield vault, imds
 
 
 @pytest.fixture
@@ -83,7 +61,7 @@ def canaries(values: dict[str, str]) -> list[str]:
 
 
 async def test_no_secret_value_reaches_any_output(
-    vault: tuple[FakeKeyVault, FakeImds],
+    vault: FakeKeyVault,
     rendered_logs: io.StringIO,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -92,7 +70,7 @@ async def test_no_secret_value_reaches_any_output(
     # The Azure SDK, msal and urllib3 log through stdlib logging: look at everything they say.
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="azure")
-    fake, _ = vault
+    fake = vault  # the shared fake (conftest.py), behind the fake managed identity
     key = tmp_path / "id"
     with trio.fail_after(30):
         await trio.run_process(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key])

@@ -32,6 +32,8 @@ from trio_websocket import open_websocket_url
 from support.dev8_harness import Dev8Run, EventStream, Json, fail_after, kill_marked, open_dev8
 
 #: The workspace user cannot run the venv's Python (it lives under /root, mode 0700).
+#: The platform user id of the workspace the end-to-end tests run: it names the secrets.
+USER_ID = "u1"
 SYSTEM_PYTHON = "/usr/bin/python3"
 #: Where dev8 as root writes the generated sshd config (dev8.builtins.runtime_dir).
 ROOT_RUNTIME_DIR = Path("/run/dev8")
