@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterator
-from pathlib import Path
 
 import grimp
 import pytest
+from support.source import REPO, module_name
 
-REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("dev8", "actors")
 
 #: Import cycles still present, as the set of modules on each. Break one, then drop its entry.
@@ -59,13 +58,6 @@ def import_cycles(graph: grimp.ImportGraph, package: str) -> dict[frozenset[str]
 
 def is_private(name: str) -> bool:
     return name.startswith("_") and not name.startswith("__")
-
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
 
 
 def defined_names(tree: ast.AST) -> set[str]:

@@ -7,16 +7,10 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from support.source import REPO, module_name
+
 #: The modules allowed to import the API: they compose the program.
 API_IMPORTERS = {"dev8/app.py", "dev8/cli.py"}
-
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
 
 
 def imported_modules(source: str, module: str, *, is_package: bool = False) -> Iterator[str]:
