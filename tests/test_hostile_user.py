@@ -20,7 +20,6 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,6 +30,7 @@ import trio
 from support.dev8_harness import NO_BACKOFF, Dev8Run, Json, fail_after
 from support.keyvault_fake import FakeKeyVault
 from support.net import free_port
+from support.procfs import comm_of, environ_of
 from support.workspace_harness import (
     ROOT_RUNTIME_DIR,
     USER_ID,
@@ -106,19 +106,6 @@ def facts(path: Path) -> tuple[bytes, int, int, int]:
     return path.read_bytes(), info.st_ino, info.st_uid, stat.S_IMODE(info.st_mode)
 
 
-def environ_of(pid: int) -> dict[str, str]:
-    """The environment ``pid`` was started with. Right after an exec the kernel shows an empty
-    one until the new program's stack is set up: a bounded poll waits that out."""
-    deadline = time.monotonic() + 10
-    while True:
-        data = Path(f"/proc/{pid}/environ").read_bytes()
-        if data or time.monotonic() > deadline:
-            break
-        time.sleep(0.001)  # a bounded poll of another process's exec
-    entries = data.split(b"\0")
-    return dict(entry.decode("utf-8", "replace").split("=", 1) for entry in entries if entry)
-
-
 def sourced(env_file: Path) -> dict[str, str]:
     """What a POSIX shell that sources the env file exports, as a login shell does."""
     out = subprocess.run(
@@ -127,10 +114,6 @@ def sourced(env_file: Path) -> dict[str, str]:
     ).stdout  # fmt: skip
     pairs = [item.decode().partition("=") for item in out.split(b"\0") if item]
     return {name: value for name, _, value in pairs if name not in {"PWD", "SHLVL", "_"}}
-
-
-def comm_of(pid: int) -> str:
-    return Path(f"/proc/{pid}/comm").read_text().strip()
 
 
 def nested(depth: int) -> str:

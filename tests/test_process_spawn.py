@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 from support.dev8_harness import throwaway_user
+from support.procfs import comm_of, environ_of
 
 from actors import ChildContext
 from dev8.init import OwnPids
@@ -44,17 +45,8 @@ def status_of(pid: int) -> dict[str, list[str]]:
     return {key: status[key].split() for key in IDENTITY_FIELDS}
 
 
-def environ_of(pid: int) -> dict[str, str]:
-    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(entry.decode().split("=", 1) for entry in entries if entry)
-
-
 def cmdline_of(pid: int) -> bytes:
     return Path(f"/proc/{pid}/cmdline").read_bytes()
-
-
-def comm_of(pid: int) -> str:
-    return Path(f"/proc/{pid}/comm").read_text().strip()
 
 
 @asynccontextmanager
