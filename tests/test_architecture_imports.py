@@ -35,7 +35,7 @@ ALLOWED_PRIVATE: set[tuple[str, str]] = {
     ("dev8.app", "_kill"),
     # The API's loopback names, read by Dev8.run before the API is built.
     ("dev8.app", "dev8.api._access"),
-    # The lifecycle events, collected for the event schemas (see ALLOWED_CYCLES).
+    # The lifecycle events, collected for the event schemas (see ALLOWED_CYCLE_IMPORTS).
     ("dev8.documents", "actors._lifecycle"),
 }
 
@@ -47,7 +47,7 @@ def graph() -> grimp.ImportGraph:
 
 
 def import_cycles(graph: grimp.ImportGraph, package: str) -> dict[frozenset[str], list[str]]:
-    """Every cycle through `package`'s modules (its modules -> one shortest chain of it)."""
+    """Every cycle through `package`'s modules: its set of modules -> the cycle, a -> b -> a."""
     found: dict[frozenset[str], list[str]] = {}
     for module in sorted(graph.find_descendants(package) | {package}):
         for imported in sorted(graph.find_modules_directly_imported_by(module)):
