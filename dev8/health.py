@@ -41,6 +41,7 @@ from actors import (
     Registry,
     Reply,
     Restart,
+    UnknownChild,
 )
 
 from .config import ProbeConfig, ProbesConfig
@@ -400,7 +401,7 @@ class ServiceHearing:
     def forget(self, service: str, ear: Callable[[Event], None]) -> None:
         """Stop sending to ``ear`` (and only it: a newer prober's ear stays)."""
         path = f"{self.services.path}/{service}"
-        if self._ears.get(path) is ear:
+        if self._ears.get(path) == ear:  # a bound method is a new object at each access
             del self._ears[path]
 
     def listeners(self) -> int:
@@ -740,7 +741,8 @@ class Prober(Actor):
     async def _ask_restart(self, generation: int) -> None:
         """Ask for the restart in a helper task: its stop may take the service's whole
         ``stop_timeout``, and the prober keeps answering meanwhile."""
-        with contextlib.suppress(ActorError):  # its supervisor is away: liveness tries again
+        # Its supervisor is away or no longer has it (a reload removing it): liveness goes on.
+        with contextlib.suppress(ActorError, UnknownChild):
             await self.restart(self.name)
         self.notify(_RestartAnswered(generation))
 

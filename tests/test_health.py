@@ -593,6 +593,9 @@ async def test_a_crashed_prober_is_restarted_and_hears_again(
         assert tree.board.readiness() == {"web": False}
         status = await tree.prober.call(Status(), timeout=1.0)
         assert (status.running, status.pid) == (False, None)
+        await tree.health.remove_child("web")
+        assert tree.hearing.listeners() == 0  # a removed prober hears nothing more
+        assert not tree.prober.alive
     restarts = tree.timeline.steps("restart_scheduled")
     assert [(t, data["child"], data["reason"]) for t, _, data in restarts] == [
         (2.0, "web", "crash")
