@@ -362,25 +362,62 @@ _DOWN_DETAILS = {
 }
 
 
+def sighted(path: str, restarts: int, info: Mapping[str, Any]) -> ServiceSighting:
+    """A service seen started (its ``child_started`` or its node in the snapshot): running,
+    unless it started without a process of its own (held stopped: ``pid`` None)."""
+    pid = info.get("pid")
+    if "pid" in info and not isinstance(pid, int):
+        return ServiceSighting(path=path, incarnation=None, pid=None)
+    pid = pid if isinstance(pid, int) else None
+    return ServiceSighting(path=path, incarnation=(restarts, pid), pid=pid)
+
+
 class ServiceHearing:
     """How probers hear their services start and exit: one listener on the bus, by source.
 
     Each prober listens at its service's path; an event reaches only that prober's mailbox, at
     once (it is a notice: never refused, never lagging), so the bus's cost per event does not
-    grow with the number of probers and nothing polls while nothing happens.
+    grow with the number of probers and nothing polls while nothing happens. It also keeps what
+    it heard (which services run, which incarnation), taken once from the tree's snapshot at
+    the first ``listen``: a prober starting, or restarted, learns its service's state in O(1).
     """
 
     def __init__(self, bus: EventBus, services: ServiceTree) -> None:
         self.services = services
         self._ears: dict[str, Callable[[Event], None]] = {}
+        #: Running services by path; None until the first ``listen`` takes the snapshot.
+        self._running: dict[str, ServiceSighting] | None = None
+        self._prefix = ""
         bus.add_listener(self._hear)
 
     def _hear(self, envelope: Envelope) -> None:
         event = envelope.event
-        if event.kind in HEARD_KINDS:
-            ear = self._ears.get(event.source)
-            if ear is not None:
-                ear(event)
+        if event.kind not in HEARD_KINDS:
+            return
+        source = event.source
+        if self._running is not None and source.startswith(self._prefix):
+            if isinstance(event, ChildStarted):
+                sighting = sighted(source, event.restarts, event.info)
+                if sighting.incarnation is not None:
+                    self._running[source] = sighting
+                else:
+                    self._running.pop(source, None)
+            else:
+                self._running.pop(source, None)
+        ear = self._ears.get(source)
+        if ear is not None:
+            ear(event)
+
+    def _take_snapshot(self) -> dict[str, ServiceSighting]:
+        self._prefix = f"{self.services.path}/"
+        running = {}
+        for node in self.services.children():
+            if node.state is ChildState.RUNNING:
+                sighting = sighted(node.path, node.restarts, node.info)
+                if sighting.incarnation is not None:
+                    running[node.path] = sighting
+        self._running = running
+        return running
 
     def listen(self, service: str, ear: Callable[[Event], None]) -> ServiceSighting:
         """Send ``service``'s lifecycle events to ``ear`` from now on, and say what it is now.
@@ -388,15 +425,14 @@ class ServiceHearing:
         Both in one step: nothing is missed between the sighting and the first event heard.
         """
         path = f"{self.services.path}/{service}"
+        running = self._running
+        if running is None or not path.startswith(self._prefix):
+            running = self._take_snapshot()
         self._ears[path] = ear
-        for node in self.services.children():
-            if node.name == service and node.state is ChildState.RUNNING:
-                pid = node.info.get("pid")
-                pid = pid if isinstance(pid, int) else None
-                if "pid" in node.info and pid is None:
-                    break  # started without a process (held stopped): nothing to probe
-                return ServiceSighting(path=path, incarnation=(node.restarts, pid), pid=pid)
-        return ServiceSighting(path=path, incarnation=None, pid=None)
+        found = running.get(path)
+        return (
+            found if found is not None else ServiceSighting(path=path, incarnation=None, pid=None)
+        )
 
     def forget(self, service: str, ear: Callable[[Event], None]) -> None:
         """Stop sending to ``ear`` (and only it: a newer prober's ear stays)."""
@@ -584,12 +620,11 @@ class Prober(Actor):
                 self.restarting = False
                 self._schedule("liveness", self.probes["liveness"].interval)
         elif isinstance(message, ChildStarted):
-            pid = message.info.get("pid")
-            pid = pid if isinstance(pid, int) else None
-            if "pid" in message.info and pid is None:
+            sighting = sighted(message.source, message.restarts, message.info)
+            if sighting.incarnation is None:
                 self._down("not running")  # started without a process (held stopped)
             else:
-                self._up((message.restarts, pid), pid)
+                self._up(sighting.incarnation, sighting.pid)
         elif isinstance(message, Event) and message.kind in _DOWN_DETAILS:
             self._down(_DOWN_DETAILS[message.kind])
 
