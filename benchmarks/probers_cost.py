@@ -15,9 +15,11 @@ of a run on this machine are in results/probers.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pwd
+import signal
 import socket
 import subprocess
 import sys
@@ -48,6 +50,19 @@ def _cpu_and_wakeups(pid: int) -> tuple[float, int]:
             if line.startswith("voluntary_ctxt_switches:"):
                 wakeups = int(line.split()[1])
     return cpu, wakeups
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with (
+                contextlib.suppress(OSError),
+                open(f"/proc/{entry}/stat", encoding="utf-8") as stat,
+            ):
+                if int(stat.read().rpartition(")")[2].split()[1]) == pid:
+                    found.append(int(entry))
+    return found
 
 
 def _running(port: int) -> int:
@@ -93,13 +108,20 @@ def idle_cost(services: int, seconds: float, *, probed: bool = True) -> dict[str
                 if time.monotonic() > deadline or dev8.poll() is not None:
                     raise RuntimeError("the services did not all start within 120 s")
                 time.sleep(0.5)
-            time.sleep(3.0)  # the probers' first checks and start-up are over
+            time.sleep(5.0)  # the probers' first checks and start-up are over
             cpu_before, wakeups_before = _cpu_and_wakeups(dev8.pid)
             time.sleep(seconds)
             cpu_after, wakeups_after = _cpu_and_wakeups(dev8.pid)
         finally:
             dev8.terminate()
-            dev8.wait(60)
+            try:
+                dev8.wait(120)
+            except subprocess.TimeoutExpired:  # too busy to stop: its services go first
+                for child in _children(dev8.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child, signal.SIGKILL)
+                dev8.kill()
+                dev8.wait()
     return {
         "services": services,
         "seconds": seconds,
