@@ -602,6 +602,84 @@ async def test_a_crashed_prober_is_restarted_and_hears_again(
     ]
 
 
+# --------------------------------------------------------------------------- the hearing
+
+
+async def test_the_hearing_takes_the_snapshot_once_then_follows_the_events(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Made after the services started, it learns them from the tree's snapshot at the first
+    listen; from then on only from their events (a start, a stop, a start without a process:
+    held stopped), and an event reaches only the ear at its source."""
+    bus = EventBus()
+    pids = iter(range(500, 600))
+    held = {"b"}
+
+    async def run(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
+        task_status.started({"pid": None} if ctx.name in held else {"pid": next(pids)})
+        await trio.sleep_forever()
+
+    services = Supervisor(
+        "services", [ChildSpec(name=name, start=run) for name in ("a", "b", "c")], bus=bus
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(services.run)
+        hearing = ServiceHearing(bus, services)
+        heard: list[str] = []
+        first = hearing.listen("a", lambda event: heard.append(f"a:{event.kind}"))
+        assert (first.path, first.incarnation, first.pid) == ("services/a", (0, 500), 500)
+        held_one = hearing.listen("b", lambda event: heard.append(f"b:{event.kind}"))
+        assert held_one.incarnation is None  # started without a process: nothing to probe
+        await services.stop_child("c")
+        assert hearing.listen("c", heard.append).incarnation is None
+        held.clear()
+        await services.restart_child("b")
+        await services.restart_child("a")
+        await trio.testing.wait_all_tasks_blocked()
+        again = hearing.listen("a", lambda event: None)
+        assert (again.incarnation, again.pid) == ((1, 503), 503)
+        assert hearing.listen("b", lambda event: None).pid == 502
+        nursery.cancel_scope.cancel()
+    assert heard[:4] == ["b:child_stopping", "b:child_exited", "b:child_stopped", "b:child_started"]
+    assert heard[4:] == ["a:child_stopping", "a:child_exited", "a:child_stopped", "a:child_started"]
+
+
+async def test_a_service_started_without_a_process_is_not_probed(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A held service's stand-in reports started with no pid (ServiceFactory._stay_stopped):
+    the prober takes it as not running, and ProbeNow says so."""
+    bus = EventBus()
+
+    async def held(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
+        task_status.started({"pid": None})
+        await trio.sleep_forever()
+
+    async def restart(name: str) -> None:
+        raise AssertionError("nothing is probed, so nothing fails")
+
+    services = Supervisor("services", [ChildSpec(name="web", start=held)], bus=bus)
+    registry = Registry()
+    probe = ProbeConfig(type=ProbeType.PROCESS, interval=1.0)
+    spec = make_prober_spec(
+        "web",
+        ProbesConfig(liveness=probe),
+        HealthBoard(),
+        restart,
+        registry=registry,
+        hearing=ServiceHearing(bus, services),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(services.run)
+        await nursery.start(Supervisor("health", [spec], bus=bus).run)
+        await trio.sleep(10)
+        status = await registry.ref("health/web").call(Status(), timeout=1.0)
+        assert (status.running, status.probes["liveness"]["checks"]) == (False, 0)
+        with pytest.raises(ServiceNotRunning):
+            await registry.ref("health/web").call(ProbeNow(), timeout=1.0)
+        nursery.cancel_scope.cancel()
+
+
 # --------------------------------------------------------------------------- a real hung process
 
 
