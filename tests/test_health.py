@@ -631,7 +631,9 @@ async def test_the_hearing_takes_the_snapshot_once_then_follows_the_events(
         held_one = hearing.listen("b", lambda event: heard.append(f"b:{event.kind}"))
         assert held_one.incarnation is None  # started without a process: nothing to probe
         await services.stop_child("c")
-        assert hearing.listen("c", heard.append).incarnation is None
+        assert (
+            hearing.listen("c", lambda event: heard.append(f"c:{event.kind}")).incarnation is None
+        )
         held.clear()
         await services.restart_child("b")
         await services.restart_child("a")
