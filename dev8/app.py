@@ -57,7 +57,7 @@ from .config import (
 from .connections import ConnectionBoard, make_tracker_spec
 from .control import Control, Hooks
 from .exit_codes import ExitCode
-from .health import HealthBoard
+from .health import HealthBoard, ServiceHearing
 from .idle import make_idle_spec
 from .init import (
     OwnPids,
@@ -226,6 +226,7 @@ class Dev8:
             parallel_shutdown=True,
         )
         self.factory.services = self.services
+        self.factory.hearing = ServiceHearing(self.bus, self.services)
         probers = [self.factory.prober_spec(name, config) for name in enabled]
         self.probers = Supervisor(
             "health", [spec for spec in probers if spec is not None], bus=self.bus, rng=self.rng

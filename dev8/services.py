@@ -28,6 +28,7 @@ from actors import (
     ChildSpec,
     ChildState,
     Intensity,
+    Registry,
     Restart,
     Supervisor,
 )
@@ -35,7 +36,7 @@ from actors import (
 from .builtins import SecretGetter, expand
 from .cgroups import CgroupFiles
 from .config import RESTART_DELAY_FLOOR, BackoffConfig, Config, IntensityConfig, ServiceConfig
-from .health import HealthBoard, make_prober_spec
+from .health import HealthBoard, ServiceHearing, make_prober_spec
 from .init import OwnPids
 from .probes import start_when_ready
 from .process import Limits, OutputRing, ProcessSettings, run_process
@@ -72,6 +73,10 @@ class ServiceFactory:
     held: set[str] = attrs.field(factory=set)
     #: Each service's restart policy, as its process actor was last built.
     restart_policies: dict[str, Restart] = attrs.field(factory=dict)
+    #: Where actors register by path (the probers do).
+    registry: Registry = attrs.field(factory=Registry)
+    #: How probers hear their services start and exit (set once ``services`` exists).
+    hearing: ServiceHearing | None = None
 
     def restart_policy(self, name: str) -> Restart | None:
         return self.restart_policies.get(name)
@@ -154,8 +159,14 @@ class ServiceFactory:
         probes = self.effective(name, config).probes
         if probes.readiness is None and probes.liveness is None:
             return None
+        assert self.hearing is not None
         return make_prober_spec(
-            name, probes, self.health, restart=self._restart_for_probe, pid_of=self._pid_of(name)
+            name,
+            probes,
+            self.health,
+            restart=self._restart_for_probe,
+            registry=self.registry,
+            hearing=self.hearing,
         )
 
     async def _stay_stopped(self, name: str, task_status: trio.TaskStatus[Any]) -> None:
@@ -173,17 +184,6 @@ class ServiceFactory:
         if name in self.held:
             return None  # stopped on purpose: a late probe result is about the old process
         return await self.services.restart_child(name, reason="probe")
-
-    def _pid_of(self, name: str) -> Callable[[], int | None]:
-        def pid_of() -> int | None:
-            assert self.services is not None
-            for node in self.services.children():
-                if node.name == name and node.state is ChildState.RUNNING:
-                    pid = node.info.get("pid")
-                    return pid if isinstance(pid, int) else None
-            return None
-
-        return pid_of
 
 
 #: OOM scores (/proc/PID/oom_score_adj) under memory pressure: the user's services go first

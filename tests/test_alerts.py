@@ -9,7 +9,16 @@ import attrs
 import pytest
 import trio
 
-from actors import ChildGaveUp, ChildStarted, Event, EventBus, Supervisor
+from actors import (
+    ChildContext,
+    ChildGaveUp,
+    ChildSpec,
+    ChildStarted,
+    Event,
+    EventBus,
+    Registry,
+    Supervisor,
+)
 from dev8.alerts import AlertRules, run_alerts
 from dev8.config import ProbeConfig, ProbesConfig, ProbeType
 from dev8.connections import ConnectionClosed, ConnectionOpened
@@ -19,6 +28,7 @@ from dev8.health import (
     ProbeLatencyCleared,
     ProbeLatencyCrossed,
     ProbeRecovered,
+    ServiceHearing,
     make_prober_spec,
 )
 from dev8.idle import IdleState, WorkspaceActive, WorkspaceIdle, run_idle
@@ -304,7 +314,22 @@ async def test_the_prober_publishes_when_checks_turn_slow_and_fast_again(
         probe = ProbeConfig(
             type=ProbeType.HTTP, url=f"http://127.0.0.1:{port}/", interval=10.0, timeout=5.0
         )
-        spec = make_prober_spec("web", ProbesConfig(liveness=probe), board, restart, lambda: 1)
+
+        async def web(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
+            ctx.info["pid"] = 1  # the service the prober hears start (nothing probes the pid)
+            task_status.started()
+            await trio.sleep_forever()
+
+        services = Supervisor("services", [ChildSpec(name="web", start=web)], bus=bus)
+        await nursery.start(services.run)
+        spec = make_prober_spec(
+            "web",
+            ProbesConfig(liveness=probe),
+            board,
+            restart,
+            registry=Registry(),
+            hearing=ServiceHearing(bus, services),
+        )
         await nursery.start(Supervisor("health", [spec], bus=bus).run)
         await _running_alerts(nursery, bus, resolve_after=300)
         await trio.sleep(60)

@@ -81,7 +81,7 @@ def scrape(board: HealthBoard) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 def test_probe_results_become_counters_a_gauge_and_a_histogram_with_a_half_second_bound() -> None:
     board = HealthBoard()
     probe = ProbeConfig(type="tcp", port=1)
-    board.add("web", ProbesConfig(readiness=probe, liveness=probe), pid_of=lambda: 1)
+    board.add("web", ProbesConfig(readiness=probe, liveness=probe))
     results = [(True, 0.1), (True, 0.5), (False, 0.6), (False, 12.0), (False, 0.004)]
     for ok, latency in results:
         board._note("web", "liveness", ProbeResult(ok=ok, latency=latency, detail="x"))
@@ -117,7 +117,7 @@ def test_probe_results_become_counters_a_gauge_and_a_histogram_with_a_half_secon
 
 def test_a_probe_never_checked_has_no_last_duration() -> None:
     board = HealthBoard()
-    board.add("web", ProbesConfig(readiness=ProbeConfig(type="tcp", port=1)), pid_of=lambda: 1)
+    board.add("web", ProbesConfig(readiness=ProbeConfig(type="tcp", port=1)))
     found = scrape(board)
     labels = (("probe", "readiness"), ("service", "web"))
     assert ("dev8_probe_last_duration_seconds", labels) not in found
