@@ -96,15 +96,19 @@ class Actor:
         self._mailbox.put_internal(message)
 
     def send_after(self, delay: float, message: Any) -> trio.CancelScope:
-        """A timer: ``message`` reaches ``handle_info`` after ``delay`` (cancel the scope: undo)."""
+        """A timer: ``message`` reaches ``handle_info`` after ``delay`` (cancel the scope: undo).
+
+        The delay counts from this call, not from when the timer's task first runs.
+        """
         assert self._nursery is not None
         scope = trio.CancelScope()
         mailbox = self._mailbox
         assert mailbox is not None
+        deadline = trio.current_time() + delay
 
         async def timer() -> None:
             with scope:
-                await trio.sleep(delay)
+                await trio.sleep_until(deadline)
                 mailbox.put_internal(message)
 
         self._nursery.start_soon(timer)

@@ -42,6 +42,7 @@ from actors import (
     EventBus,
     Intensity,
     Mailbox,
+    Registry,
     Supervisor,
     UnknownChild,
 )
@@ -199,8 +200,13 @@ class Dev8:
                 )
             except (OSError, KeyError) as e:
                 self._storage_error = f"{type(e).__name__}: {e}"
+        #: Live actors by path (``dev8/secrets``): callers hold addresses, not objects.
+        self.registry = Registry()
         self.secrets = Secrets.build(
-            config, publish=self.bus.publish, home=self.placement.credentials_home
+            config,
+            publish=self.bus.publish,
+            home=self.placement.credentials_home,
+            registry=self.registry,
         )
         self.health = HealthBoard()
         # Blocking (reads /proc/self), so here, before trio runs.

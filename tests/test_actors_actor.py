@@ -5,6 +5,7 @@ reachable at the same path."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -287,3 +288,32 @@ async def test_two_live_actors_cannot_share_a_path() -> None:
     except* PathTaken as group:
         refused += leaves(group)
     assert [str(e) for e in refused] == ["a live actor is already registered at same"]
+
+
+class Alarm(Actor):
+    """Sets a timer when asked; records when each one rang."""
+
+    def __init__(self, registry: Registry) -> None:
+        super().__init__(registry, "alarm")
+        self.rang: list[float] = []
+
+    async def handle_call(self, message: Any, reply: Reply[Any]) -> Any:
+        self.send_after(float(message), "ring")
+        return trio.current_time()
+
+    async def handle_info(self, message: Any) -> None:
+        self.rang.append(trio.current_time())
+
+
+async def test_a_timer_counts_from_when_it_was_set(mock_clock: trio.testing.MockClock) -> None:
+    """The clock may move before the timer's task first runs: the delay still counts from the
+    ``send_after`` call (a frozen clock jumped right after the answer)."""
+    registry = Registry()
+    alarm = Alarm(registry)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(alarm.run)
+        set_at = await registry.ref("alarm").call(10, timeout=math.inf)
+        mock_clock.jump(30)
+        await trio.testing.wait_all_tasks_blocked()
+        assert alarm.rang == [set_at + 30]  # rang at the first moment it could
+        nursery.cancel_scope.cancel()

@@ -11,12 +11,14 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import yaml
 from support.dev8_harness import NO_BACKOFF, Dev8Run, Json, fail_after, run_cli
 from support.keyvault_fake import AZURE_ENV, FakeImds, FakeKeyVault
+from support.tree import walk as walk_tree
 from support.workspace_harness import (
     USER_ID,
     WorkspaceSecrets,
@@ -379,3 +381,61 @@ async def test_the_secrets_environment_variables_reach_dev8_run(
     assert {key: shown[key] for key in expected} == expected
     if variable.startswith("DEV8_SECRET_"):  # a value: never shown
         assert random_core(value) not in result.stdout + result.stderr
+
+
+async def test_a_rotator_crashed_mid_refresh_answers_at_once_and_is_restarted(
+    *,
+    vault: FakeKeyVault,
+    material: WorkspaceSecrets,
+    user: WorkspaceUser,
+    tmp_path: Path,
+    api_port: int,
+    marker: str,
+) -> None:
+    """Chaos at the actor level, as an operator would try it: while a refresh waits on a hung
+    vault, the rotator (``dev8/secrets``) is crashed through the chaos API. The refresh is
+    answered at once with a 503 naming the rotator (not a hang until the fetch timeout), the
+    supervisor restarts the rotator, and the next refresh through the same address succeeds."""
+    seed(vault, material)
+    config = config_for(tmp_path, user, api_port, marker, fetch_timeout=30.0)
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    data["chaos"] = {"enabled": True}
+    config.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    async with open_workspace(config, port=api_port, markers=[marker]) as (run, _):
+        await wait_healthy(run)
+        async with run.events("kind=child_exited,child_started") as events:
+            vault.hang()
+            asked = len(vault.secret_requests())
+            answers: list[tuple[float, Any]] = []
+
+            async def refresh_on_a_hung_vault() -> None:
+                response = await run.http.post("/secrets/refresh", timeout=60)
+                answers.append((time.monotonic(), response))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(refresh_on_a_hung_vault)
+                with fail_after(20, "the refresh's pass to reach the vault", run.tail):
+                    # A bounded poll of the vault's request log (it runs in its own thread).
+                    while len(vault.secret_requests()) < asked + len(ROLES):  # noqa: ASYNC110
+                        await trio.sleep(0.05)
+                assert not answers
+                crashed = await run.http.post("/chaos/actors/dev8/secrets/crash")
+                assert crashed.status_code == 200, crashed.text
+                crashed_at = time.monotonic()
+            vault.heal()
+            [(answered_at, response)] = answers
+            assert answered_at - crashed_at < 10.0  # at once: not the 30 s fetch timeout
+            assert response.status_code == 503, response.text
+            error = response.json()["error"]
+            assert error["code"] == "actor_unavailable"
+            assert "dev8/secrets" in error["message"]
+            assert error["ok"] is False
+            exited = await seen_or_wait(events, "child_exited", child="secrets")
+            assert exited["data"]["reason"] == "error"
+            await seen_or_wait(events, "child_started", child="secrets", timeout=30)
+        body = await refresh(run)
+        assert body["ok"] is True
+        status = await run.status()
+        [node] = [n for n in walk_tree(status["tree"]) if n["path"] == "dev8/secrets"]
+        assert node["restarts"] == 1
+        assert status["secrets"]["lastPassOk"] is True

@@ -26,6 +26,7 @@ from dev8.secrets import (
     secrets_config_from,
 )
 from dev8.secrets.errors import SecretsRefreshFailed
+from dev8.secrets.rotator import Status
 from dev8.secrets.runtime import refresh_failure, refresh_reply
 
 
@@ -115,8 +116,11 @@ async def test_no_secret_value_reaches_any_output(
         # A required secret that is missing: the refused refresh, as a traceback would show it.
         lonely = Rotator(provider=provider, injector=Injector(home=home), required=["github_token"],
                          names={"github_token": "github-token-absent"})  # fmt: skip
-        result = await lonely._pass(forced=True)
-        outputs.append(repr(lonely.waiting_for()))
+        async with trio.open_nursery() as nursery:
+            result = await nursery.start(lonely.run)  # its first pass
+            outputs.append(repr(lonely.waiting_for()))
+            outputs.append(repr(await lonely.ref.call(Status(), timeout=30)))
+            nursery.cancel_scope.cancel()
         failure = refresh_failure(result, refresh_reply(result))
         with pytest.raises(SecretsRefreshFailed) as caught:
             raise failure

@@ -294,7 +294,8 @@ def _paths() -> dict[str, Any]:
                     "503": document_content(
                         documents.SecretsRefreshErrorDocument,
                         "the store failed (secrets_unavailable: throttled, timeout, credential, "
-                        "an HTTP status) or no pass finished in time (secrets_timeout)",
+                        "an HTTP status), no pass finished in time (secrets_timeout), or the "
+                        "rotator did not answer (actor_unavailable: crashed mid-pass, restarting)",
                     ),
                     **_AUTH_ERRORS,
                 },

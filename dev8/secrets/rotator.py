@@ -1,5 +1,19 @@
 """The rotator actor: first injection at startup, then a version check every interval.
 
+It is an ``Actor`` at its path in the tree (``dev8/secrets``) with a bounded mailbox:
+
+- ``Refresh`` (call): run a forced pass and answer with its :class:`RefreshResult` (which
+  secrets and files changed, which failed and why: names, versions and reasons, never values).
+  Requests that arrive while a pass runs are **coalesced** into the next pass, which starts
+  once the running one is done: every caller gets the result of a pass that started after its
+  request. As a cast it asks for such a pass without waiting for it.
+- ``Status`` (call): the rotator's state as ``/status`` shows it (:meth:`Rotator.status`).
+
+The periodic check is a ``send_after`` timer set after each pass; a pass runs in its own task
+(the fetches in the provider's worker threads), so ``Status`` is answered while it runs, and
+its outcome comes back as a notice that the actor's loop applies: the loop is the one writer of
+the versions written, the counters and ``ready``.
+
 ``run`` reports readiness with the first pass's :class:`RefreshResult`, whatever it holds: the
 rotator itself never fails because the store is down or a secret is missing (that must not take a
 workspace down). ``ready`` is set once every required secret has been written; services wait on
@@ -9,16 +23,18 @@ it. Failures keep the last good files, publish an event and back off (never soon
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Collection, Mapping
-from typing import NoReturn, Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import attrs
 import structlog
 import trio
 
-from actors import Event
+from actors import NO_REPLY, Actor, ChildContext, Event, Refuse, Registry, Reply
 
 from .errors import SecretFetchError
 from .events import (
@@ -33,6 +49,10 @@ from .providers import SecretProvider, SecretValue
 from .settings import SecretsConfig
 
 log = structlog.get_logger(__name__)
+
+#: Requests from outside that may wait in the rotator's mailbox (each ``Refresh`` leaves it at
+#: once to wait for its pass, so only a burst faster than the loop can fill it).
+MAILBOX_CAPACITY = 32
 
 
 class SupportsInject(Protocol):
@@ -95,8 +115,57 @@ class RotatorStats:
     last_success_time: float = 0.0
 
 
-class Rotator:
-    """Keeps the workspace's credential files in step with the secret store."""
+# -- messages --------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Refresh:
+    """Run a forced pass (re-fetch, re-inject); a call is answered with its ``RefreshResult``."""
+
+
+@attrs.frozen
+class Status:
+    """Answered with :meth:`Rotator.status`: what ``/status`` shows under ``secrets``."""
+
+
+@attrs.frozen
+class _StartPass:
+    """Queued behind the requests already in the mailbox, so that they share one pass."""
+
+
+@attrs.frozen
+class _Tick:
+    """The periodic check is due (``timer`` tells a current timer from a cancelled one)."""
+
+    timer: int
+
+
+@attrs.frozen
+class _PassDone:
+    result: RefreshResult
+
+
+def _iso(timestamp: float | None) -> str | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=UTC).isoformat()
+
+
+def failure_document(failure: FetchFailure) -> dict[str, Any]:
+    return {
+        "name": failure.name,
+        "reason": failure.reason,
+        "status": failure.status,
+        "retryAfter": failure.retry_after,
+    }
+
+
+class Rotator(Actor):
+    """Keeps the workspace's credential files in step with the secret store.
+
+    Its state (the versions written, the counters, ``ready``) outlives its restarts: a new
+    incarnation starts with a forced pass against what is already on disk.
+    """
+
+    mailbox_capacity = MAILBOX_CAPACITY
 
     def __init__(
         self,
@@ -112,10 +181,17 @@ class Rotator:
         retry_max_delay: float = 600.0,
         rng: random.Random | None = None,
         source: str = "secrets",
+        registry: Registry | None = None,
+        path: str | None = None,
+        provider_kind: str | None = None,
     ) -> None:
+        """``path``: where it registers; by default its place in the tree (``ctx.path``), or
+        ``source`` when it runs outside a supervisor. ``provider_kind`` names the store in
+        ``status()`` (the config's ``secrets.provider``)."""
         unknown = set(required) - set(names)
         if unknown:
             raise ValueError(f"required roles without a name: {sorted(unknown)}")
+        super().__init__(registry if registry is not None else Registry(), path)
         self._provider = provider
         self._injector = injector
         self._names = dict(names)
@@ -127,12 +203,9 @@ class Rotator:
         self.retry_max_delay = retry_max_delay
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._source = source
+        self.provider_kind = provider_kind or type(provider).__name__
         self._versions: dict[str, str] = {}
         self._missing_logged: set[str] = set()
-        self._refresh_wanted = trio.Event()
-        self._passes_started = 0
-        self._passes_done = 0
-        self._pass_done = trio.Event()
         self.last_result: RefreshResult | None = None
         #: Set once every required secret has been written; it stays set.
         self.ready = trio.Event()
@@ -140,6 +213,15 @@ class Rotator:
         self.last_pass_at: float | None = None
         self.next_check_at: float | None = None
         self.stats = RotatorStats()
+        # One incarnation's state, set again by ``init``.
+        self._starting: trio.TaskStatus[RefreshResult] | None = None
+        self._pass_running = False
+        self._in_pass: list[Reply[RefreshResult]] = []  # callers the running pass answers
+        self._next_pass: list[Reply[RefreshResult]] = []  # callers the next pass answers
+        self._pass_wanted = False  # a forced pass is asked for (by a call or a cast)
+        self._start_queued = False  # a _StartPass is in the mailbox
+        self._timer: trio.CancelScope | None = None
+        self._timer_id = 0
 
     @classmethod
     def from_config(
@@ -151,6 +233,8 @@ class Rotator:
         publish: Callable[[Event], object] | None = None,
         rng: random.Random | None = None,
         source: str = "secrets",
+        registry: Registry | None = None,
+        path: str | None = None,
     ) -> Rotator:
         return cls(
             provider=provider,
@@ -164,7 +248,12 @@ class Rotator:
             retry_max_delay=config.retry_max_delay,
             rng=rng,
             source=source,
+            registry=registry,
+            path=path,
+            provider_kind=config.provider,
         )
+
+    # -- reading (snapshots of the actor's state; nothing here changes it) ----------------------
 
     @property
     def versions(self) -> Mapping[str, str]:
@@ -182,34 +271,21 @@ class Rotator:
             if role not in self._versions
         ]
 
-    async def run(
-        self, *, task_status: trio.TaskStatus[RefreshResult] = trio.TASK_STATUS_IGNORED
-    ) -> NoReturn:
-        """First injection, ``started(result)``, then check on the interval or on request."""
-        result = await self._pass(forced=True)
-        task_status.started(result)
-        while True:
-            delay = self.next_delay()
-            self.next_check_at = time.time() + delay
-            with trio.move_on_after(delay):
-                await self._refresh_wanted.wait()
-            forced = self._refresh_wanted.is_set()
-            if forced:  # requests made from now on ask for another pass after this one
-                self._refresh_wanted = trio.Event()
-            result = await self._pass(forced=forced)
-
-    def request_refresh(self) -> None:
-        """Ask for a forced pass soon; requests made while one is pending are merged into it."""
-        self._refresh_wanted.set()
-
-    async def refresh(self) -> RefreshResult:
-        """Force a pass (re-fetch, re-inject) and return its result. Bound it with a timeout:
-        it waits for the running rotator to get to it."""
-        target = self._passes_started + 1
-        self.request_refresh()
-        while self._passes_done < target or self.last_result is None:
-            await self._pass_done.wait()
-        return self.last_result
+    def status(self) -> dict[str, Any]:
+        """What ``/status`` shows under ``secrets`` (and ``Status`` answers): no values."""
+        last = self.last_result
+        return {
+            "provider": self.provider_kind,
+            "versions": dict(self._versions),
+            "last_fetch": _iso(self.last_pass_at),
+            "next_check": _iso(self.next_check_at),
+            "last_pass_ok": None if last is None else last.ok,
+            "ready": self.ready.is_set(),
+            "waitingFor": [failure_document(f) for f in self.waiting_for()],
+            "failed": [] if last is None else sorted(last.failed),
+            "missing": [] if last is None else list(last.missing),
+            "stats": attrs.asdict(self.stats),
+        }
 
     def next_delay(self) -> float:
         """Seconds until the next check: the interval plus jitter, or a backoff after failures.
@@ -228,37 +304,134 @@ class Rotator:
             delay = max(delay, retry_after + self._rng.uniform(0, 0.2 * retry_after + 1.0))
         return delay
 
-    async def _pass(self, *, forced: bool) -> RefreshResult:
-        self._passes_started += 1
+    # -- through the address ---------------------------------------------------------------------
+
+    async def refresh(self, *, timeout: float = math.inf) -> RefreshResult:
+        """``Refresh`` through this actor's address: force a pass and wait for its result."""
+        result: RefreshResult = await self.ref.call(Refresh(), timeout=timeout)
+        return result
+
+    def request_refresh(self) -> None:
+        """``Refresh`` as a cast: a forced pass soon, merged with the requests pending."""
+        self.ref.cast(Refresh())
+
+    # -- the actor -----------------------------------------------------------------------------
+
+    async def run(
+        self,
+        ctx: ChildContext | None = None,
+        *,
+        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Registered at once (a ``Refresh`` sent during the first pass waits for the next one);
+        ``started(result)`` once the first pass is done, so the services start on its files."""
+        self._starting = task_status
+        if ctx is None:
+            ctx = ChildContext(
+                name=self._source.rpartition("/")[2],
+                path=self._source,
+                attempt=0,
+                publish=self._publish,
+            )
+        await super().run(ctx, task_status=trio.TASK_STATUS_IGNORED)
+
+    async def init(self) -> None:
+        self._pass_running = False
+        self._in_pass, self._next_pass = [], []
+        self._pass_wanted = self._start_queued = False
+        self._timer = None
+        self._start_pass(forced=True)
+
+    async def handle_call(self, message: Any, reply: Reply[Any]) -> Any:
+        if isinstance(message, Refresh):
+            self._next_pass.append(reply)
+            self._want_pass()
+            return NO_REPLY
+        if isinstance(message, Status):
+            return self.status()
+        raise Refuse(TypeError(f"{self.path} takes no call {type(message).__name__}"))
+
+    async def handle_cast(self, message: Any) -> None:
+        if isinstance(message, Refresh):
+            self._want_pass()
+        else:
+            await super().handle_cast(message)
+
+    async def handle_info(self, message: Any) -> None:
+        if isinstance(message, _StartPass):
+            self._start_queued = False
+            if self._pass_wanted and not self._pass_running:
+                self._start_pass(forced=True)
+        elif isinstance(message, _Tick):
+            if message.timer == self._timer_id and not self._pass_running:
+                self._start_pass(forced=self._pass_wanted)
+        elif isinstance(message, _PassDone):
+            self._finish_pass(message.result)
+
+    def _want_pass(self) -> None:
+        """A forced pass once the requests already queued are in (they share it)."""
+        self._pass_wanted = True
+        if not self._pass_running and not self._start_queued:
+            self._start_queued = True
+            self.notify(_StartPass())
+
+    def _start_pass(self, *, forced: bool) -> None:
+        """Every caller waiting so far asked before this pass began: it answers them all."""
+        self._cancel_timer()
+        self._pass_running = True
+        self._pass_wanted = False
+        self._in_pass, self._next_pass = self._next_pass, []
         self.last_pass_at = time.time()
+        self.start_soon(self._pass, forced, dict(self._versions))
+
+    def _finish_pass(self, result: RefreshResult) -> None:
+        self._pass_running = False
+        self._apply(result)
+        answered, self._in_pass = self._in_pass, []
+        for reply in answered:
+            reply.send(result)
+        if self._pass_wanted:  # asked for during this pass: the next one starts now
+            if not self._start_queued:
+                self._start_queued = True
+                self.notify(_StartPass())
+        else:
+            self._schedule_check()
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            starting.started(result)
+
+    def _schedule_check(self) -> None:
+        delay = self.next_delay()
+        self.next_check_at = time.time() + delay
+        self._timer_id += 1
+        self._timer = self.send_after(delay, _Tick(self._timer_id))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_id += 1  # a tick already in the mailbox is stale
+
+    # -- one pass (its own task: reads the actor's state, changes none of it) -------------------
+
+    async def _pass(self, forced: bool, written: Mapping[str, str]) -> None:
         try:
-            try:
-                result = await self._check(forced=forced)
-            except Exception as error:  # a bug or a bad input fails this pass, never the rotator
-                log.error("secrets.pass_failed", error_type=type(error).__name__)
-                result = self._failed_pass(forced=forced)
-        finally:
-            self._passes_done += 1
-            done, self._pass_done = self._pass_done, trio.Event()
-            done.set()
-        return result
+            result = await self._check(forced=forced, written=written)
+        except Exception as error:  # a bug or a bad input fails this pass, never the rotator
+            log.error("secrets.pass_failed", error_type=type(error).__name__)
+            result = RefreshResult(
+                versions={},
+                changed=(),
+                missing=(),
+                failed={r: FetchFailure(n, "internal_error") for r, n in self._names.items()},
+                injection=None,
+                fetch_duration=0.0,
+                duration=0.0,
+                forced=forced,
+            )
+        self.notify(_PassDone(result))
 
-    def _failed_pass(self, *, forced: bool) -> RefreshResult:
-        result = RefreshResult(
-            versions={},
-            changed=(),
-            missing=(),
-            failed={r: FetchFailure(n, "internal_error") for r, n in self._names.items()},
-            injection=None,
-            fetch_duration=0.0,
-            duration=0.0,
-            forced=forced,
-        )
-        self._account(result)
-        self._announce(result, {}, written=False)
-        return result
-
-    async def _check(self, *, forced: bool) -> RefreshResult:
+    async def _check(self, *, forced: bool, written: Mapping[str, str]) -> RefreshResult:
         start = time.perf_counter()
         fetched: dict[str, SecretValue | None] = {}
         failed: dict[str, FetchFailure] = {}
@@ -275,30 +448,19 @@ class Rotator:
         fetch_duration = time.perf_counter() - start
 
         missing: list[str] = []
-        for role, secret in list(fetched.items()):
+        present: dict[str, SecretValue] = {}
+        for role, secret in fetched.items():
             if secret is not None:
-                self._missing_logged.discard(role)
-                continue
-            del fetched[role]
-            if role in self._required:  # never written, or vanished: keep files, complain, back off
+                present[role] = secret
+            elif role in self._required:  # never written, or vanished: keep files, back off
                 failed[role] = FetchFailure(self._names[role], "missing")
-                continue
-            missing.append(role)
-            if role not in self._missing_logged:
-                self._missing_logged.add(role)
-                log.info("secrets.optional_absent", name=self._names[role], role=role)
-            self._versions.pop(role, None)
-
-        present = {role: s for role, s in fetched.items() if s is not None}
-        changed = tuple(sorted(r for r, s in present.items() if self._versions.get(r) != s.version))
+            else:
+                missing.append(role)
+        changed = tuple(sorted(r for r, s in present.items() if written.get(r) != s.version))
         injection: InjectionResult | None = None
         if forced or changed:
             injection = self._injector.inject(present)
-        written_ok = injection is None or not injection.failed
-        previous = dict(self._versions)
-        if written_ok:
-            self._versions.update({r: present[r].version for r in changed})
-        result = RefreshResult(
+        return RefreshResult(
             versions={r: s.version for r, s in present.items()},
             changed=changed,
             missing=tuple(sorted(missing)),
@@ -308,9 +470,23 @@ class Rotator:
             duration=time.perf_counter() - start,
             forced=forced,
         )
+
+    # -- applying a pass's outcome (the loop: the one writer of the state) ----------------------
+
+    def _apply(self, result: RefreshResult) -> None:
+        for role in result.versions:
+            self._missing_logged.discard(role)
+        for role in result.missing:
+            self._versions.pop(role, None)
+            if role not in self._missing_logged:
+                self._missing_logged.add(role)
+                log.info("secrets.optional_absent", name=self._names[role], role=role)
+        written_ok = result.injection is None or not result.injection.failed
+        previous = dict(self._versions)
+        if written_ok:
+            self._versions.update({r: result.versions[r] for r in result.changed})
         self._account(result)
         self._announce(result, previous, written_ok)
-        return result
 
     def _account(self, result: RefreshResult) -> None:
         self.last_result = result

@@ -1,34 +1,47 @@
-"""The secrets part of a running dev8: provider, injector and rotator, as one child of the tree."""
+"""The secrets part of a running dev8: provider, injector and rotator, as one child of the tree.
+
+The rotator is an actor at ``ROTATOR_PATH``; what the API asks of it (``POST /secrets/refresh``)
+goes to that address as a ``Refresh`` message, and what it shows (``/status``, ``/metrics``) is
+read from the rotator's own snapshot.
+"""
 
 from __future__ import annotations
 
 import os
 import pwd
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
-from actors import Backoff, ChildContext, ChildSpec, Event, Intensity, Restart
+from actors import (
+    ActorError,
+    ActorRef,
+    Backoff,
+    CallTimeout,
+    ChildContext,
+    ChildSpec,
+    Event,
+    Intensity,
+    Registry,
+    Restart,
+)
 
 from .atomic import Owner
 from .errors import SecretsRefreshFailed
 from .injector import Injector
 from .providers import SecretProvider, build_provider
-from .rotator import FetchFailure, RefreshResult, Rotator, RotatorStats
+from .rotator import Refresh, RefreshResult, Rotator, RotatorStats, failure_document
 
 if TYPE_CHECKING:
     from ..config import Config
 
 #: How long ``POST /secrets/refresh`` waits for a pass.
 REFRESH_TIMEOUT = 60.0
-
-
-def _iso(timestamp: float | None) -> str | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=UTC).isoformat()
+#: The rotator's place in the tree (``/status``'s ``tree``): the address it registers at.
+ROTATOR_PATH = "dev8/secrets"
 
 
 @attrs.define
@@ -40,6 +53,11 @@ class Secrets:
     rotator: Rotator
     provider_kind: str
 
+    @property
+    def address(self) -> ActorRef:
+        """Where ``Refresh`` and ``Status`` go."""
+        return self.rotator.ref
+
     @classmethod
     def build(
         cls,
@@ -47,6 +65,7 @@ class Secrets:
         *,
         publish: Callable[[Event], object],
         home: Path | None = None,
+        registry: Registry | None = None,
     ) -> Secrets | None:
         """None when no provider is configured (a local run).
 
@@ -73,13 +92,19 @@ class Secrets:
         )
         provider = build_provider(settings)
         rotator = Rotator.from_config(
-            settings, provider=provider, injector=injector, publish=publish, source="dev8/secrets"
+            settings,
+            provider=provider,
+            injector=injector,
+            publish=publish,
+            source=ROTATOR_PATH,
+            registry=registry,
+            path=ROTATOR_PATH,
         )
         return cls(provider, injector, rotator, settings.provider)
 
     def child_spec(self) -> ChildSpec:
         async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
-            await self.rotator.run(task_status=task_status)
+            await self.rotator.run(ctx, task_status=task_status)
 
         # The rotator does not fail because the store is down or a secret is missing: it retries
         # with backoff while the services wait (``rotator.ready``). Should it crash all the same,
@@ -100,18 +125,25 @@ class Secrets:
         return None if value is None else value.value
 
     async def refresh(self) -> dict[str, Any]:
-        """Force a pass. Only a pass without any failure answers ``ok: true``; otherwise
-        :class:`SecretsRefreshFailed` says what changed and what failed (names, never values)."""
-        result: RefreshResult | None = None
-        with trio.move_on_after(REFRESH_TIMEOUT):
-            result = await self.rotator.refresh()
-        if result is None:
+        """``Refresh`` through the rotator's address. Only a pass without any failure answers
+        ``ok: true``; otherwise :class:`SecretsRefreshFailed` says what changed and what failed
+        (names, never values), or why the rotator did not answer."""
+        try:
+            result: RefreshResult = await self.address.call(Refresh(), timeout=REFRESH_TIMEOUT)
+        except CallTimeout:
             raise SecretsRefreshFailed(
                 503,
                 "secrets_timeout",
                 f"no refresh pass finished within {REFRESH_TIMEOUT:g} s",
                 {"ok": False, "waitingFor": self.waiting_for()},
-            )
+            ) from None
+        except ActorError as error:  # it crashed mid-pass, is between restarts, or is flooded
+            raise SecretsRefreshFailed(
+                503,
+                "actor_unavailable",
+                f"the secret rotator did not answer: {error}",
+                {"ok": False, "waitingFor": self.waiting_for()},
+            ) from None
         reply = refresh_reply(result)
         if result.ok:
             return reply
@@ -125,29 +157,8 @@ class Secrets:
         return [failure_document(f) for f in self.rotator.waiting_for()]
 
     def status(self) -> dict[str, Any]:
-        last = self.rotator.last_result
-        stats = attrs.asdict(self.rotator.stats)
-        return {
-            "provider": self.provider_kind,
-            "versions": dict(self.rotator.versions),
-            "last_fetch": _iso(self.rotator.last_pass_at),
-            "next_check": _iso(self.rotator.next_check_at),
-            "last_pass_ok": None if last is None else last.ok,
-            "ready": self.rotator.ready.is_set(),
-            "waitingFor": self.waiting_for(),
-            "failed": [] if last is None else sorted(last.failed),
-            "missing": [] if last is None else list(last.missing),
-            "stats": stats,
-        }
-
-
-def failure_document(failure: FetchFailure) -> dict[str, Any]:
-    return {
-        "name": failure.name,
-        "reason": failure.reason,
-        "status": failure.status,
-        "retryAfter": failure.retry_after,
-    }
+        """The rotator's snapshot, as its ``Status`` message answers it."""
+        return self.rotator.status()
 
 
 def refresh_reply(result: RefreshResult) -> dict[str, Any]:
