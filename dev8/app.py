@@ -214,6 +214,7 @@ class Dev8:
         self.factory = ServiceFactory(
             own=self.own,
             health=self.health,
+            registry=self.registry,
             get_secret=self.secrets.get if self.secrets else None,
             custom_env=self.secrets.injector.custom_env if self.secrets else None,
             placement=self.placement,
