@@ -13,23 +13,38 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import attrs
+import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.audit_hook import audited
 from support.net import free_port
 
-from actors import ChildContext, EventBus, Supervisor
+from actors import (
+    ActorExited,
+    ActorNotFound,
+    ActorRef,
+    Backoff,
+    ChildContext,
+    EventBus,
+    Registry,
+    Supervisor,
+)
 from dev8.connections import (
     Connection,
-    ConnectionBoard,
+    ConnectionsView,
+    ConnectionTracker,
+    PortsChanged,
+    SetPorts,
+    Snapshot,
     TcpRow,
-    make_tracker_spec,
     own_socket_inodes,
     parse_proc_net_tcp,
     read_connections,
-    run_tracker,
     service_connections,
+    set_watched_ports,
 )
 
 # Captured on this machine: a dual-stack listener on port 0xA013 (40979) with one client over
@@ -243,30 +258,56 @@ def utc_iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=UTC).isoformat()
 
 
+class ScriptedTables:
+    """A fake read of the kernel's tables on virtual time: what each read finds, in turn (the
+    last one again after that), with the ports and time of each read; ``hold`` blocks reads."""
+
+    def __init__(self, finds: list[set[Connection]]) -> None:
+        self.finds = finds
+        self.reads: list[tuple[float, dict[int, str]]] = []
+        self.hold: trio.Event | None = None
+        self.fail_at: int | None = None
+
+    async def __call__(self, ports: Mapping[int, str]) -> set[Connection]:
+        self.reads.append((trio.current_time(), dict(ports)))
+        number = len(self.reads) - 1
+        if self.hold is not None:
+            await self.hold.wait()
+        if number == self.fail_at:
+            raise OSError("cannot read /proc/net/tcp")
+        return self.finds[min(number, len(self.finds) - 1)]
+
+
+def connection_events(bus: EventBus) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (e.event.kind, e.event.data()) for e in bus.history() if e.event.kind.startswith("conn")
+    ]
+
+
+@asynccontextmanager
+async def running_tracker(
+    ports: Mapping[str, Iterable[int]], tables: ScriptedTables, **options: Any
+) -> AsyncIterator[tuple[ConnectionTracker, ActorRef, EventBus]]:
+    """A tracker at dev8/connections, as its supervisor runs it (events stamped with its path)."""
+    bus, registry = EventBus(), Registry()
+    tracker = ConnectionTracker(registry, ports, read=tables, wall_clock=FakeWall(), **options)
+    ctx = ChildContext(name="connections", path="dev8/connections", attempt=0, publish=bus.publish)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tracker.run, ctx)
+        yield tracker, registry.ref("dev8/connections"), bus
+        nursery.cancel_scope.cancel()
+
+
 async def test_tracker_diffs_polls_and_keeps_last_activity(autojump_clock: trio.abc.Clock) -> None:
     wall = FakeWall()
-    clients = [3]
-    board = ConnectionBoard(
-        {"web": [8080], "ssh": [2222]}, websocket_clients=lambda: clients[0], wall_clock=wall
-    )
     alice = Connection("web", 8080, "10.0.0.7:50000")
     bob = Connection("ssh", 2222, "[2001:db8::5]:41000")
     # What each poll (every 5 s, from t=0) finds.
-    polls: list[set[Connection]] = [set(), {alice}, {alice, bob}, {bob}, set(), set()]
-    seen_ports: list[Mapping[int, str]] = []
-
-    def read(ports: Mapping[int, str]) -> set[Connection]:
-        seen_ports.append(dict(ports))
-        return polls[min(len(seen_ports) - 1, len(polls) - 1)]
-
-    bus = EventBus()
-    ctx = ChildContext(name="connections", path="dev8/connections", attempt=0, publish=bus.publish)
+    tables = ScriptedTables([set(), {alice}, {alice, bob}, {bob}, set(), set()])
     start = trio.current_time()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: run_tracker(
-            ctx, board, interval=5.0, read=read, task_status=task_status
-        ))  # fmt: skip
-        first = board.snapshot()
+    ports = {"web": [8080], "ssh": [2222]}
+    async with running_tracker(ports, tables, websocket_clients=lambda: 3) as (tracker, ref, bus):
+        first = await ref.call(Snapshot(), timeout=1)
         assert first == {
             "services": {
                 "web": {"count": 0, "ports": [8080], "peers": [], "lastActivity": None},
@@ -275,23 +316,27 @@ async def test_tracker_diffs_polls_and_keeps_last_activity(autojump_clock: trio.
             "websocketClients": 3,
             "lastActivity": None,  # websocket clients are shown, but are not activity
         }
+        assert tracker.snapshot() == first  # the published view says the same
         await trio.sleep_until(start + 11)  # polls at 0, 5, 10
-        snap = board.snapshot()
+        snap = await ref.call(Snapshot(), timeout=1)
         assert snap["services"]["web"]["peers"] == ["10.0.0.7:50000"]
         assert snap["services"]["ssh"]["peers"] == ["[2001:db8::5]:41000"]
         assert snap["services"]["ssh"]["lastActivity"] == utc_iso(wall.base + 10)
+        assert tracker.snapshot() == snap
         await trio.sleep_until(start + 26)  # polls at 15 (alice gone), 20 (bob gone), 25
-        nursery.cancel_scope.cancel()
-    assert seen_ports[0] == {8080: "web", 2222: "ssh"}
-    assert len(seen_ports) == 6
-    assert board.count("web") == board.count("ssh") == 0
+        view = tracker.published
+        final = await ref.call(Snapshot(), timeout=1)
+    assert [when - start for when, _ in tables.reads] == [0, 5, 10, 15, 20, 25]
+    assert {frozenset(ports.items()) for _, ports in tables.reads} == {
+        frozenset({8080: "web", 2222: "ssh"}.items())
+    }
+    assert view.count("web") == view.count("ssh") == 0
     # Active at a poll = had a connection, or one closed since the last poll.
-    assert board.last_activity("web") == wall.base + 15
-    assert board.last_activity("ssh") == wall.base + 20
-    assert board.last_activity() == wall.base + 20
-    assert board.snapshot()["lastActivity"] == utc_iso(wall.base + 20)
-    events = [(e.event.kind, e.event.data()) for e in bus.history()]
-    assert events == [
+    assert view.services["web"].last_activity == wall.base + 15
+    assert view.services["ssh"].last_activity == wall.base + 20
+    assert view.last_activity == wall.base + 20
+    assert final["lastActivity"] == utc_iso(wall.base + 20)
+    assert connection_events(bus) == [
         ("connection_opened", {"service": "web", "port": 8080, "peer": "10.0.0.7:50000"}),
         ("connection_opened", {"service": "ssh", "port": 2222, "peer": "[2001:db8::5]:41000"}),
         (
@@ -304,6 +349,177 @@ async def test_tracker_diffs_polls_and_keeps_last_activity(autojump_clock: trio.
         ),
     ]
     assert {e.event.source for e in bus.history()} == {"dev8/connections"}
+
+
+async def test_set_ports_closes_what_is_no_longer_watched_and_samples_at_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    alice = Connection("web", 8080, "10.0.0.7:50000")
+    bob = Connection("ssh", 2222, "10.0.0.8:41000")
+    carol = Connection("web", 9090, "10.0.0.9:42000")
+    # Each read finds what is there on the ports it was asked about.
+    there = {alice, bob, carol}
+
+    async def read(ports: Mapping[int, str]) -> set[Connection]:
+        return {c for c in there if ports.get(c.port) == c.service}
+
+    start = trio.current_time()
+    reads: list[float] = []
+
+    async def counted(ports: Mapping[int, str]) -> set[Connection]:
+        reads.append(trio.current_time() - start)
+        return await read(ports)
+
+    bus, registry = EventBus(), Registry()
+    tracker = ConnectionTracker(
+        registry,
+        {"web": [8080], "ssh": [2222]},
+        path="t/connections",
+        read=counted,
+        wall_clock=FakeWall(),
+    )
+    ref = registry.ref("t/connections")
+    async with trio.open_nursery() as nursery:
+        ctx = ChildContext(name="connections", path="t/connections", attempt=0, publish=bus.publish)
+        await nursery.start(tracker.run, ctx)
+        assert tracker.published.count("web") == tracker.published.count("ssh") == 1
+        await trio.sleep(1)
+        changed = await ref.call(SetPorts({"web": [9090], "db": (5432,)}), timeout=1)
+        assert changed == PortsChanged(
+            added=("db",), removed=("ssh",), changed=("web",), closed=(bob, alice)
+        )
+        # Closed at once, announced with the change; the published view follows in the same step.
+        closed = {"duration": 1.0}
+        assert connection_events(bus)[2:] == [
+            ("connection_closed", {"service": "ssh", "port": 2222, "peer": bob.peer, **closed}),
+            ("connection_closed", {"service": "web", "port": 8080, "peer": alice.peer, **closed}),
+        ]
+        assert set(tracker.published.services) == {"web", "db"}
+        await trio.testing.wait_all_tasks_blocked()  # the sample SetPorts started is done
+        snap = await ref.call(Snapshot(), timeout=1)
+        assert snap["services"]["web"] == {
+            "count": 1,
+            "ports": [9090],
+            "peers": [carol.peer],
+            "lastActivity": snap["lastActivity"],
+        }
+        assert snap["services"]["db"]["ports"] == [5432]
+        assert reads == [0, 1]  # the new ports were read at once, not at the next tick
+        # The same ports again change nothing and read nothing.
+        assert (await ref.call(SetPorts({"web": [9090], "db": [5432]}), timeout=1)).nothing
+        await trio.sleep(5.5)
+        assert reads == [0, 1, 6]  # the timer restarted from the change
+        nursery.cancel_scope.cancel()
+    assert connection_events(bus)[-1] == (
+        "connection_opened", {"service": "web", "port": 9090, "peer": carol.peer},
+    )  # fmt: skip
+
+
+async def test_no_port_watched_means_no_timer_and_no_read(autojump_clock: trio.abc.Clock) -> None:
+    tables = ScriptedTables([set()])
+    async with running_tracker({"web": []}, tables, interval=5.0) as (tracker, ref, _):
+        await trio.sleep(3600)
+        assert tables.reads == []
+        await ref.call(SetPorts({"web": [8080]}), timeout=1)
+        start = trio.current_time()
+        await trio.sleep(10.5)
+        assert [when - start for when, _ in tables.reads] == [0, 5, 10]
+        await ref.call(SetPorts({}), timeout=1)
+        await trio.sleep(3600)
+        assert len(tables.reads) == 3
+        assert tracker.snapshot()["services"] == {}
+
+
+async def test_calls_are_answered_during_a_slow_read_and_a_stale_read_is_dropped(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    old = Connection("web", 8080, "10.0.0.7:50000")
+    new = Connection("web", 9090, "10.0.0.9:42000")
+    tables = ScriptedTables([set(), {old}, {new}])
+    async with running_tracker({"web": [8080]}, tables, interval=5.0) as (tracker, ref, bus):
+        tables.hold = trio.Event()
+        await trio.sleep(5.5)  # the second read (of 8080) hangs in its thread
+        assert len(tables.reads) == 2
+        start = trio.current_time()
+        assert (await ref.call(Snapshot(), timeout=1))["services"]["web"]["count"] == 0
+        changed = await ref.call(SetPorts({"web": [9090]}), timeout=1)
+        assert changed.changed == ("web",)
+        assert trio.current_time() == start  # both answered at once, the read still under way
+        assert len(tables.reads) == 2  # one read at a time: the next waits for this one
+        tables.hold.set()
+        tables.hold = None
+        await trio.sleep(0.1)
+        # The read of 8080 finished after the change: dropped, and 9090 read at once.
+        assert [ports for _, ports in tables.reads[1:]] == [{8080: "web"}, {9090: "web"}]
+        assert tracker.published.services["web"].peers == (new.peer,)
+    assert connection_events(bus) == [
+        ("connection_opened", {"service": "web", "port": 9090, "peer": new.peer}),
+    ]
+
+
+async def test_a_crashed_tracker_is_restarted_callers_get_a_clear_error_meanwhile(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    alice = Connection("web", 8080, "10.0.0.7:50000")
+    # t=0 nobody, t=5 alice, t=10 the read fails; after the restart (1 s later) alice is gone.
+    tables = ScriptedTables([set(), {alice}, set(), set()])
+    tables.fail_at = 2
+    bus, registry = EventBus(), Registry()
+    tracker = ConnectionTracker(registry, {"web": [8080]}, read=tables, wall_clock=FakeWall())
+    spec = attrs.evolve(
+        tracker.child_spec(), backoff=Backoff(initial_delay=1.0, min_delay=1.0, jitter=0.0)
+    )
+    tree = Supervisor("dev8", [spec], bus=bus)
+    ref = registry.ref("dev8/connections")
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tree.run)
+        await trio.sleep_until(start + 10.5)  # crashed at 10, restarts at 11
+        assert not ref.alive
+        with pytest.raises(ActorNotFound, match="no live actor at dev8/connections"):
+            await ref.call(Snapshot(), timeout=1)
+        # Readers of the published view still see the last one; a reload's SetPorts waits.
+        assert tracker.published.services["web"].peers == (alice.peer,)
+        changed = await set_watched_ports(ref, bus, {"web": [8080], "db": [5432]}, timeout=10)
+        assert changed.added == ("db",)
+        assert trio.current_time() - start == 11
+        snap = await ref.call(Snapshot(), timeout=1)
+        assert snap["services"]["web"]["peers"] == []
+        assert snap["services"]["db"]["ports"] == [5432]
+        # The supervisor's crash (chaos' way): callers fail at once, it comes back again.
+        await tree.crash_child("connections")
+        with pytest.raises((ActorNotFound, ActorExited)):  # dying, or gone
+            await ref.call(Snapshot(), timeout=1)
+        await trio.sleep(1.5)  # virtual time: its backoff is 1 s
+        assert (await ref.call(Snapshot(), timeout=1))["services"]["db"]["ports"] == [5432]
+        nursery.cancel_scope.cancel()
+    exits = [e.event.data() for e in bus.history() if e.event.kind == "child_exited"]
+    assert [(e["reason"], "cannot read /proc/net/tcp" in (e["error"] or "")) for e in exits][
+        :2
+    ] == [
+        ("error", True),
+        ("error", False),
+    ]
+    # The state outlived the restart: alice, seen before the crash, closed at the first sample
+    # after it (every opened gets its closed).
+    assert connection_events(bus) == [
+        ("connection_opened", {"service": "web", "port": 8080, "peer": alice.peer}),
+        (
+            "connection_closed",
+            {"service": "web", "port": 8080, "peer": alice.peer, "duration": 6.0},
+        ),
+    ]
+
+
+async def test_set_ports_gives_up_with_the_last_error_when_the_tracker_stays_away(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    bus, registry = EventBus(), Registry()
+    ref = registry.ref("dev8/connections")
+    start = trio.current_time()
+    with pytest.raises(ActorNotFound, match="no live actor at dev8/connections"):
+        await set_watched_ports(ref, bus, {"web": [8080]}, timeout=3)
+    assert trio.current_time() - start == 3
 
 
 # --------------------------------------------------------------------------- real sockets
@@ -382,14 +598,22 @@ async def test_tracker_counts_a_keepalive_http_connection_and_a_tcp_session(
     web_port, raw_port = free_port(), free_port()
     (tmp_path / "index.html").write_text("hello")
     server = [sys.executable, "-m", "http.server", "-p", "HTTP/1.1", "-b", "127.0.0.1"]
-    bus = EventBus()
-    board = ConnectionBoard(
-        {"web": [web_port], "raw": [raw_port]}, websocket_clients=lambda: bus.subscriber_count
+    bus, registry = EventBus(), Registry()
+    # The real read: the kernel's tables, in a worker thread.
+    tracker = ConnectionTracker(
+        registry,
+        {"web": [web_port], "raw": [raw_port]},
+        interval=0.05,
+        websocket_clients=lambda: bus.subscriber_count,
     )
+
+    def view() -> ConnectionsView:
+        return tracker.published
+
     raw_listener = socket.socket()
     raw_listener.bind(("127.0.0.1", raw_port))
     raw_listener.listen()
-    tree = Supervisor("t", [make_tracker_spec(board, interval=0.05)], bus=bus)
+    tree = Supervisor("t", [tracker.child_spec()], bus=bus)
     pipes: dict[str, Any] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE}
     with raw_listener:
         async with (
@@ -408,12 +632,12 @@ async def test_tracker_counts_a_keepalive_http_connection_and_a_tcp_session(
                 # dev8's own connection to a watched port (a probe's) is not counted.
                 with socket.create_connection(("127.0.0.1", raw_port)):
                     await wait_for(
-                        lambda: board.count("web") == 1 and board.count("raw") == 1,
+                        lambda: view().count("web") == 1 and view().count("raw") == 1,
                         "one connection per service",
                     )
                     await trio.sleep(0.2)  # several more polls
-                    assert board.count("raw") == 1
-                snap = board.snapshot()
+                    assert view().count("raw") == 1
+                snap = await registry.ref("t/connections").call(Snapshot(), timeout=5)
                 assert snap["services"]["web"]["peers"] == [f"127.0.0.1:{http_port}"]
                 assert snap["services"]["raw"]["peers"] == [f"127.0.0.1:{tcp_port}"]
                 assert snap["services"]["web"]["lastActivity"] is not None
@@ -424,7 +648,7 @@ async def test_tracker_counts_a_keepalive_http_connection_and_a_tcp_session(
                     with trio.fail_after(10):
                         assert await client.wait() == 0
                 await wait_for(
-                    lambda: board.count("web") == 0 and board.count("raw") == 0, "both closed"
+                    lambda: view().count("web") == 0 and view().count("raw") == 0, "both closed"
                 )
             nursery.cancel_scope.cancel()
     kinds = [
@@ -440,7 +664,7 @@ async def test_tracker_counts_a_keepalive_http_connection_and_a_tcp_session(
             ("connection_closed", "raw", f"127.0.0.1:{tcp_port}"),
         ]
     )
-    assert board.snapshot()["services"]["web"]["peers"] == []
+    assert tracker.snapshot()["services"]["web"]["peers"] == []
 
 
 async def test_read_connections_sees_a_real_connection_from_another_process() -> None:
