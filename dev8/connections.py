@@ -58,7 +58,6 @@ __all__ = [
     "own_socket_inodes",
     "parse_proc_net_tcp",
     "read_connections",
-    "read_off_loop",
     "service_connections",
     "set_watched_ports",
 ]
@@ -226,11 +225,9 @@ def read_connections(ports: Mapping[int, str], *, proc: str = "/proc") -> set[Co
     return service_connections([*servers, *clients], ports, own_inodes=own)
 
 
-async def read_off_loop(ports: Mapping[int, str]) -> set[Connection]:
-    """``read_connections`` in a worker thread: with thousands of sockets in the tables (a flood
-    of clients on the API) reading and filtering them would hold the event loop for milliseconds.
-    """
-    return await trio.to_thread.run_sync(read_connections, ports)
+Read = Callable[[Mapping[int, str]], set[Connection]]
+#: Runs a ``Read`` off the event loop (``trio.to_thread.run_sync``'s shape).
+Offload = Callable[[Read, Mapping[int, str]], Awaitable[set[Connection]]]
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -453,8 +450,10 @@ class ConnectionTracker(Actor):
     """The connection tracker: the only writer of its ``ConnectionBoard``.
 
     It samples the kernel's tables every ``interval`` seconds on a ``send_after`` timer (only
-    while some port is watched), reading them off the event loop in a helper task so that
-    ``Snapshot`` and ``SetPorts`` are answered meanwhile; ``SetPorts`` samples at once. After each
+    while some port is watched), reading them off the event loop (``offload``: a worker thread)
+    in a helper task so that ``Snapshot`` and ``SetPorts`` are answered meanwhile; a sample that
+    finds a new connection reads once more on the loop to confirm it (see ``_confirmed``), and
+    ``SetPorts`` samples at once. After each
     change it publishes the ``connection_opened`` / ``connection_closed`` events and the new
     ``ConnectionsView``, in one step. Its state outlives its restarts: the first sample of a new
     incarnation reports what opened and closed while it was down, so every ``opened`` still gets
@@ -471,7 +470,8 @@ class ConnectionTracker(Actor):
         path: str | None = None,
         interval: float = 5.0,
         websocket_clients: Callable[[], int] = lambda: 0,
-        read: Callable[[Mapping[int, str]], Awaitable[Iterable[Connection]]] = read_off_loop,
+        read: Read = read_connections,
+        offload: Offload = trio.to_thread.run_sync,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(registry, path)
@@ -479,6 +479,7 @@ class ConnectionTracker(Actor):
         self._interval = interval
         self._websocket_clients = websocket_clients
         self._read = read
+        self._offload = offload
         self._published = self._board.view()
         self._publish: Callable[[Event], object] = _nowhere
         #: Bumped by each ``SetPorts`` that changed something: a read of older ports is dropped.
@@ -519,7 +520,8 @@ class ConnectionTracker(Actor):
         self._reading = self._sample_again = False
         self._timer = None
         ports = dict(self._board.ports)
-        self._take(await self._read(ports) if ports else ())
+        found = await self._offload(self._read, ports) if ports else set()
+        self._take(self._confirmed(found, ports))
         self._schedule()
 
     async def handle_call(self, message: Any, reply: Reply[Any]) -> Any:
@@ -541,7 +543,7 @@ class ConnectionTracker(Actor):
         elif isinstance(message, _Sampled):
             self._reading = False
             if message.generation == self._generation:
-                self._take(message.found)
+                self._take(self._confirmed(message.found, self._board.ports))
             if self._sample_again:
                 self._sample_again = False
                 self._sample_now()
@@ -571,8 +573,21 @@ class ConnectionTracker(Actor):
 
     async def _read_tables(self, generation: int, ports: Mapping[int, str]) -> None:
         """A helper task: a failed read crashes the tracker (its supervisor restarts it)."""
-        found = frozenset(await self._read(ports))
+        found = frozenset(await self._offload(self._read, ports))
         self.notify(_Sampled(generation, found))
+
+    def _confirmed(self, found: Iterable[Connection], ports: Mapping[int, str]) -> set[Connection]:
+        """``found``, or, if it holds new connections, a read on the event loop.
+
+        Off the loop, dev8 may open and close a connection of its own (a probe's) between the
+        read of the tables and the listing of its sockets: it would pass for a client. On the
+        loop no task runs in between, so a new connection is read once more there before it is
+        announced; a closed one needs no second look (that race only ever adds connections).
+        """
+        found = set(found)
+        if found <= self._board.current:
+            return found
+        return self._read(ports)
 
     def _take(self, found: Iterable[Connection]) -> None:
         opened, closed = self._board.update(found)

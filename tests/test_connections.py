@@ -259,23 +259,43 @@ def utc_iso(timestamp: float) -> str:
 
 
 class ScriptedTables:
-    """A fake read of the kernel's tables on virtual time: what each read finds, in turn (the
-    last one again after that), with the ports and time of each read; ``hold`` blocks reads."""
+    """The kernel's tables on virtual time: ``there[i]`` is who is connected from ``i * period``
+    seconds on (the last entry after that); a read finds those on the ports it asks about.
 
-    def __init__(self, finds: list[set[Connection]]) -> None:
-        self.finds = finds
-        self.reads: list[tuple[float, dict[int, str]]] = []
+    It is both the tracker's ``read`` (a read on the event loop) and its ``offload`` (a read in
+    a worker thread); ``reads`` has (seconds since the start, ports, ``loop`` or ``thread``) of
+    each. ``hold`` holds the offloaded reads; ``fail_next`` fails the next one.
+    """
+
+    def __init__(self, there: list[set[Connection]], period: float = 5.0) -> None:
+        self.there = there
+        self.period = period
+        self.start = trio.current_time()
+        self.reads: list[tuple[float, dict[int, str], str]] = []
         self.hold: trio.Event | None = None
-        self.fail_at: int | None = None
+        self.fail_next = False
 
-    async def __call__(self, ports: Mapping[int, str]) -> set[Connection]:
-        self.reads.append((trio.current_time(), dict(ports)))
-        number = len(self.reads) - 1
+    def _find(self, ports: Mapping[int, str], where: str) -> set[Connection]:
+        elapsed = trio.current_time() - self.start
+        self.reads.append((elapsed, dict(ports), where))
+        connected = self.there[min(int(elapsed // self.period), len(self.there) - 1)]
+        return {c for c in connected if ports.get(c.port) == c.service}
+
+    def __call__(self, ports: Mapping[int, str]) -> set[Connection]:
+        return self._find(ports, "loop")
+
+    async def offload(self, read: object, ports: Mapping[int, str]) -> set[Connection]:
+        assert read is self
+        found = self._find(ports, "thread")
         if self.hold is not None:
             await self.hold.wait()
-        if number == self.fail_at:
+        if self.fail_next:
+            self.fail_next = False
             raise OSError("cannot read /proc/net/tcp")
-        return self.finds[min(number, len(self.finds) - 1)]
+        return found
+
+    def read_times(self) -> list[tuple[float, str]]:
+        return [(when, where) for when, _, where in self.reads]
 
 
 def connection_events(bus: EventBus) -> list[tuple[str, dict[str, Any]]]:
@@ -284,13 +304,21 @@ def connection_events(bus: EventBus) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
+def tracker_on(
+    registry: Registry, ports: Mapping[str, Iterable[int]], tables: ScriptedTables, **options: Any
+) -> ConnectionTracker:
+    return ConnectionTracker(
+        registry, ports, read=tables, offload=tables.offload, wall_clock=FakeWall(), **options
+    )
+
+
 @asynccontextmanager
 async def running_tracker(
     ports: Mapping[str, Iterable[int]], tables: ScriptedTables, **options: Any
 ) -> AsyncIterator[tuple[ConnectionTracker, ActorRef, EventBus]]:
     """A tracker at dev8/connections, as its supervisor runs it (events stamped with its path)."""
     bus, registry = EventBus(), Registry()
-    tracker = ConnectionTracker(registry, ports, read=tables, wall_clock=FakeWall(), **options)
+    tracker = tracker_on(registry, ports, tables, **options)
     ctx = ChildContext(name="connections", path="dev8/connections", attempt=0, publish=bus.publish)
     async with trio.open_nursery() as nursery:
         await nursery.start(tracker.run, ctx)
@@ -302,7 +330,7 @@ async def test_tracker_diffs_polls_and_keeps_last_activity(autojump_clock: trio.
     wall = FakeWall()
     alice = Connection("web", 8080, "10.0.0.7:50000")
     bob = Connection("ssh", 2222, "[2001:db8::5]:41000")
-    # What each poll (every 5 s, from t=0) finds.
+    # Who is there at each poll (every 5 s, from t=0).
     tables = ScriptedTables([set(), {alice}, {alice, bob}, {bob}, set(), set()])
     start = trio.current_time()
     ports = {"web": [8080], "ssh": [2222]}
@@ -326,8 +354,18 @@ async def test_tracker_diffs_polls_and_keeps_last_activity(autojump_clock: trio.
         await trio.sleep_until(start + 26)  # polls at 15 (alice gone), 20 (bob gone), 25
         view = tracker.published
         final = await ref.call(Snapshot(), timeout=1)
-    assert [when - start for when, _ in tables.reads] == [0, 5, 10, 15, 20, 25]
-    assert {frozenset(ports.items()) for _, ports in tables.reads} == {
+    # Every poll reads in a thread; one that finds a new connection reads again on the loop.
+    assert tables.read_times() == [
+        (0, "thread"),
+        (5, "thread"),
+        (5, "loop"),
+        (10, "thread"),
+        (10, "loop"),
+        (15, "thread"),
+        (20, "thread"),
+        (25, "thread"),
+    ]
+    assert {frozenset(ports.items()) for _, ports, _ in tables.reads} == {
         frozenset({8080: "web", 2222: "ssh"}.items())
     }
     assert view.count("web") == view.count("ssh") == 0
@@ -351,37 +389,36 @@ async def test_tracker_diffs_polls_and_keeps_last_activity(autojump_clock: trio.
     assert {e.event.source for e in bus.history()} == {"dev8/connections"}
 
 
+async def test_a_new_connection_is_announced_only_if_the_read_on_the_loop_confirms_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    probe = Connection("web", 8080, "127.0.0.1:40000")
+    tables = ScriptedTables([set()])
+
+    async def racing(read: Any, ports: Mapping[int, str]) -> set[Connection]:
+        await tables.offload(read, ports)
+        return {probe}  # dev8's own probe closed between the thread's two reads
+
+    bus, registry = EventBus(), Registry()
+    tracker = ConnectionTracker(registry, {"web": [8080]}, path="t", read=tables, offload=racing)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tracker.run)
+        await trio.sleep(12)
+        nursery.cancel_scope.cancel()
+    assert [where for _, _, where in tables.reads] == ["thread", "loop"] * 3
+    assert connection_events(bus) == []
+    assert tracker.published.count("web") == 0
+
+
 async def test_set_ports_closes_what_is_no_longer_watched_and_samples_at_once(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     alice = Connection("web", 8080, "10.0.0.7:50000")
     bob = Connection("ssh", 2222, "10.0.0.8:41000")
     carol = Connection("web", 9090, "10.0.0.9:42000")
-    # Each read finds what is there on the ports it was asked about.
-    there = {alice, bob, carol}
-
-    async def read(ports: Mapping[int, str]) -> set[Connection]:
-        return {c for c in there if ports.get(c.port) == c.service}
-
-    start = trio.current_time()
-    reads: list[float] = []
-
-    async def counted(ports: Mapping[int, str]) -> set[Connection]:
-        reads.append(trio.current_time() - start)
-        return await read(ports)
-
-    bus, registry = EventBus(), Registry()
-    tracker = ConnectionTracker(
-        registry,
-        {"web": [8080], "ssh": [2222]},
-        path="t/connections",
-        read=counted,
-        wall_clock=FakeWall(),
-    )
-    ref = registry.ref("t/connections")
-    async with trio.open_nursery() as nursery:
-        ctx = ChildContext(name="connections", path="t/connections", attempt=0, publish=bus.publish)
-        await nursery.start(tracker.run, ctx)
+    tables = ScriptedTables([{alice, bob, carol}])
+    ports = {"web": [8080], "ssh": [2222]}
+    async with running_tracker(ports, tables) as (tracker, ref, bus):
         assert tracker.published.count("web") == tracker.published.count("ssh") == 1
         await trio.sleep(1)
         changed = await ref.call(SetPorts({"web": [9090], "db": (5432,)}), timeout=1)
@@ -404,15 +441,17 @@ async def test_set_ports_closes_what_is_no_longer_watched_and_samples_at_once(
             "lastActivity": snap["lastActivity"],
         }
         assert snap["services"]["db"]["ports"] == [5432]
-        assert reads == [0, 1]  # the new ports were read at once, not at the next tick
+        # The new ports were read at once, not at the next tick.
+        assert tables.read_times() == [(0, "thread"), (0, "loop"), (1, "thread"), (1, "loop")]
+        assert tables.reads[-1][1] == {9090: "web", 5432: "db"}
         # The same ports again change nothing and read nothing.
         assert (await ref.call(SetPorts({"web": [9090], "db": [5432]}), timeout=1)).nothing
         await trio.sleep(5.5)
-        assert reads == [0, 1, 6]  # the timer restarted from the change
-        nursery.cancel_scope.cancel()
+        assert tables.read_times()[4:] == [(6, "thread")]  # the timer restarted from the change
     assert connection_events(bus)[-1] == (
-        "connection_opened", {"service": "web", "port": 9090, "peer": carol.peer},
-    )  # fmt: skip
+        "connection_opened",
+        {"service": "web", "port": 9090, "peer": carol.peer},
+    )
 
 
 async def test_no_port_watched_means_no_timer_and_no_read(autojump_clock: trio.abc.Clock) -> None:
@@ -421,9 +460,8 @@ async def test_no_port_watched_means_no_timer_and_no_read(autojump_clock: trio.a
         await trio.sleep(3600)
         assert tables.reads == []
         await ref.call(SetPorts({"web": [8080]}), timeout=1)
-        start = trio.current_time()
         await trio.sleep(10.5)
-        assert [when - start for when, _ in tables.reads] == [0, 5, 10]
+        assert tables.read_times() == [(3600, "thread"), (3605, "thread"), (3610, "thread")]
         await ref.call(SetPorts({}), timeout=1)
         await trio.sleep(3600)
         assert len(tables.reads) == 3
@@ -435,7 +473,7 @@ async def test_calls_are_answered_during_a_slow_read_and_a_stale_read_is_dropped
 ) -> None:
     old = Connection("web", 8080, "10.0.0.7:50000")
     new = Connection("web", 9090, "10.0.0.9:42000")
-    tables = ScriptedTables([set(), {old}, {new}])
+    tables = ScriptedTables([set(), {old, new}])
     async with running_tracker({"web": [8080]}, tables, interval=5.0) as (tracker, ref, bus):
         tables.hold = trio.Event()
         await trio.sleep(5.5)  # the second read (of 8080) hangs in its thread
@@ -448,9 +486,13 @@ async def test_calls_are_answered_during_a_slow_read_and_a_stale_read_is_dropped
         assert len(tables.reads) == 2  # one read at a time: the next waits for this one
         tables.hold.set()
         tables.hold = None
-        await trio.sleep(0.1)
+        await trio.testing.wait_all_tasks_blocked()
         # The read of 8080 finished after the change: dropped, and 9090 read at once.
-        assert [ports for _, ports in tables.reads[1:]] == [{8080: "web"}, {9090: "web"}]
+        assert [(ports, where) for _, ports, where in tables.reads[1:]] == [
+            ({8080: "web"}, "thread"),
+            ({9090: "web"}, "thread"),
+            ({9090: "web"}, "loop"),
+        ]
         assert tracker.published.services["web"].peers == (new.peer,)
     assert connection_events(bus) == [
         ("connection_opened", {"service": "web", "port": 9090, "peer": new.peer}),
@@ -462,10 +504,9 @@ async def test_a_crashed_tracker_is_restarted_callers_get_a_clear_error_meanwhil
 ) -> None:
     alice = Connection("web", 8080, "10.0.0.7:50000")
     # t=0 nobody, t=5 alice, t=10 the read fails; after the restart (1 s later) alice is gone.
-    tables = ScriptedTables([set(), {alice}, set(), set()])
-    tables.fail_at = 2
+    tables = ScriptedTables([set(), {alice}, set()])
     bus, registry = EventBus(), Registry()
-    tracker = ConnectionTracker(registry, {"web": [8080]}, read=tables, wall_clock=FakeWall())
+    tracker = tracker_on(registry, {"web": [8080]}, tables)
     spec = attrs.evolve(
         tracker.child_spec(), backoff=Backoff(initial_delay=1.0, min_delay=1.0, jitter=0.0)
     )
@@ -474,6 +515,8 @@ async def test_a_crashed_tracker_is_restarted_callers_get_a_clear_error_meanwhil
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
         await nursery.start(tree.run)
+        await trio.sleep_until(start + 9)
+        tables.fail_next = True
         await trio.sleep_until(start + 10.5)  # crashed at 10, restarts at 11
         assert not ref.alive
         with pytest.raises(ActorNotFound, match="no live actor at dev8/connections"):
