@@ -352,9 +352,6 @@ class ConnectionBoard:
     def current(self) -> frozenset[Connection]:
         return frozenset(self._current)
 
-    def count(self, service: str) -> int:
-        return sum(1 for connection in self._current if connection.service == service)
-
     def last_activity(self, service: str | None = None) -> float | None:
         """Wall time of the last activity of ``service``, or of any service."""
         if service is not None:
@@ -405,10 +402,6 @@ class ConnectionBoard:
         )
         return self._view
 
-    def snapshot(self, websocket_clients: int = 0) -> dict[str, Any]:
-        """``GET /connections`` of this state."""
-        return self.view().document(websocket_clients)
-
 
 # -- the actor ------------------------------------------------------------------------------------
 
@@ -453,11 +446,11 @@ class ConnectionTracker(Actor):
     while some port is watched), reading them off the event loop (``offload``: a worker thread)
     in a helper task so that ``Snapshot`` and ``SetPorts`` are answered meanwhile; a sample that
     finds a new connection reads once more on the loop to confirm it (see ``_confirmed``), and
-    ``SetPorts`` samples at once. After each
-    change it publishes the ``connection_opened`` / ``connection_closed`` events and the new
-    ``ConnectionsView``, in one step. Its state outlives its restarts: the first sample of a new
-    incarnation reports what opened and closed while it was down, so every ``opened`` still gets
-    its ``closed`` (the idle watcher counts on it).
+    ``SetPorts`` samples at once. After each change it publishes the ``connection_opened`` /
+    ``connection_closed`` events and the new ``ConnectionsView``, in one step. Its state
+    outlives its restarts: the first sample of a new incarnation reports what opened and closed
+    while it was down, so every ``opened`` still gets its ``closed`` (the idle watcher counts
+    on it).
     """
 
     mailbox_capacity = 16
