@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 import subprocess
@@ -46,6 +47,7 @@ from dev8.connections import (
     service_connections,
     set_watched_ports,
 )
+from dev8.idle import run_idle
 
 # Captured on this machine: a dual-stack listener on port 0xA013 (40979) with one client over
 # IPv4 (seen as v4-mapped) and one over ::1.
@@ -452,6 +454,31 @@ async def test_set_ports_closes_what_is_no_longer_watched_and_samples_at_once(
         "connection_opened",
         {"service": "web", "port": 9090, "peer": carol.peer},
     )
+
+
+async def test_the_idle_watcher_hears_a_reload_end_the_connections_of_a_removed_service(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    alice = Connection("web", 8080, "10.0.0.7:50000")
+    tables = ScriptedTables([{alice}])
+    async with (
+        running_tracker({"web": [8080]}, tables) as (tracker, ref, bus),
+        trio.open_nursery() as nursery,
+    ):
+        watcher = functools.partial(
+            run_idle, bus, tracker.snapshot, bus.publish, after=60, count_api_clients=False
+        )
+        await nursery.start(watcher)
+        await trio.sleep(100)
+        assert [e for e in bus.history() if e.event.kind == "workspace_idle"] == []
+        removed = trio.current_time()
+        await ref.call(SetPorts({"ssh": [2222]}), timeout=1)  # web gone, alice with it
+        await trio.sleep(61)
+        nursery.cancel_scope.cancel()
+    idle = [e.event for e in bus.history() if e.event.kind == "workspace_idle"]
+    assert len(idle) == 1
+    assert idle[0].data()["idle_for"] == 60
+    assert removed + 60 <= trio.current_time()
 
 
 async def test_no_port_watched_means_no_timer_and_no_read(autojump_clock: trio.abc.Clock) -> None:
