@@ -264,9 +264,9 @@ class ScriptedTables:
     """The kernel's tables on virtual time: ``there[i]`` is who is connected from ``i * period``
     seconds on (the last entry after that); a read finds those on the ports it asks about.
 
-    It is both the tracker's ``read`` (a read on the event loop) and its ``offload`` (a read in
-    a worker thread); ``reads`` has (seconds since the start, ports, ``loop`` or ``thread``) of
-    each. ``hold`` holds the offloaded reads; ``fail_next`` fails the next one.
+    It is both the tracker's ``read`` and its ``offload`` (what runs in a worker thread);
+    ``reads`` has (seconds since the start, ports, ``loop`` or ``thread``) of each read. ``hold``
+    holds the offloaded work before it reads; ``fail_next`` fails the next one.
     """
 
     def __init__(self, there: list[set[Connection]], period: float = 5.0) -> None:
@@ -276,28 +276,32 @@ class ScriptedTables:
         self.reads: list[tuple[float, dict[int, str], str]] = []
         self.hold: trio.Event | None = None
         self.fail_next = False
+        self._where = "loop"
 
-    def _find(self, ports: Mapping[int, str], where: str) -> set[Connection]:
+    def __call__(self, ports: Mapping[int, str]) -> set[Connection]:
         elapsed = trio.current_time() - self.start
-        self.reads.append((elapsed, dict(ports), where))
+        self.reads.append((elapsed, dict(ports), self._where))
         connected = self.there[min(int(elapsed // self.period), len(self.there) - 1)]
         return {c for c in connected if ports.get(c.port) == c.service}
 
-    def __call__(self, ports: Mapping[int, str]) -> set[Connection]:
-        return self._find(ports, "loop")
-
-    async def offload(self, read: object, ports: Mapping[int, str]) -> set[Connection]:
-        assert read is self
-        found = self._find(ports, "thread")
+    async def offload(
+        self, work: Callable[[Mapping[int, str]], set[Connection]], ports: Mapping[int, str]
+    ) -> set[Connection]:
         if self.hold is not None:
             await self.hold.wait()
         if self.fail_next:
             self.fail_next = False
             raise OSError("cannot read /proc/net/tcp")
-        return found
+        self._where = "thread"
+        try:
+            return work(ports)
+        finally:
+            self._where = "loop"
 
-    def read_times(self) -> list[tuple[float, str]]:
-        return [(when, where) for when, _, where in self.reads]
+    def read_times(self) -> list[float]:
+        """When each read ran; every one of them off the loop."""
+        assert {where for _, _, where in self.reads} <= {"thread"}
+        return [when for when, _, _ in self.reads]
 
 
 def connection_events(bus: EventBus) -> list[tuple[str, dict[str, Any]]]:
@@ -356,17 +360,8 @@ async def test_tracker_diffs_polls_and_keeps_last_activity(autojump_clock: trio.
         await trio.sleep_until(start + 26)  # polls at 15 (alice gone), 20 (bob gone), 25
         view = tracker.published
         final = await ref.call(Snapshot(), timeout=1)
-    # Every poll reads in a thread; one that finds a new connection reads again on the loop.
-    assert tables.read_times() == [
-        (0, "thread"),
-        (5, "thread"),
-        (5, "loop"),
-        (10, "thread"),
-        (10, "loop"),
-        (15, "thread"),
-        (20, "thread"),
-        (25, "thread"),
-    ]
+    # Every poll reads in a thread; one that finds a new connection reads twice.
+    assert tables.read_times() == [0, 5, 5, 10, 10, 15, 20, 25]
     assert {frozenset(ports.items()) for _, ports, _ in tables.reads} == {
         frozenset({8080: "web", 2222: "ssh"}.items())
     }
@@ -391,24 +386,37 @@ async def test_tracker_diffs_polls_and_keeps_last_activity(autojump_clock: trio.
     assert {e.event.source for e in bus.history()} == {"dev8/connections"}
 
 
-async def test_a_new_connection_is_announced_only_if_the_read_on_the_loop_confirms_it(
+async def test_a_new_connection_counts_only_if_a_second_read_confirms_it(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     probe = Connection("web", 8080, "127.0.0.1:40000")
-    tables = ScriptedTables([set()])
+    user = Connection("web", 8080, "10.0.0.7:50000")
+    tables = ScriptedTables([set(), {user}, set()])
+    first_reads: list[bool] = []
 
-    async def racing(read: Any, ports: Mapping[int, str]) -> set[Connection]:
-        await tables.offload(read, ports)
-        return {probe}  # dev8's own probe closed between the thread's two reads
+    def racing(ports: Mapping[int, str]) -> set[Connection]:
+        """The first read of each sample sees dev8's own probe, closed before it listed its
+        sockets; the second read, after that, does not."""
+        found = tables(ports)
+        first = len(tables.reads) == 1 or tables.reads[-2][0] != tables.reads[-1][0]
+        first_reads.append(first)
+        return found | {probe} if first else found
 
     bus, registry = EventBus(), Registry()
-    tracker = ConnectionTracker(registry, {"web": [8080]}, path="t", read=tables, offload=racing)
+    tracker = ConnectionTracker(
+        registry, {"web": [8080]}, path="t", read=racing, offload=tables.offload
+    )
+    ctx = ChildContext(name="t", path="t", attempt=0, publish=bus.publish)
     async with trio.open_nursery() as nursery:
-        await nursery.start(tracker.run)
+        await nursery.start(tracker.run, ctx)
         await trio.sleep(12)
         nursery.cancel_scope.cancel()
-    assert [where for _, _, where in tables.reads] == ["thread", "loop"] * 3
-    assert connection_events(bus) == []
+    assert tables.read_times() == [0, 0, 5, 5, 10, 10]
+    assert first_reads == [True, False] * 3
+    assert [(kind, data["peer"]) for kind, data in connection_events(bus)] == [
+        ("connection_opened", user.peer),
+        ("connection_closed", user.peer),
+    ]
     assert tracker.published.count("web") == 0
 
 
@@ -443,13 +451,13 @@ async def test_set_ports_closes_what_is_no_longer_watched_and_samples_at_once(
             "lastActivity": snap["lastActivity"],
         }
         assert snap["services"]["db"]["ports"] == [5432]
-        # The new ports were read at once, not at the next tick.
-        assert tables.read_times() == [(0, "thread"), (0, "loop"), (1, "thread"), (1, "loop")]
+        # The new ports were read at once (twice: carol is new), not at the next tick.
+        assert tables.read_times() == [0, 0, 1, 1]
         assert tables.reads[-1][1] == {9090: "web", 5432: "db"}
         # The same ports again change nothing and read nothing.
         assert (await ref.call(SetPorts({"web": [9090], "db": [5432]}), timeout=1)).nothing
         await trio.sleep(5.5)
-        assert tables.read_times()[4:] == [(6, "thread")]  # the timer restarted from the change
+        assert tables.read_times()[4:] == [6]  # the timer restarted from the change
     assert connection_events(bus)[-1] == (
         "connection_opened",
         {"service": "web", "port": 9090, "peer": carol.peer},
@@ -488,7 +496,7 @@ async def test_no_port_watched_means_no_timer_and_no_read(autojump_clock: trio.a
         assert tables.reads == []
         await ref.call(SetPorts({"web": [8080]}), timeout=1)
         await trio.sleep(10.5)
-        assert tables.read_times() == [(3600, "thread"), (3605, "thread"), (3610, "thread")]
+        assert tables.read_times() == [3600, 3605, 3610]
         await ref.call(SetPorts({}), timeout=1)
         await trio.sleep(3600)
         assert len(tables.reads) == 3
@@ -503,23 +511,25 @@ async def test_calls_are_answered_during_a_slow_read_and_a_stale_read_is_dropped
     tables = ScriptedTables([set(), {old, new}])
     async with running_tracker({"web": [8080]}, tables, interval=5.0) as (tracker, ref, bus):
         tables.hold = trio.Event()
-        await trio.sleep(5.5)  # the second read (of 8080) hangs in its thread
-        assert len(tables.reads) == 2
+        await trio.sleep(5.5)  # the second sample (of 8080) hangs in its thread
+        assert len(tables.reads) == 1
         start = trio.current_time()
         assert (await ref.call(Snapshot(), timeout=1))["services"]["web"]["count"] == 0
         changed = await ref.call(SetPorts({"web": [9090]}), timeout=1)
         assert changed.changed == ("web",)
         assert trio.current_time() == start  # both answered at once, the read still under way
-        assert len(tables.reads) == 2  # one read at a time: the next waits for this one
+        assert len(tables.reads) == 1  # one sample at a time: the next waits for this one
         tables.hold.set()
         tables.hold = None
         await trio.testing.wait_all_tasks_blocked()
         # The read of 8080 finished after the change: dropped, and 9090 read at once.
-        assert [(ports, where) for _, ports, where in tables.reads[1:]] == [
-            ({8080: "web"}, "thread"),
-            ({9090: "web"}, "thread"),
-            ({9090: "web"}, "loop"),
+        assert [ports for _, ports, _ in tables.reads[1:]] == [
+            {8080: "web"},  # found "old" (new): read twice...
+            {8080: "web"},
+            {9090: "web"},  # ...and dropped: 9090 read at once, "new" found twice
+            {9090: "web"},
         ]
+        assert tables.read_times()[1:] == [5.5] * 4
         assert tracker.published.services["web"].peers == (new.peer,)
     assert connection_events(bus) == [
         ("connection_opened", {"service": "web", "port": 9090, "peer": new.peer}),
