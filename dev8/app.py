@@ -55,7 +55,7 @@ from .config import (
     TcpBind,
     UnixBind,
 )
-from .connections import ConnectionBoard, make_tracker_spec
+from .connections import ConnectionTracker, set_watched_ports
 from .control import Control, Hooks
 from .exit_codes import ExitCode
 from .health import HealthBoard, ServiceHearing
@@ -84,6 +84,9 @@ from .webhooks import WebhookNotifier, make_webhooks_spec
 
 #: How long a reload may wait for the reloader's answer (it reads and checks the file only).
 RELOAD_ANSWER_TIMEOUT = 30.0
+#: The connection tracker's address; how long a reload waits for it to take the new ports.
+TRACKER_PATH = "dev8/connections"
+TRACKER_CALL_TIMEOUT = 30.0
 
 
 def _step_timeout(config: Config, name: str) -> float:
@@ -238,8 +241,11 @@ class Dev8:
         self.probers = Supervisor(
             "health", [spec for spec in probers if spec is not None], bus=self.bus, rng=self.rng
         )
-        self.connections = ConnectionBoard(
+        self.tracker = ConnectionTracker(
+            self.registry,
             {name: self.factory.effective(name, config).ports for name in enabled},
+            path=TRACKER_PATH,
+            interval=config.connections.interval,
             websocket_clients=lambda: self.control.websocket_clients if self.control else 0,
         )
         self.resources = ResourceBoard(
@@ -258,7 +264,7 @@ class Dev8:
         children += [
             attrs.evolve(self.services.child_spec(critical=True), start=self._start_services),
             self.probers.child_spec(),
-            make_tracker_spec(self.connections, interval=config.connections.interval),
+            self.tracker.child_spec(),
             make_sampler_spec(
                 self.resources,
                 self.resources_mailbox,
@@ -299,7 +305,7 @@ class Dev8:
             specs.append(
                 make_idle_spec(
                     self.bus,
-                    self.connections.snapshot,
+                    self.tracker.snapshot,
                     after=config.idle.after,
                     count_api_clients=config.idle.api_clients,
                     poll_interval=config.connections.interval,
@@ -399,7 +405,7 @@ class Dev8:
                 refresh_secrets=self.secrets.refresh if self.secrets else None,
                 readiness=self.health.readiness,
                 service_details=self.health.details,
-                connections=self.connections.snapshot,
+                connections=self.tracker.snapshot,
                 secrets=self.secrets.status if self.secrets else None,
                 log_output=self._log_output.stats if self._log_output else None,
                 storage=lambda: storage,
@@ -554,12 +560,15 @@ class Dev8:
             await self._add_service(name, new)
         for name in plan.removed:
             self.factory.outputs.pop(name, None)
-        self.connections.set_ports(
+        await set_watched_ports(
+            self.tracker.ref,
+            self.bus,
             {
                 name: self.factory.effective(name, new).ports
                 for name, service in new.services.items()
                 if service.enabled
-            }
+            },
+            timeout=TRACKER_CALL_TIMEOUT,
         )
         self._set_resource_limits(new)
         self.config = new
@@ -579,7 +588,7 @@ class Dev8:
     def _vscode_sessions(self) -> int:
         """Established client connections to the code-server services (dev8's probes left out)."""
         return sum(
-            self.connections.count(name)
+            self.tracker.published.count(name)
             for name, service in self.config.services.items()
             if service.enabled and service.builtin == "code-server"
         )

@@ -4,9 +4,10 @@ Someone is connected while the connection tracker has a client on a service's po
 server: its ``connection_opened`` / ``connection_closed`` events) or, unless
 ``idle.api_clients`` is off, an event-stream (websocket) client is on the API (read from the
 same ``GET /connections`` snapshot every ``poll_interval``: API clients are not events, so that a
-stream never shows its own readers). The idle watcher publishes ``workspace_idle`` once the
-quiet has lasted ``after`` seconds, and ``workspace_active`` when someone comes back. The rules
-are :class:`IdleState`, pure, on a clock given in.
+stream never shows its own readers). The snapshot is the view the tracker publishes, read
+without asking it: the watcher only reads what the tracker owns. The idle watcher publishes
+``workspace_idle`` once the quiet has lasted ``after`` seconds, and ``workspace_active`` when
+someone comes back. The rules are :class:`IdleState`, pure, on a clock given in.
 """
 
 from __future__ import annotations
@@ -187,7 +188,8 @@ def make_idle_spec(
     poll_interval: float = 5.0,
     name: str = "idle",
 ) -> ChildSpec:
-    """The idle watcher actor; ``snapshot()`` is the tracker's ``GET /connections`` document."""
+    """The idle watcher actor; ``snapshot()`` is the tracker's ``GET /connections`` document, from
+    the view it publishes (``ConnectionTracker.snapshot``)."""
 
     async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
         await run_idle(

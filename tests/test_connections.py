@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 import subprocess
@@ -13,24 +14,40 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import attrs
+import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.audit_hook import audited
 from support.net import free_port
 
-from actors import ChildContext, EventBus, Supervisor
+from actors import (
+    ActorExited,
+    ActorNotFound,
+    ActorRef,
+    Backoff,
+    ChildContext,
+    EventBus,
+    Registry,
+    Supervisor,
+)
 from dev8.connections import (
     Connection,
-    ConnectionBoard,
+    ConnectionsView,
+    ConnectionTracker,
+    PortsChanged,
+    SetPorts,
+    Snapshot,
     TcpRow,
-    make_tracker_spec,
     own_socket_inodes,
     parse_proc_net_tcp,
     read_connections,
-    run_tracker,
     service_connections,
+    set_watched_ports,
 )
+from dev8.idle import run_idle
 
 # Captured on this machine: a dual-stack listener on port 0xA013 (40979) with one client over
 # IPv4 (seen as v4-mapped) and one over ::1.
@@ -243,30 +260,88 @@ def utc_iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=UTC).isoformat()
 
 
+class ScriptedTables:
+    """The kernel's tables on virtual time: ``there[i]`` is who is connected from ``i * period``
+    seconds on (the last entry after that); a read finds those on the ports it asks about.
+
+    It is both the tracker's ``read`` and its ``offload`` (what runs in a worker thread);
+    ``reads`` has (seconds since the start, ports, ``loop`` or ``thread``) of each read. ``hold``
+    holds the offloaded work before it reads; ``fail_next`` fails the next one.
+    """
+
+    def __init__(self, there: list[set[Connection]], period: float = 5.0) -> None:
+        self.there = there
+        self.period = period
+        self.start = trio.current_time()
+        self.reads: list[tuple[float, dict[int, str], str]] = []
+        self.hold: trio.Event | None = None
+        self.fail_next = False
+        self._where = "loop"
+
+    def __call__(self, ports: Mapping[int, str]) -> set[Connection]:
+        elapsed = trio.current_time() - self.start
+        self.reads.append((elapsed, dict(ports), self._where))
+        connected = self.there[min(int(elapsed // self.period), len(self.there) - 1)]
+        return {c for c in connected if ports.get(c.port) == c.service}
+
+    async def offload(
+        self, work: Callable[[Mapping[int, str]], set[Connection]], ports: Mapping[int, str]
+    ) -> set[Connection]:
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError("cannot read /proc/net/tcp")
+        self._where = "thread"
+        try:
+            return work(ports)
+        finally:
+            self._where = "loop"
+
+    def read_times(self) -> list[float]:
+        """When each read ran; every one of them off the loop."""
+        assert {where for _, _, where in self.reads} <= {"thread"}
+        return [when for when, _, _ in self.reads]
+
+
+def connection_events(bus: EventBus) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (e.event.kind, e.event.data()) for e in bus.history() if e.event.kind.startswith("conn")
+    ]
+
+
+def tracker_on(
+    registry: Registry, ports: Mapping[str, Iterable[int]], tables: ScriptedTables, **options: Any
+) -> ConnectionTracker:
+    return ConnectionTracker(
+        registry, ports, read=tables, offload=tables.offload, wall_clock=FakeWall(), **options
+    )
+
+
+@asynccontextmanager
+async def running_tracker(
+    ports: Mapping[str, Iterable[int]], tables: ScriptedTables, **options: Any
+) -> AsyncIterator[tuple[ConnectionTracker, ActorRef, EventBus]]:
+    """A tracker at dev8/connections, as its supervisor runs it (events stamped with its path)."""
+    bus, registry = EventBus(), Registry()
+    tracker = tracker_on(registry, ports, tables, **options)
+    ctx = ChildContext(name="connections", path="dev8/connections", attempt=0, publish=bus.publish)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tracker.run, ctx)
+        yield tracker, registry.ref("dev8/connections"), bus
+        nursery.cancel_scope.cancel()
+
+
 async def test_tracker_diffs_polls_and_keeps_last_activity(autojump_clock: trio.abc.Clock) -> None:
     wall = FakeWall()
-    clients = [3]
-    board = ConnectionBoard(
-        {"web": [8080], "ssh": [2222]}, websocket_clients=lambda: clients[0], wall_clock=wall
-    )
     alice = Connection("web", 8080, "10.0.0.7:50000")
     bob = Connection("ssh", 2222, "[2001:db8::5]:41000")
-    # What each poll (every 5 s, from t=0) finds.
-    polls: list[set[Connection]] = [set(), {alice}, {alice, bob}, {bob}, set(), set()]
-    seen_ports: list[Mapping[int, str]] = []
-
-    def read(ports: Mapping[int, str]) -> set[Connection]:
-        seen_ports.append(dict(ports))
-        return polls[min(len(seen_ports) - 1, len(polls) - 1)]
-
-    bus = EventBus()
-    ctx = ChildContext(name="connections", path="dev8/connections", attempt=0, publish=bus.publish)
+    # Who is there at each poll (every 5 s, from t=0).
+    tables = ScriptedTables([set(), {alice}, {alice, bob}, {bob}, set(), set()])
     start = trio.current_time()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: run_tracker(
-            ctx, board, interval=5.0, read=read, task_status=task_status
-        ))  # fmt: skip
-        first = board.snapshot()
+    ports = {"web": [8080], "ssh": [2222]}
+    async with running_tracker(ports, tables, websocket_clients=lambda: 3) as (tracker, ref, bus):
+        first = await ref.call(Snapshot(), timeout=1)
         assert first == {
             "services": {
                 "web": {"count": 0, "ports": [8080], "peers": [], "lastActivity": None},
@@ -275,23 +350,28 @@ async def test_tracker_diffs_polls_and_keeps_last_activity(autojump_clock: trio.
             "websocketClients": 3,
             "lastActivity": None,  # websocket clients are shown, but are not activity
         }
+        assert tracker.snapshot() == first  # the published view says the same
         await trio.sleep_until(start + 11)  # polls at 0, 5, 10
-        snap = board.snapshot()
+        snap = await ref.call(Snapshot(), timeout=1)
         assert snap["services"]["web"]["peers"] == ["10.0.0.7:50000"]
         assert snap["services"]["ssh"]["peers"] == ["[2001:db8::5]:41000"]
         assert snap["services"]["ssh"]["lastActivity"] == utc_iso(wall.base + 10)
+        assert tracker.snapshot() == snap
         await trio.sleep_until(start + 26)  # polls at 15 (alice gone), 20 (bob gone), 25
-        nursery.cancel_scope.cancel()
-    assert seen_ports[0] == {8080: "web", 2222: "ssh"}
-    assert len(seen_ports) == 6
-    assert board.count("web") == board.count("ssh") == 0
+        view = tracker.published
+        final = await ref.call(Snapshot(), timeout=1)
+    # Every poll reads in a thread; one that finds a new connection reads twice.
+    assert tables.read_times() == [0, 5, 5, 10, 10, 15, 20, 25]
+    assert {frozenset(ports.items()) for _, ports, _ in tables.reads} == {
+        frozenset({8080: "web", 2222: "ssh"}.items())
+    }
+    assert view.count("web") == view.count("ssh") == 0
     # Active at a poll = had a connection, or one closed since the last poll.
-    assert board.last_activity("web") == wall.base + 15
-    assert board.last_activity("ssh") == wall.base + 20
-    assert board.last_activity() == wall.base + 20
-    assert board.snapshot()["lastActivity"] == utc_iso(wall.base + 20)
-    events = [(e.event.kind, e.event.data()) for e in bus.history()]
-    assert events == [
+    assert view.services["web"].last_activity == wall.base + 15
+    assert view.services["ssh"].last_activity == wall.base + 20
+    assert view.last_activity == wall.base + 20
+    assert final["lastActivity"] == utc_iso(wall.base + 20)
+    assert connection_events(bus) == [
         ("connection_opened", {"service": "web", "port": 8080, "peer": "10.0.0.7:50000"}),
         ("connection_opened", {"service": "ssh", "port": 2222, "peer": "[2001:db8::5]:41000"}),
         (
@@ -304,6 +384,222 @@ async def test_tracker_diffs_polls_and_keeps_last_activity(autojump_clock: trio.
         ),
     ]
     assert {e.event.source for e in bus.history()} == {"dev8/connections"}
+
+
+async def test_a_new_connection_counts_only_if_a_second_read_confirms_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    probe = Connection("web", 8080, "127.0.0.1:40000")
+    user = Connection("web", 8080, "10.0.0.7:50000")
+    tables = ScriptedTables([set(), {user}, set()])
+    first_reads: list[bool] = []
+
+    def racing(ports: Mapping[int, str]) -> set[Connection]:
+        """The first read of each sample sees dev8's own probe, closed before it listed its
+        sockets; the second read, after that, does not."""
+        found = tables(ports)
+        first = len(tables.reads) == 1 or tables.reads[-2][0] != tables.reads[-1][0]
+        first_reads.append(first)
+        return found | {probe} if first else found
+
+    bus, registry = EventBus(), Registry()
+    tracker = ConnectionTracker(
+        registry, {"web": [8080]}, path="t", read=racing, offload=tables.offload
+    )
+    ctx = ChildContext(name="t", path="t", attempt=0, publish=bus.publish)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tracker.run, ctx)
+        await trio.sleep(12)
+        nursery.cancel_scope.cancel()
+    assert tables.read_times() == [0, 0, 5, 5, 10, 10]
+    assert first_reads == [True, False] * 3
+    assert [(kind, data["peer"]) for kind, data in connection_events(bus)] == [
+        ("connection_opened", user.peer),
+        ("connection_closed", user.peer),
+    ]
+    assert tracker.published.count("web") == 0
+
+
+async def test_set_ports_closes_what_is_no_longer_watched_and_samples_at_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    alice = Connection("web", 8080, "10.0.0.7:50000")
+    bob = Connection("ssh", 2222, "10.0.0.8:41000")
+    carol = Connection("web", 9090, "10.0.0.9:42000")
+    tables = ScriptedTables([{alice, bob, carol}])
+    ports = {"web": [8080], "ssh": [2222]}
+    async with running_tracker(ports, tables) as (tracker, ref, bus):
+        assert tracker.published.count("web") == tracker.published.count("ssh") == 1
+        await trio.sleep(1)
+        changed = await ref.call(SetPorts({"web": [9090], "db": (5432,)}), timeout=1)
+        assert changed == PortsChanged(
+            added=("db",), removed=("ssh",), changed=("web",), closed=(bob, alice)
+        )
+        # Closed at once, announced with the change; the published view follows in the same step.
+        closed = {"duration": 1.0}
+        assert connection_events(bus)[2:] == [
+            ("connection_closed", {"service": "ssh", "port": 2222, "peer": bob.peer, **closed}),
+            ("connection_closed", {"service": "web", "port": 8080, "peer": alice.peer, **closed}),
+        ]
+        assert set(tracker.published.services) == {"web", "db"}
+        await trio.testing.wait_all_tasks_blocked()  # the sample SetPorts started is done
+        snap = await ref.call(Snapshot(), timeout=1)
+        assert snap["services"]["web"] == {
+            "count": 1,
+            "ports": [9090],
+            "peers": [carol.peer],
+            "lastActivity": snap["lastActivity"],
+        }
+        assert snap["services"]["db"]["ports"] == [5432]
+        # The new ports were read at once (twice: carol is new), not at the next tick.
+        assert tables.read_times() == [0, 0, 1, 1]
+        assert tables.reads[-1][1] == {9090: "web", 5432: "db"}
+        # The same ports again change nothing and read nothing.
+        assert (await ref.call(SetPorts({"web": [9090], "db": [5432]}), timeout=1)).nothing
+        await trio.sleep(5.5)
+        assert tables.read_times()[4:] == [6]  # the timer restarted from the change
+    assert connection_events(bus)[-1] == (
+        "connection_opened",
+        {"service": "web", "port": 9090, "peer": carol.peer},
+    )
+
+
+async def test_the_idle_watcher_hears_a_reload_end_the_connections_of_a_removed_service(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    alice = Connection("web", 8080, "10.0.0.7:50000")
+    tables = ScriptedTables([{alice}])
+    async with (
+        running_tracker({"web": [8080]}, tables) as (tracker, ref, bus),
+        trio.open_nursery() as nursery,
+    ):
+        watcher = functools.partial(
+            run_idle, bus, tracker.snapshot, bus.publish, after=60, count_api_clients=False
+        )
+        await nursery.start(watcher)
+        await trio.sleep(100)
+        assert [e for e in bus.history() if e.event.kind == "workspace_idle"] == []
+        removed = trio.current_time()
+        await ref.call(SetPorts({"ssh": [2222]}), timeout=1)  # web gone, alice with it
+        await trio.sleep(61)
+        nursery.cancel_scope.cancel()
+    idle = [e.event for e in bus.history() if e.event.kind == "workspace_idle"]
+    assert len(idle) == 1
+    assert idle[0].data()["idle_for"] == 60
+    assert removed + 60 <= trio.current_time()
+
+
+async def test_no_port_watched_means_no_timer_and_no_read(autojump_clock: trio.abc.Clock) -> None:
+    tables = ScriptedTables([set()])
+    async with running_tracker({"web": []}, tables, interval=5.0) as (tracker, ref, _):
+        await trio.sleep(3600)
+        assert tables.reads == []
+        await ref.call(SetPorts({"web": [8080]}), timeout=1)
+        await trio.sleep(10.5)
+        assert tables.read_times() == [3600, 3605, 3610]
+        await ref.call(SetPorts({}), timeout=1)
+        await trio.sleep(3600)
+        assert len(tables.reads) == 3
+        assert tracker.snapshot()["services"] == {}
+
+
+async def test_calls_are_answered_during_a_slow_read_and_a_stale_read_is_dropped(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    old = Connection("web", 8080, "10.0.0.7:50000")
+    new = Connection("web", 9090, "10.0.0.9:42000")
+    tables = ScriptedTables([set(), {old, new}])
+    async with running_tracker({"web": [8080]}, tables, interval=5.0) as (tracker, ref, bus):
+        tables.hold = trio.Event()
+        await trio.sleep(5.5)  # the second sample (of 8080) hangs in its thread
+        assert len(tables.reads) == 1
+        start = trio.current_time()
+        assert (await ref.call(Snapshot(), timeout=1))["services"]["web"]["count"] == 0
+        changed = await ref.call(SetPorts({"web": [9090]}), timeout=1)
+        assert changed.changed == ("web",)
+        assert trio.current_time() == start  # both answered at once, the read still under way
+        assert len(tables.reads) == 1  # one sample at a time: the next waits for this one
+        tables.hold.set()
+        tables.hold = None
+        await trio.testing.wait_all_tasks_blocked()
+        # The read of 8080 finished after the change: dropped, and 9090 read at once.
+        assert [ports for _, ports, _ in tables.reads[1:]] == [
+            {8080: "web"},  # found "old" (new): read twice...
+            {8080: "web"},
+            {9090: "web"},  # ...and dropped: 9090 read at once, "new" found twice
+            {9090: "web"},
+        ]
+        assert tables.read_times()[1:] == [5.5] * 4
+        assert tracker.published.services["web"].peers == (new.peer,)
+    assert connection_events(bus) == [
+        ("connection_opened", {"service": "web", "port": 9090, "peer": new.peer}),
+    ]
+
+
+async def test_a_crashed_tracker_is_restarted_callers_get_a_clear_error_meanwhile(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    alice = Connection("web", 8080, "10.0.0.7:50000")
+    # t=0 nobody, t=5 alice, t=10 the read fails; after the restart (1 s later) alice is gone.
+    tables = ScriptedTables([set(), {alice}, set()])
+    bus, registry = EventBus(), Registry()
+    tracker = tracker_on(registry, {"web": [8080]}, tables)
+    spec = attrs.evolve(
+        tracker.child_spec(), backoff=Backoff(initial_delay=1.0, min_delay=1.0, jitter=0.0)
+    )
+    tree = Supervisor("dev8", [spec], bus=bus)
+    ref = registry.ref("dev8/connections")
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tree.run)
+        await trio.sleep_until(start + 9)
+        tables.fail_next = True
+        await trio.sleep_until(start + 10.5)  # crashed at 10, restarts at 11
+        assert not ref.alive
+        with pytest.raises(ActorNotFound, match="no live actor at dev8/connections"):
+            await ref.call(Snapshot(), timeout=1)
+        # Readers of the published view still see the last one; a reload's SetPorts waits.
+        assert tracker.published.services["web"].peers == (alice.peer,)
+        changed = await set_watched_ports(ref, bus, {"web": [8080], "db": [5432]}, timeout=10)
+        assert changed.added == ("db",)
+        assert trio.current_time() - start == 11
+        snap = await ref.call(Snapshot(), timeout=1)
+        assert snap["services"]["web"]["peers"] == []
+        assert snap["services"]["db"]["ports"] == [5432]
+        # The supervisor's crash (chaos' way): callers fail at once, it comes back again.
+        await tree.crash_child("connections")
+        with pytest.raises((ActorNotFound, ActorExited)):  # dying, or gone
+            await ref.call(Snapshot(), timeout=1)
+        await trio.sleep(1.5)  # virtual time: its backoff is 1 s
+        assert (await ref.call(Snapshot(), timeout=1))["services"]["db"]["ports"] == [5432]
+        nursery.cancel_scope.cancel()
+    exits = [e.event.data() for e in bus.history() if e.event.kind == "child_exited"]
+    assert [(e["reason"], "cannot read /proc/net/tcp" in (e["error"] or "")) for e in exits][
+        :2
+    ] == [
+        ("error", True),
+        ("error", False),
+    ]
+    # The state outlived the restart: alice, seen before the crash, closed at the first sample
+    # after it (every opened gets its closed).
+    assert connection_events(bus) == [
+        ("connection_opened", {"service": "web", "port": 8080, "peer": alice.peer}),
+        (
+            "connection_closed",
+            {"service": "web", "port": 8080, "peer": alice.peer, "duration": 6.0},
+        ),
+    ]
+
+
+async def test_set_ports_gives_up_with_the_last_error_when_the_tracker_stays_away(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    bus, registry = EventBus(), Registry()
+    ref = registry.ref("dev8/connections")
+    start = trio.current_time()
+    with pytest.raises(ActorNotFound, match="no live actor at dev8/connections"):
+        await set_watched_ports(ref, bus, {"web": [8080]}, timeout=3)
+    assert trio.current_time() - start == 3
 
 
 # --------------------------------------------------------------------------- real sockets
@@ -382,14 +678,22 @@ async def test_tracker_counts_a_keepalive_http_connection_and_a_tcp_session(
     web_port, raw_port = free_port(), free_port()
     (tmp_path / "index.html").write_text("hello")
     server = [sys.executable, "-m", "http.server", "-p", "HTTP/1.1", "-b", "127.0.0.1"]
-    bus = EventBus()
-    board = ConnectionBoard(
-        {"web": [web_port], "raw": [raw_port]}, websocket_clients=lambda: bus.subscriber_count
+    bus, registry = EventBus(), Registry()
+    # The real read: the kernel's tables, in a worker thread.
+    tracker = ConnectionTracker(
+        registry,
+        {"web": [web_port], "raw": [raw_port]},
+        interval=0.05,
+        websocket_clients=lambda: bus.subscriber_count,
     )
+
+    def view() -> ConnectionsView:
+        return tracker.published
+
     raw_listener = socket.socket()
     raw_listener.bind(("127.0.0.1", raw_port))
     raw_listener.listen()
-    tree = Supervisor("t", [make_tracker_spec(board, interval=0.05)], bus=bus)
+    tree = Supervisor("t", [tracker.child_spec()], bus=bus)
     pipes: dict[str, Any] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE}
     with raw_listener:
         async with (
@@ -408,12 +712,12 @@ async def test_tracker_counts_a_keepalive_http_connection_and_a_tcp_session(
                 # dev8's own connection to a watched port (a probe's) is not counted.
                 with socket.create_connection(("127.0.0.1", raw_port)):
                     await wait_for(
-                        lambda: board.count("web") == 1 and board.count("raw") == 1,
+                        lambda: view().count("web") == 1 and view().count("raw") == 1,
                         "one connection per service",
                     )
                     await trio.sleep(0.2)  # several more polls
-                    assert board.count("raw") == 1
-                snap = board.snapshot()
+                    assert view().count("raw") == 1
+                snap = await registry.ref("t/connections").call(Snapshot(), timeout=5)
                 assert snap["services"]["web"]["peers"] == [f"127.0.0.1:{http_port}"]
                 assert snap["services"]["raw"]["peers"] == [f"127.0.0.1:{tcp_port}"]
                 assert snap["services"]["web"]["lastActivity"] is not None
@@ -424,7 +728,7 @@ async def test_tracker_counts_a_keepalive_http_connection_and_a_tcp_session(
                     with trio.fail_after(10):
                         assert await client.wait() == 0
                 await wait_for(
-                    lambda: board.count("web") == 0 and board.count("raw") == 0, "both closed"
+                    lambda: view().count("web") == 0 and view().count("raw") == 0, "both closed"
                 )
             nursery.cancel_scope.cancel()
     kinds = [
@@ -440,7 +744,7 @@ async def test_tracker_counts_a_keepalive_http_connection_and_a_tcp_session(
             ("connection_closed", "raw", f"127.0.0.1:{tcp_port}"),
         ]
     )
-    assert board.snapshot()["services"]["web"]["peers"] == []
+    assert tracker.snapshot()["services"]["web"]["peers"] == []
 
 
 async def test_read_connections_sees_a_real_connection_from_another_process() -> None:

@@ -67,6 +67,7 @@ MODULES: dict[str, frozenset[str]] = {
     "test_dev8_run": E,
     "test_docs": E,
     "test_documents": U,
+    "test_e2e_connections": E,
     "test_e2e_metrics": ERS,
     "test_e2e_secrets": ER,
     "test_e2e_workspace": ERS,
