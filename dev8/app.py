@@ -276,7 +276,9 @@ class Dev8:
         ]
         self.reloader: Reloader | None = None
         if config_path is not None:
-            self.reloader = Reloader(config_path, config, apply=self._apply_config)
+            self.reloader = Reloader(
+                config_path, config, apply=self._apply_config, registry=self.registry
+            )
             # Last: stopped first at shutdown, so no reload pass outlives the services.
             children.append(
                 ChildSpec(name="reloader", start=self.reloader.run, shutdown_timeout=1.0)

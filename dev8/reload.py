@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import attrs
 import trio
 
-from actors import ChildContext, Event, Mailbox, Reply
+from actors import Actor, ChildContext, Event, Refuse, Registry, Reply
 
 from .config import Config, load_config
 
@@ -30,6 +30,8 @@ RESTART_SECTIONS = (
     *("alerts", "idle", "resources"),
 )
 MAILBOX_CAPACITY = 16
+#: Where the reloader lives in the tree (its address).
+RELOADER_PATH = "dev8/reloader"
 
 
 @attrs.frozen(kw_only=True)
@@ -120,9 +122,20 @@ class ReloadAccepted:
 
 @attrs.frozen(kw_only=True)
 class Reload:
-    """Re-read the config file and apply it."""
+    """Call: re-read the config file (``path``, or the one dev8 was started with) and apply it;
+    answered with ``ReloadAccepted`` once the file is read and checked, not once applied."""
 
-    reply: Reply[ReloadAccepted]
+    path: str | None = None
+
+
+@attrs.frozen
+class Status:
+    """Call: how many reloads were accepted and applied, and whether a pass is running."""
+
+
+@attrs.frozen
+class _PassEnded:
+    """Notice from the pass task to the loop: the pass is over (applied, failed or cancelled)."""
 
 
 Apply = Callable[[Config, Config, ReloadPlan], Awaitable[None]]
@@ -132,25 +145,31 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-class Reloader:
-    """The reloader actor. Its mailbox and its state outlive its restarts.
+class Reloader(Actor):
+    """The reloader actor, at ``dev8/reloader``. Its state outlives its restarts: a reload
+    accepted before a crash is applied by the next incarnation.
 
     ``apply(old, new, plan)`` makes the tree match ``new``; ``load`` reads and checks the file
     (``ConfigError`` for a file that is refused: answered as such, nothing changes).
     """
 
+    mailbox_capacity = MAILBOX_CAPACITY
+
     def __init__(
         self,
-        path: str,
+        config_path: str,
         current: Config,
         *,
         apply: Apply,
         load: Callable[[str], Config] = load_config,
+        registry: Registry | None = None,
+        path: str = RELOADER_PATH,
     ) -> None:
-        self.path = path
+        super().__init__(registry if registry is not None else Registry(), path)
+        self.config_path = config_path
         self._apply = apply
         self._load = load
-        self._mailbox: Mailbox[Reload] = Mailbox("reloader", MAILBOX_CAPACITY)
+        self._publish: Callable[[Event], None] = lambda _event: None
         #: The config in effect once every accepted reload is applied.
         self._target = current
         #: The config the last finished pass left in effect.
@@ -158,11 +177,11 @@ class Reloader:
         self._accepted = 0
         self._covered = 0
         self._applying = False
-        self._wanted = trio.Event()
 
     async def reload(self, *, timeout: float) -> ReloadAccepted:
-        """Ask for a reload; answered once the file is read and checked, not once applied."""
-        return await self._mailbox.call(lambda reply: Reload(reply=reply), timeout=timeout)
+        """Send ``Reload`` to this actor's address and wait for the answer."""
+        accepted: ReloadAccepted = await self.ref.call(Reload(), timeout=timeout)
+        return accepted
 
     def status(self) -> Mapping[str, Any]:
         return {
@@ -171,39 +190,60 @@ class Reloader:
             "applying": self._applying,
         }
 
-    async def run(self, ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._apply_passes, ctx)
-            task_status.started()
-            async for message in self._mailbox:
-                await self._handle(message)
+    async def run(
+        self,
+        ctx: ChildContext | None = None,
+        *,
+        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        if ctx is not None:
+            self._publish = ctx.publish
+        await super().run(ctx, task_status=task_status)
 
-    async def _handle(self, message: Reload) -> None:
+    async def init(self) -> None:
+        self._applying = False
+        if self._accepted > self._covered:  # accepted before a restart of this actor: still to do
+            self._start_pass()
+
+    async def handle_call(self, message: Any, reply: Reply[Any]) -> Any:
+        if isinstance(message, Status):
+            return dict(self.status())
+        if not isinstance(message, Reload):
+            return await super().handle_call(message, reply)
         try:
-            new = await trio.to_thread.run_sync(self._load, self.path)
+            new = await trio.to_thread.run_sync(self._load, message.path or self.config_path)
         except Exception as error:  # ConfigError above all: the caller is told, nothing changes
-            message.reply.fail(error)
-            return
+            raise Refuse(error) from error
         plan = plan_reload(self._target, new)
         self._target = new
         self._accepted += 1
         queued = self._applying
-        self._wanted.set()
-        message.reply.send(ReloadAccepted(reload=self._accepted, queued=queued, plan=plan))
+        if not self._applying:
+            self._start_pass()
+        return ReloadAccepted(reload=self._accepted, queued=queued, plan=plan)
 
-    async def _apply_passes(self, ctx: ChildContext) -> None:
-        if self._accepted > self._covered:
-            self._wanted.set()  # accepted before a restart of this actor: still to do
-        while True:
-            await self._wanted.wait()
-            self._wanted = trio.Event()
-            await self._apply_once(ctx)
+    async def handle_info(self, message: Any) -> None:
+        if isinstance(message, _PassEnded):
+            self._applying = False
+            if self._accepted > self._covered:  # accepted while that pass ran: coalesced here
+                self._start_pass()
 
-    async def _apply_once(self, ctx: ChildContext) -> None:
+    def _start_pass(self) -> None:
+        self._applying = True
+        self.start_soon(self._pass)
+
+    async def _pass(self) -> None:
+        try:
+            await self._apply_once()
+        finally:
+            # Cancelled (this actor restarted, dev8 stopping): not covered, done again later.
+            self.notify(_PassEnded())
+
+    async def _apply_once(self) -> None:
         old, new, last = self._applied, self._target, self._accepted
         includes = list(range(self._covered + 1, last + 1))
         plan = plan_reload(old, new)
-        ctx.publish(
+        self._publish(
             ReloadStarted(
                 reload=last,
                 includes=includes,
@@ -215,19 +255,15 @@ class Reloader:
             )
         )
         began = time.monotonic()
-        self._applying = True
         try:
             await self._apply(old, new, plan)
         except Exception as error:  # a failed pass is an event, never a crash of the tree
             self._covered = last
-            ctx.publish(ReloadFailed(reload=last, includes=includes, reason=_describe(error)))
+            self._publish(ReloadFailed(reload=last, includes=includes, reason=_describe(error)))
             return
-        finally:
-            # Cancelled (this actor restarted, dev8 stopping): not covered, done again later.
-            self._applying = False
         self._covered = last
         self._applied = new
-        ctx.publish(
+        self._publish(
             ReloadFinished(
                 reload=last,
                 includes=includes,

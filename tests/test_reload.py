@@ -10,9 +10,16 @@ import pytest
 import trio
 from support.dev8_harness import shell_service, write_config
 
-from actors import ChildContext, Event
+from actors import ActorNotFound, ChildContext, Event
 from dev8.config import Config, ConfigError, load_config
-from dev8.reload import Reloader, ReloadFailed, ReloadFinished, ReloadPlan, ReloadStarted
+from dev8.reload import (
+    Reloader,
+    ReloadFailed,
+    ReloadFinished,
+    ReloadPlan,
+    ReloadStarted,
+    Status,
+)
 
 
 class Passes:
@@ -148,3 +155,34 @@ async def test_a_refused_file_is_the_callers_error_and_changes_nothing(tmp_path:
         await passes.finish()
         await events.wait_for(ReloadFinished, 1)
     assert len(passes.plans) == 1
+
+
+async def test_a_reload_accepted_before_a_restart_is_applied_by_the_next_incarnation(
+    tmp_path: Path,
+) -> None:
+    """The reloader's state outlives it: the pass cut short by a restart is done again."""
+    path = config_with(tmp_path / "dev8.yaml", "a")
+    passes, events = Passes(), Events()
+    reloader = Reloader(str(path), load_config(path), apply=passes.apply)
+    async with running(reloader, events):
+        config_with(path, "a", "b")
+        await reloader.reload(timeout=10)
+        await passes.entered.wait()  # the pass is applying when the actor goes away
+        assert await reloader.ref.call(Status(), timeout=10) == {
+            "accepted": 1,
+            "applied": 0,
+            "applying": True,
+        }
+    with pytest.raises(ActorNotFound):  # between incarnations: a clear error, not a hang
+        await reloader.ref.call(Status(), timeout=10)
+    passes.entered = trio.Event()
+    async with running(reloader, events):
+        await passes.finish()
+        await events.wait_for(ReloadFinished, 1)
+        assert await reloader.ref.call(Status(), timeout=10) == {
+            "accepted": 1,
+            "applied": 1,
+            "applying": False,
+        }
+    assert [plan.added for plan in passes.plans] == [("b",), ("b",)]
+    assert len([e for e in events if isinstance(e, ReloadStarted)]) == 2
