@@ -10,6 +10,7 @@ import os
 import socket
 import stat
 import tracemalloc
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -289,6 +290,38 @@ async def test_a_subscriber_behind_gets_batches_and_the_cut_off_says_where_to_re
             messages += 1
         assert seqs == list(range(first + 1, first + 41))
         assert messages < 40
+
+
+async def test_a_burst_reaches_each_live_subscriber_in_one_message_once_it_is_over(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    """Subscribers are woken when a burst is over, not per event (dev8.api._events.EventFeed):
+    the clock stands still until the test moves it, so "over" is exactly when it does."""
+    api = await start_api(nursery)
+    first = api.bus.last_seq
+    sockets = []
+    async with AsyncExitStack() as stack:
+        for _ in range(3):
+            url = f"{api.ws_url}/events?since={first}"
+            sockets.append(await stack.enter_async_context(trio_websocket.open_websocket_url(url)))
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(30):  # the way services publish: a scheduler step apart
+            api.bus.publish(Event(source="test"))
+            await trio.lowlevel.checkpoint()
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(1.0)
+        for ws in sockets:
+            # The first message holds the whole burst (woken per event, it held the first).
+            events = events_in(await ws.get_message())
+            assert [e["seq"] for e in events] == list(range(first + 1, first + 31))
+        # A lone event later: a single object, as ever.
+        api.bus.publish(Event(source="test"))
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(1.0)
+        for ws in sockets:
+            message = json.loads(await ws.get_message())
+            assert isinstance(message, dict)
+            assert message["seq"] == first + 31
 
 
 async def test_the_cut_off_says_where_to_resume_and_resuming_there_loses_nothing(

@@ -207,6 +207,7 @@ class Client:
             self.pump(0.5)
         seconds = time.monotonic() - killed
         latencies = sorted(hub.latencies) or [float("nan")]
+        stamps = [stamp for parsed in hub.parsed.values() for stamp, _ in parsed]
         return {
             "complete": hub.done >= len(fast),
             "seconds": round(seconds, 3),
@@ -216,6 +217,8 @@ class Client:
             "messages": len(hub.latencies),
             # Websocket messages that carried them: fewer than events when batched.
             "frames": hub.frames,
+            # From the first event of the burst published to the last (dev8's clock).
+            "spread_ms": round((max(stamps) - min(stamps)) / 1e6, 3) if stamps else None,
             # This client's own CPU over the burst: near the burst's length, it was the bottleneck.
             "client_cpu_s": round(time.process_time() - cpu_before, 3),
             "p50_ms": round(latencies[len(latencies) // 2], 3),
