@@ -46,9 +46,9 @@ LAGGED_CLOSE_GRACE = 5.0
 #: Subscribers are woken once a burst is over: this long after the first event they were not
 #: woken for, per subscriber (waking each costs a send, so a burst is worth gathering for about
 #: as long as sending it takes; a few subscribers are woken almost at once)...
-GATHER_PER_SUBSCRIBER = 30e-6
+GATHER_PER_SUBSCRIBER = 60e-6
 #: ...but never longer than this...
-GATHER_MAX = 0.040
+GATHER_MAX = 0.080
 #: ...and sooner when no event came for this fraction of that time.
 GATHER_QUIET_FRACTION = 0.2
 
