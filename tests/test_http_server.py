@@ -324,6 +324,34 @@ async def test_a_burst_reaches_each_live_subscriber_in_one_message_once_it_is_ov
             assert message["seq"] == first + 31
 
 
+async def test_a_subscriber_leaving_while_it_gathers_a_burst_wakes_the_others(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    """The first subscriber to wait gathers the burst (dev8.api._events.EventFeed); its client
+    leaving must not leave the others waiting for a wake-up nobody will give."""
+    api = await start_api(nursery)
+    first, url = api.bus.last_seq, f"{api.ws_url}/events"
+    gatherer = await trio_websocket.connect_websocket_url(nursery, url)
+    await trio.testing.wait_all_tasks_blocked()  # parked first: it is summoned to gather
+    other = await trio_websocket.connect_websocket_url(nursery, url)
+    await trio.testing.wait_all_tasks_blocked()
+    api.bus.publish(Event(source="test"))
+    await trio.testing.wait_all_tasks_blocked()
+    await gatherer.aclose()  # mid-gather, and the clock never moves
+
+    got: list[str | bytes] = []
+
+    async def read() -> None:
+        got.append(await other.get_message())
+
+    async with trio.open_nursery() as reading:
+        reading.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        reading.cancel_scope.cancel()
+    assert [e["seq"] for e in events_in(got[0])] == [first + 1]
+    await other.aclose()
+
+
 async def test_the_cut_off_says_where_to_resume_and_resuming_there_loses_nothing(
     nursery: trio.Nursery,
 ) -> None:
