@@ -284,7 +284,7 @@ async def test_a_subscriber_behind_gets_batches_and_the_cut_off_says_where_to_re
         api.bus.publish(Event(source="test"))
     # 40 to replay: sent in batches (fewer messages than events), in order.
     async with trio_websocket.open_websocket_url(f"{api.ws_url}/events?since={first}") as ws:
-        messages, seqs = 0, []
+        messages, seqs = 0, list[int]()
         while len(seqs) < 40:
             seqs.extend(e["seq"] for e in await next_events(ws))
             messages += 1
