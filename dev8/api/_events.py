@@ -130,7 +130,10 @@ class EventFeed:
         bus.add_listener(self._on_publish)
 
     def _on_publish(self, envelope: Envelope) -> None:
-        now = trio.current_time()
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # published outside trio.run, where no subscriber can be
+            now = self._last_publish
         if envelope.seq == self.woken_seq + 1:
             self._first_unsent = now
         self._last_publish = now
