@@ -51,6 +51,9 @@ GATHER_PER_SUBSCRIBER = 60e-6
 GATHER_MAX = 0.080
 #: ...and sooner when no event came for this fraction of that time.
 GATHER_QUIET_FRACTION = 0.2
+#: Subscribers woken per scheduler pass: between chunks the services publishing the burst get
+#: their turn, and the later chunks send what was published meanwhile.
+WAKE_CHUNK = 64
 
 
 def resync_event(control: Control) -> dict[str, Any]:
@@ -98,11 +101,12 @@ class _Subscriber:
 class EventFeed:
     """Wakes the subscribers of one bus once a burst of events is over (one parking lot).
 
-    The first subscriber to wait while events are unsent gathers: it sleeps until the bus has
-    been quiet for a while or the gathering window (longer the more subscribers there are, at
-    most ``GATHER_MAX``) is over, then wakes them all. It is a subscriber rather than a task
-    of its own because the feed has no nursery (it lives as long as the Quart app); a gatherer
-    whose client leaves wakes the rest early.
+    The first subscriber to wait while events are unsent gathers (for everyone): it sleeps
+    until the bus has been quiet for a while or the gathering window (longer the more
+    subscribers there are, at most ``GATHER_MAX``) is over, then wakes them all,
+    ``WAKE_CHUNK`` per scheduler pass. It is a subscriber rather than a task of its own
+    because the feed has no nursery (it lives as long as the Quart app); a gatherer whose
+    client leaves wakes the rest at once.
 
     A subscriber stuck in a send (its client stopped reading, the socket is full) cannot
     check for itself that it fell behind: the feed marks those on each publish, and they stop
@@ -153,8 +157,8 @@ class EventFeed:
     async def wait_after(self, seq: int) -> None:
         """Return once events after ``seq`` were published and their burst is over."""
         while self.woken_seq <= seq:
-            if self.bus.last_seq > seq and not self._gathering:
-                await self._gather()
+            if self.bus.last_seq > self.woken_seq and not self._gathering:
+                await self._gather()  # for everyone, whether or not it is behind itself
             else:
                 await self._lot.park()
 
@@ -169,10 +173,22 @@ class EventFeed:
                 if trio.current_time() >= deadline:
                     break
                 await trio.sleep_until(deadline)
-        finally:
-            self._gathering = self._summoned = False
+            self.woken_seq = self.bus.last_seq
+            remaining = len(self._lot)
+            while remaining > WAKE_CHUNK:
+                self._lot.unpark(count=WAKE_CHUNK)
+                remaining -= WAKE_CHUNK
+                await trio.lowlevel.checkpoint()
+            self._lot.unpark(count=remaining)
+        except BaseException:  # cancelled (its client left): the rest are woken now
             self.woken_seq = self.bus.last_seq
             self._lot.unpark_all()
+            raise
+        finally:
+            self._gathering = self._summoned = False
+            if self._lot and self.bus.last_seq > self.woken_seq:  # published meanwhile
+                self._summoned = True
+                self._lot.unpark(count=1)
 
     def batch(self, after: int) -> tuple[list[Envelope], str]:
         """The held events after ``after`` (at most ``MAX_BATCH``) and their message text."""
