@@ -26,6 +26,7 @@ from test_api import Api, events_in, start_api
 
 from actors import ChildContext, Event, EventBus
 from dev8.api import ApiBindError, bind_api, serve_api
+from dev8.api._events import WAKE_CHUNK
 
 
 @attrs.frozen
@@ -292,16 +293,18 @@ async def test_a_subscriber_behind_gets_batches_and_the_cut_off_says_where_to_re
         assert messages < 40
 
 
+@pytest.mark.parametrize("subscribers", [3, WAKE_CHUNK + 6])
 async def test_a_burst_reaches_each_live_subscriber_in_one_message_once_it_is_over(
-    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock, subscribers: int
 ) -> None:
-    """Subscribers are woken when a burst is over, not per event (dev8.api._events.EventFeed):
-    the clock stands still until the test moves it, so "over" is exactly when it does."""
+    """Subscribers are woken when a burst is over, not per event (dev8.api._events.EventFeed),
+    in chunks when there are many: the clock stands still until the test moves it, so "over"
+    is exactly when it does."""
     api = await start_api(nursery)
     first = api.bus.last_seq
     sockets = []
     async with AsyncExitStack() as stack:
-        for _ in range(3):
+        for _ in range(subscribers):
             url = f"{api.ws_url}/events?since={first}"
             sockets.append(await stack.enter_async_context(trio_websocket.open_websocket_url(url)))
         await trio.testing.wait_all_tasks_blocked()
