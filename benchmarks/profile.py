@@ -97,7 +97,7 @@ def case_fanout(ctx: Ctx, pyspy: Path, out: Path) -> str:
         run_client(run.tool.client(run.port, "wait-ready", "60"), timeout=90)
         client = subprocess.Popen(
             [sys.executable, str(CLIENTS / "fanout.py"), "--port", str(run.port),
-             "--subscribers", "200", "--slow", "0", "--bursts", "2", "--services", "20"],
+             "--subscribers", "1000", "--slow", "0", "--bursts", "8", "--services", "20"],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         procs.track(client)
@@ -105,7 +105,7 @@ def case_fanout(ctx: Ctx, pyspy: Path, out: Path) -> str:
         finish(sampler)
         client.wait(300)
         procs.untrack(client)
-    return summarize(out, "dev8: 200 websocket subscribers, bursts of 60 events")
+    return summarize(out, "dev8: 1,000 websocket subscribers, bursts of 60 events")
 
 
 def case_idle(ctx: Ctx, pyspy: Path, out: Path) -> str:

@@ -10,6 +10,7 @@ import os
 import socket
 import stat
 import tracemalloc
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,6 +26,7 @@ from test_api import Api, events_in, start_api
 
 from actors import ChildContext, Event, EventBus
 from dev8.api import ApiBindError, bind_api, serve_api
+from dev8.api._events import WAKE_CHUNK
 
 
 @attrs.frozen
@@ -283,12 +285,74 @@ async def test_a_subscriber_behind_gets_batches_and_the_cut_off_says_where_to_re
         api.bus.publish(Event(source="test"))
     # 40 to replay: sent in batches (fewer messages than events), in order.
     async with trio_websocket.open_websocket_url(f"{api.ws_url}/events?since={first}") as ws:
-        messages, seqs = 0, []
+        messages, seqs = 0, list[int]()
         while len(seqs) < 40:
             seqs.extend(e["seq"] for e in await next_events(ws))
             messages += 1
         assert seqs == list(range(first + 1, first + 41))
         assert messages < 40
+
+
+@pytest.mark.parametrize("subscribers", [3, WAKE_CHUNK + 6])
+async def test_a_burst_reaches_each_live_subscriber_in_one_message_once_it_is_over(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock, subscribers: int
+) -> None:
+    """Subscribers are woken when a burst is over, not per event (dev8.api._events.EventFeed),
+    in chunks when there are many: the clock stands still until the test moves it, so "over"
+    is exactly when it does."""
+    api = await start_api(nursery)
+    first = api.bus.last_seq
+    sockets = []
+    async with AsyncExitStack() as stack:
+        for _ in range(subscribers):
+            url = f"{api.ws_url}/events?since={first}"
+            sockets.append(await stack.enter_async_context(trio_websocket.open_websocket_url(url)))
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(30):  # the way services publish: a scheduler step apart
+            api.bus.publish(Event(source="test"))
+            await trio.lowlevel.checkpoint()
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(1.0)
+        for ws in sockets:
+            # The first message holds the whole burst (woken per event, it held the first).
+            events = events_in(await ws.get_message())
+            assert [e["seq"] for e in events] == list(range(first + 1, first + 31))
+        # A lone event later: a single object, as ever.
+        api.bus.publish(Event(source="test"))
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(1.0)
+        for ws in sockets:
+            message = json.loads(await ws.get_message())
+            assert isinstance(message, dict)
+            assert message["seq"] == first + 31
+
+
+async def test_a_subscriber_leaving_while_it_gathers_a_burst_wakes_the_others(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    """The first subscriber to wait gathers the burst (dev8.api._events.EventFeed); its client
+    leaving must not leave the others waiting for a wake-up nobody will give."""
+    api = await start_api(nursery)
+    first, url = api.bus.last_seq, f"{api.ws_url}/events"
+    gatherer = await trio_websocket.connect_websocket_url(nursery, url)
+    await trio.testing.wait_all_tasks_blocked()  # parked first: it is summoned to gather
+    other = await trio_websocket.connect_websocket_url(nursery, url)
+    await trio.testing.wait_all_tasks_blocked()
+    api.bus.publish(Event(source="test"))
+    await trio.testing.wait_all_tasks_blocked()
+    await gatherer.aclose()  # mid-gather, and the clock never moves
+
+    got: list[str | bytes] = []
+
+    async def read() -> None:
+        got.append(await other.get_message())
+
+    async with trio.open_nursery() as reading:
+        reading.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        reading.cancel_scope.cancel()
+    assert [e["seq"] for e in events_in(got[0])] == [first + 1]
+    await other.aclose()
 
 
 async def test_the_cut_off_says_where_to_resume_and_resuming_there_loses_nothing(

@@ -41,6 +41,8 @@ class Hub:
         self.latencies: list[float] = []
         self.target = 0
         self.done = 0
+        #: Websocket messages received by fast subscribers (events arrive batched).
+        self.frames = 0
 
 
 class Subscriber:
@@ -113,6 +115,7 @@ class Subscriber:
         self.received += len(parsed)
         if self.slow:
             return
+        self.hub.frames += 1
         for stamp, started in parsed:
             self.hub.latencies.append((now - stamp) / 1e6)
             if started:
@@ -192,7 +195,7 @@ class Client:
         hub = self.hub
         hub.latencies = []
         hub.parsed = {}
-        hub.target, hub.done = len(pids), 0
+        hub.target, hub.done, hub.frames = len(pids), 0, 0
         for subscriber in fast:
             subscriber.started = 0
         cpu_before = time.process_time()
@@ -204,6 +207,7 @@ class Client:
             self.pump(0.5)
         seconds = time.monotonic() - killed
         latencies = sorted(hub.latencies) or [float("nan")]
+        stamps = [stamp for parsed in hub.parsed.values() for stamp, _ in parsed]
         return {
             "complete": hub.done >= len(fast),
             "seconds": round(seconds, 3),
@@ -211,6 +215,10 @@ class Client:
             "closed": sum(s.closed for s in fast),
             "close_codes": sorted({s.close_code for s in fast if s.close_code is not None}),
             "messages": len(hub.latencies),
+            # Websocket messages that carried them: fewer than events when batched.
+            "frames": hub.frames,
+            # From the first event of the burst published to the last (dev8's clock).
+            "spread_ms": round((max(stamps) - min(stamps)) / 1e6, 3) if stamps else None,
             # This client's own CPU over the burst: near the burst's length, it was the bottleneck.
             "client_cpu_s": round(time.process_time() - cpu_before, 3),
             "p50_ms": round(latencies[len(latencies) // 2], 3),

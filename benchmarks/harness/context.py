@@ -43,6 +43,8 @@ class Counts:
     startup_rounds: int = 10
     shutdown_rounds: int = 3
     subscribers: int = 1000
+    #: The second fan-out run: a few subscribers (the issue's "under 20 ms to 10").
+    few_subscribers: int = 10
     slow_subscribers: int = 10
     fanout_services: int = 20
     bursts: int = 3
@@ -69,6 +71,7 @@ class Counts:
             startup_rounds=1,
             shutdown_rounds=1,
             subscribers=10,
+            few_subscribers=3,
             slow_subscribers=1,
             fanout_services=3,
             bursts=2,

@@ -4,9 +4,14 @@ A subscriber is a cursor (the last event it was sent) into the history the bus a
 replay and live events are the same thing, read in place, so a thousand subscribers that do not
 read hold no copy of anything (what one holds is at most the message being sent). Each event's
 JSON (``dev8.documents``: camelCase, every key present) is made once however many subscribers
-send it; a subscriber that is
-behind gets up to ``MAX_BATCH`` events in one message, a JSON array, so a burst costs it one
-send instead of one per event.
+send it; a subscriber that is behind gets up to ``MAX_BATCH`` events in one message, a JSON
+array, so a burst costs it one send instead of one per event.
+
+Subscribers are not woken by each event but once a burst is over (``EventFeed.wait_after``):
+waking a thousand of them per event left the services publishing a burst of restarts one step
+per scheduler pass behind a thousand sends, so the burst itself took seconds. Gathered, the
+burst is published at full speed, each subscriber sends it in one or a few messages, and the
+subscribers at the same point send the same text, made once.
 
 A resume point (``since``) the history no longer holds, or one from another boot of dev8
 (``bootId``), gets a ``resync`` event (the /status document) and then live events only, so
@@ -29,6 +34,7 @@ from actors import Envelope, EventBus
 
 from .. import documents
 from ..control import Control
+from ._front import ASGI_SEND_KEY
 from ._responses import BadParameter, error_response, whole_number
 
 #: Websocket close code for a subscriber that fell behind (private range 4000-4999).
@@ -37,6 +43,17 @@ CLOSE_LAGGED = 4001
 MAX_BATCH = 64
 #: How long a subscriber cut off for lagging has to take the close.
 LAGGED_CLOSE_GRACE = 5.0
+#: Subscribers are woken once a burst is over: this long after the first event they were not
+#: woken for, per subscriber (waking each costs a send, so a burst is worth gathering for about
+#: as long as sending it takes; a few subscribers are woken almost at once)...
+GATHER_PER_SUBSCRIBER = 60e-6
+#: ...but never longer than this...
+GATHER_MAX = 0.080
+#: ...and sooner when no event came for this fraction of that time.
+GATHER_QUIET_FRACTION = 0.2
+#: Subscribers woken per scheduler pass: between chunks the services publishing the burst get
+#: their turn, and the later chunks send what was published meanwhile.
+WAKE_CHUNK = 64
 
 
 def resync_event(control: Control) -> dict[str, Any]:
@@ -82,7 +99,14 @@ class _Subscriber:
 
 
 class EventFeed:
-    """Wakes the subscribers of one bus when something is published (one parking lot).
+    """Wakes the subscribers of one bus once a burst of events is over (one parking lot).
+
+    The first subscriber to wait while events are unsent gathers (for everyone): it sleeps
+    until the bus has been quiet for a while or the gathering window (longer the more
+    subscribers there are, at most ``GATHER_MAX``) is over, then wakes them all,
+    ``WAKE_CHUNK`` per scheduler pass. It is a subscriber rather than a task of its own
+    because the feed has no nursery (it lives as long as the Quart app); a gatherer whose
+    client leaves wakes the rest at once.
 
     A subscriber stuck in a send (its client stopped reading, the socket is full) cannot
     check for itself that it fell behind: the feed marks those on each publish, and they stop
@@ -95,11 +119,31 @@ class EventFeed:
         self.encode = documents.EventEncoder(bus.boot_id)
         self._lot = trio.lowlevel.ParkingLot()
         self.sending: set[_Subscriber] = set()
+        #: Subscribers connected (they set how long a burst is gathered).
+        self.subscribers = 0
+        #: Subscribers have been woken for every event up to this one.
+        self.woken_seq = bus.last_seq
+        self._first_unsent = 0.0
+        self._last_publish = 0.0
+        self._gathering = False
+        #: A parked subscriber was unparked to gather (not yet started).
+        self._summoned = False
+        #: The last batch made: (after, last_seq then, envelopes, text), shared by the
+        #: subscribers at one point.
+        self._batch: tuple[int, int, list[Envelope], str] | None = None
         bus.add_listener(self._on_publish)
 
     def _on_publish(self, envelope: Envelope) -> None:
-        if self._lot:
-            self._lot.unpark_all()
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # published outside trio.run, where no subscriber can be
+            now = self._last_publish
+        if envelope.seq == self.woken_seq + 1:
+            self._first_unsent = now
+        self._last_publish = now
+        if not self._gathering and not self._summoned and self._lot:
+            self._summoned = True
+            self._lot.unpark(count=1)
         for subscriber in list(self.sending):
             if envelope.seq - subscriber.cursor > subscriber.limit:
                 self.cut_off(subscriber)
@@ -111,8 +155,51 @@ class EventFeed:
             self.bus.dropped_subscribers += 1  # counted with the bus's own (metrics)
 
     async def wait_after(self, seq: int) -> None:
-        while self.bus.last_seq <= seq:
-            await self._lot.park()
+        """Return once events after ``seq`` were published and their burst is over."""
+        while self.woken_seq <= seq:
+            if self.bus.last_seq > self.woken_seq and not self._gathering:
+                await self._gather()  # for everyone, whether or not it is behind itself
+            else:
+                await self._lot.park()
+
+    async def _gather(self) -> None:
+        self._gathering = True
+        self._summoned = False
+        longest = min(GATHER_MAX, self.subscribers * GATHER_PER_SUBSCRIBER)
+        quiet = longest * GATHER_QUIET_FRACTION
+        try:
+            while True:
+                deadline = min(self._last_publish + quiet, self._first_unsent + longest)
+                if trio.current_time() >= deadline:
+                    break
+                await trio.sleep_until(deadline)
+            self.woken_seq = self.bus.last_seq
+            remaining = len(self._lot)
+            while remaining > WAKE_CHUNK:
+                self._lot.unpark(count=WAKE_CHUNK)
+                remaining -= WAKE_CHUNK
+                await trio.lowlevel.checkpoint()
+            self._lot.unpark(count=remaining)
+        except BaseException:  # cancelled (its client left): the rest are woken now
+            self.woken_seq = self.bus.last_seq
+            self._lot.unpark_all()
+            raise
+        finally:
+            self._gathering = self._summoned = False
+            if self._lot and self.bus.last_seq > self.woken_seq:  # published meanwhile
+                self._summoned = True
+                self._lot.unpark(count=1)
+
+    def batch(self, after: int) -> tuple[list[Envelope], str]:
+        """The held events after ``after`` (at most ``MAX_BATCH``) and their message text."""
+        made = self._batch
+        last = self.bus.last_seq
+        if made is not None and made[0] == after and made[1] == last:
+            return made[2], made[3]
+        envelopes = self.bus.events_after(after, MAX_BATCH)
+        text = batch_text(envelopes, self.encode) if envelopes else ""
+        self._batch = (after, last, envelopes, text)
+        return envelopes, text
 
 
 async def stream_events(control: Control, feed: EventFeed) -> Response | None:
@@ -134,19 +221,35 @@ async def stream_events(control: Control, feed: EventFeed) -> Response | None:
     subscriber = _Subscriber(start, bus.last_seq - start + bus.subscriber_buffer)
     await websocket.accept()
     control.websocket_clients += 1
+    feed.subscribers += 1
     try:
         if resync:
             await websocket.send(json.dumps(resync_event(control)))
-        # Bound once: the context-local proxy resolves the websocket only here, not per send.
-        await _follow(subscriber, feed, accept, websocket.send)
+        await _follow(subscriber, feed, accept, _sender(websocket))
     finally:
         feed.sending.discard(subscriber)
+        feed.subscribers -= 1
         control.websocket_clients -= 1
     lagged = documents.LaggedCloseDocument(resume_from=subscriber.cursor, boot_id=bus.boot_id)
     reason = documents.to_json(lagged).decode()
     with trio.move_on_after(LAGGED_CLOSE_GRACE):
         await websocket.close(CLOSE_LAGGED, reason)
     return None
+
+
+def _sender(socket: Any) -> Callable[[str], Awaitable[None]]:
+    """Send text on the accepted websocket: straight through ASGI when the front passed its
+    ``send`` (Quart's ``send`` adds a checkpoint and a signal per message), else Quart's."""
+    asgi_send = socket.scope.get(ASGI_SEND_KEY)
+    if asgi_send is None:
+        # Bound once: the context-local proxy resolves the websocket only here, not per send.
+        send: Callable[[str], Awaitable[None]] = socket.send
+        return send
+
+    async def send_text(text: str) -> None:
+        await asgi_send({"type": "websocket.send", "bytes": None, "text": text})
+
+    return send_text
 
 
 async def _follow(
@@ -166,10 +269,14 @@ async def _follow(
         ):
             feed.cut_off(subscriber)
             return
-        envelopes = bus.events_after(subscriber.cursor, MAX_BATCH)
-        batch = envelopes if accept is None else [e for e in envelopes if accept(e)]
-        if batch:
+        if accept is None:
+            envelopes, text = feed.batch(subscriber.cursor)
+        else:
+            envelopes = bus.events_after(subscriber.cursor, MAX_BATCH)
+            chosen = [e for e in envelopes if accept(e)]
+            text = batch_text(chosen, feed.encode) if chosen else ""
+        if text:
             feed.sending.add(subscriber)
-            await send(batch_text(batch, feed.encode))
+            await send(text)
             feed.sending.discard(subscriber)
         subscriber.cursor = envelopes[-1].seq

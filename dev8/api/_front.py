@@ -42,6 +42,8 @@ _UNAUTHORIZED = documents.to_json(documents.error_document("unauthorized", UNAUT
 _CHALLENGE = (b"www-authenticate", b'Bearer realm="dev8"')
 #: Set in the ASGI scope once this front found the request's bearer token right.
 AUTHORIZED_KEY = "dev8.authorized"
+#: A websocket's ASGI ``send``, in its scope: the event stream sends through it directly.
+ASGI_SEND_KEY = "dev8.asgi_send"
 
 
 class _Headers:
@@ -126,6 +128,9 @@ class ApiFront:
             if answer is not None:
                 await _send_json(send, *answer)
                 return
+        elif kind == "websocket":
+            # The event stream sends through ASGI itself (``dev8.api._events``).
+            scope[ASGI_SEND_KEY] = send
         elif kind == "lifespan":
             async with trio.open_nursery() as background:
                 self._background = background
