@@ -6,7 +6,8 @@
     ├── webhooks         delivers alerts (only with alerts.webhooks)
     ├── idle             workspace_idle / workspace_active (only with idle.after)
     ├── secrets          the rotator (only with a secrets provider)
-    ├── services         supervisor (one_for_one): one process actor per configured service
+    ├── process-actors   supervisor: one process actor per service, at dev8/services/<name>
+    ├── services         supervisor (one_for_one): one life of each service's process
     ├── health           supervisor: one prober per probed service
     ├── connections      the connection tracker
     ├── resources        the resource sampler (/proc per service tree, the cgroup)
@@ -32,6 +33,7 @@ import structlog
 import trio
 
 from actors import (
+    ActorError,
     CallTimeout,
     ChildContext,
     ChildExists,
@@ -42,6 +44,7 @@ from actors import (
     EventBus,
     Intensity,
     Mailbox,
+    Registry,
     Supervisor,
     UnknownChild,
 )
@@ -68,6 +71,7 @@ from .init import (
     run_reaper,
 )
 from .logs import LineWriter, log_event
+from .process import Restart as RestartService
 from .reload import Reloader, ReloadPlan
 from .resources import OomKilled, ResourceBoard, SampleNow, make_sampler_spec
 from .secrets.runtime import Secrets
@@ -81,6 +85,8 @@ from .signals import (
 from .storage import placement, prepare_strict_home
 from .webhooks import WebhookNotifier, make_webhooks_spec
 
+#: How long a secret change's restart of one service may take (until its new life settled).
+SECRET_RESTART_TIMEOUT = 300.0
 #: How long a reload may wait for the reloader's answer (it reads and checks the file only).
 RELOAD_ANSWER_TIMEOUT = 30.0
 
@@ -205,9 +211,14 @@ class Dev8:
         self.health = HealthBoard()
         # Blocking (reads /proc/self), so here, before trio runs.
         self.cgroup = CgroupFiles.detect()
+        #: Where actors are found by path: each service's process actor at dev8/services/<name>.
+        self.registry = Registry()
         self.factory = ServiceFactory(
             own=self.own,
             health=self.health,
+            registry=self.registry,
+            bus=self.bus,
+            services_path="dev8/services",
             get_secret=self.secrets.get if self.secrets else None,
             custom_env=self.secrets.injector.custom_env if self.secrets else None,
             placement=self.placement,
@@ -226,6 +237,14 @@ class Dev8:
             parallel_shutdown=True,
         )
         self.factory.services = self.services
+        self.process_actors = Supervisor(
+            "process-actors",
+            [self.factory.actor_spec(name, config) for name in enabled],
+            bus=self.bus,
+            intensity=intensity_of(config.supervisor.intensity),
+            rng=self.rng,
+            parallel_shutdown=True,
+        )
         probers = [self.factory.prober_spec(name, config) for name in enabled]
         self.probers = Supervisor(
             "health", [spec for spec in probers if spec is not None], bus=self.bus, rng=self.rng
@@ -248,6 +267,8 @@ class Dev8:
         if self.secrets is not None:
             children.append(self.secrets.child_spec())
         children += [
+            # Before the services: a service's address answers from its process's first life.
+            self.process_actors.child_spec(),
             attrs.evolve(self.services.child_spec(critical=True), start=self._start_services),
             self.probers.child_spec(),
             make_tracker_spec(self.connections, interval=config.connections.interval),
@@ -355,14 +376,17 @@ class Dev8:
                 if self.services.snapshot().state is not ChildState.RUNNING:
                     continue  # services still waiting or starting: they read the new files
                 for name, service in self.config.services.items():
-                    if name in self.factory.held:
-                        continue  # stopped by an operator: it reads the new files at its start
+                    # A service an operator stopped is left alone by its process actor: it
+                    # reads the new files at its start.
                     if service.on_secret_change == "restart":
-                        with contextlib.suppress(UnknownChild):
-                            # Not a crash: never counted toward the service's intensity.
-                            await self.services.restart_child(name, reason="secret", planned=True)
+                        # Not a crash: never counted toward the service's intensity.
+                        restart = RestartService(reason="secret", planned=True)
+                        with contextlib.suppress(UnknownChild, ActorError):
+                            await self.factory.ref(name).call(
+                                restart, timeout=SECRET_RESTART_TIMEOUT
+                            )
                     elif service.on_secret_change == "reload":
-                        await send_signal_to_service(self.services, name, service.reload_signal)
+                        await send_signal_to_service(self.factory.ref(name), service.reload_signal)
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> int:
         pid1 = is_pid1()
@@ -385,7 +409,7 @@ class Dev8:
             services=self.services,
             environment_id=self.config.environment_id,
             user_id=self.config.user_id,
-            outputs=self.factory.outputs,
+            registry=self.registry,
             hooks=Hooks(
                 reload=self.reload if self.reloader is not None else None,
                 refresh_secrets=self.secrets.refresh if self.secrets else None,
@@ -403,10 +427,8 @@ class Dev8:
                 ssh_failed_auth=lambda: self.factory.ssh_failed_auth.count,
                 vscode_sessions=self._vscode_sessions,
                 webhook_stats=lambda: self.webhooks.stats,
-                restart_policy=self.factory.restart_policy,
             ),
-            supervisors=[self.root, self.services, self.probers],
-            held=self.factory.held,
+            supervisors=[self.root, self.process_actors, self.services, self.probers],
         )
         self.control = control
         # The web stack (Quart, Hypercorn: about half of start-up's imports) is loaded here, by
@@ -534,18 +556,20 @@ class Dev8:
         ones keep running untouched. Each step may take a service's whole stop or start."""
         probed = {node.name for node in self.probers.children()}
         for name in plan.removed + plan.changed:
-            self.factory.held.discard(name)  # a reload that changes a service starts it
             if name in probed:
                 with contextlib.suppress(UnknownChild):
                     await self.probers.remove_child(name, timeout=_step_timeout(old, name))
                 self.health.remove(name)
             with contextlib.suppress(UnknownChild):  # gone already (a pass that failed midway)
                 await self.services.remove_child(name, timeout=_step_timeout(old, name))
+            # Its process actor goes too: a changed service gets a new one (an operator's stop
+            # does not outlive the change: a reload that changes a service starts it).
+            with contextlib.suppress(UnknownChild):
+                await self.process_actors.remove_child(name, timeout=_step_timeout(old, name))
         for name in plan.changed + plan.added:
-            self.factory.held.discard(name)
             await self._add_service(name, new)
         for name in plan.removed:
-            self.factory.outputs.pop(name, None)
+            self.factory.forget(name)
         self.connections.set_ports(
             {
                 name: self.factory.effective(name, new).ports
@@ -562,6 +586,10 @@ class Dev8:
         if name in {node.name for node in self.services.children()}:
             # Left by a pass that failed midway: replaced, as a changed service is.
             await self.services.remove_child(name, timeout=timeout)
+        if name in {node.name for node in self.process_actors.children()}:
+            await self.process_actors.remove_child(name, timeout=timeout)
+        # The actor first: the process's life finds it at its start.
+        await self.process_actors.add_child(self.factory.actor_spec(name, config), timeout=timeout)
         await self.services.add_child(self.factory.process_spec(name, config), timeout=timeout)
         prober = self.factory.prober_spec(name, config)
         if prober is not None:
