@@ -1,12 +1,12 @@
 """Composition: build the supervision tree from the config and run dev8 as a container's init.
 
     dev8 (root, one_for_one; children start in this order, stop in reverse)
+    ├── process-actors   supervisor: one process actor per service, at dev8/services/<name>
     ├── api              the Quart-Trio app on Hypercorn
     ├── alerts           events -> alerts (alert_fired / alert_resolved)
     ├── webhooks         delivers alerts (only with alerts.webhooks)
     ├── idle             workspace_idle / workspace_active (only with idle.after)
     ├── secrets          the rotator (only with a secrets provider)
-    ├── process-actors   supervisor: one process actor per service, at dev8/services/<name>
     ├── services         supervisor (one_for_one): one life of each service's process
     ├── health           supervisor: one prober per probed service
     ├── connections      the connection tracker
@@ -72,6 +72,7 @@ from .init import (
 )
 from .logs import LineWriter, log_event
 from .process import Restart as RestartService
+from .process import actor_child
 from .reload import Reloader, ReloadPlan
 from .resources import OomKilled, ResourceBoard, SampleNow, make_sampler_spec
 from .secrets.runtime import Secrets
@@ -261,14 +262,15 @@ class Dev8:
         self.resources_mailbox = Mailbox[SampleNow]("resources", capacity=16)
         self.bus.add_listener(self._count_oom_kills)
         children = [
-            ChildSpec(name="api", start=self._start_api, shutdown_timeout=3.0, start_timeout=10.0)
+            # First: the services' addresses exist before anything can call them (its boot
+            # spawns nothing), and the services' supervisor starts as early as before.
+            self.process_actors.child_spec(),
+            ChildSpec(name="api", start=self._start_api, shutdown_timeout=3.0, start_timeout=10.0),
         ]
         children += self._alert_specs(config)
         if self.secrets is not None:
             children.append(self.secrets.child_spec())
         children += [
-            # Before the services: a service's address answers from its process's first life.
-            self.process_actors.child_spec(),
             attrs.evolve(self.services.child_spec(critical=True), start=self._start_services),
             self.probers.child_spec(),
             make_tracker_spec(self.connections, interval=config.connections.interval),
@@ -565,7 +567,9 @@ class Dev8:
             # Its process actor goes too: a changed service gets a new one (an operator's stop
             # does not outlive the change: a reload that changes a service starts it).
             with contextlib.suppress(UnknownChild):
-                await self.process_actors.remove_child(name, timeout=_step_timeout(old, name))
+                await self.process_actors.remove_child(
+                    actor_child(name), timeout=_step_timeout(old, name)
+                )
         for name in plan.changed + plan.added:
             await self._add_service(name, new)
         for name in plan.removed:
@@ -586,8 +590,8 @@ class Dev8:
         if name in {node.name for node in self.services.children()}:
             # Left by a pass that failed midway: replaced, as a changed service is.
             await self.services.remove_child(name, timeout=timeout)
-        if name in {node.name for node in self.process_actors.children()}:
-            await self.process_actors.remove_child(name, timeout=timeout)
+        if actor_child(name) in {node.name for node in self.process_actors.children()}:
+            await self.process_actors.remove_child(actor_child(name), timeout=timeout)
         # The actor first: the process's life finds it at its start.
         await self.process_actors.add_child(self.factory.actor_spec(name, config), timeout=timeout)
         await self.services.add_child(self.factory.process_spec(name, config), timeout=timeout)

@@ -669,6 +669,13 @@ def restart_pending(node: NodeStatus, policy: RestartPolicy | None) -> bool:
     return policy is RestartPolicy.TRANSIENT and abnormal
 
 
+def actor_child(name: str) -> str:
+    """The process actor's name as a child of ``process-actors``: never a service's name (``.``
+    is not allowed in one), so its own life events (``child_started``, ...) are never taken for
+    the service's, which are keyed by the child's name too."""
+    return f"{name}.actor"
+
+
 def actor_path(services_path: str, name: str) -> str:
     """The address of a service's process actor: its life's place in the tree,
     ``dev8/services/web`` (the events about the service come from there too)."""

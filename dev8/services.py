@@ -52,6 +52,7 @@ from .process import (
     ProcessActor,
     ProcessSettings,
     Signal,
+    actor_child,
     actor_path,
     run_process,
 )
@@ -186,7 +187,7 @@ class ServiceFactory:
             policy=Restart(service.restart.value),
         )
         self.actors[name] = actor
-        return ChildSpec(name=name, start=actor.run, shutdown_timeout=1.0)
+        return ChildSpec(name=actor_child(name), start=actor.run, shutdown_timeout=1.0)
 
     def forget(self, name: str) -> None:
         """The service was removed from the config."""

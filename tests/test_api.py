@@ -77,7 +77,7 @@ async def start_api(
         "process-actors",
         [
             ChildSpec(
-                name=name,
+                name=f"{name}.actor",
                 start=ProcessActor(
                     registry, name=name, path=f"dev8/services/{name}", services=services, bus=bus
                 ).run,
@@ -151,7 +151,7 @@ async def test_status_shows_the_tree(api: Api) -> None:
     actors, services = tree["children"]
     assert (actors["name"], services["name"]) == ("process-actors", "services")
     assert actors["kind"] == services["kind"] == "supervisor"
-    assert [c["name"] for c in actors["children"]] == ["web", "flaky"]
+    assert [c["name"] for c in actors["children"]] == ["web.actor", "flaky.actor"]
     assert [c["name"] for c in services["children"]] == ["web", "flaky"]
     assert (body["environmentId"], body["userId"]) == ("e1", "u1")
     assert body["bootId"] == api.control.boot_id

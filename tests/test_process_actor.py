@@ -49,6 +49,7 @@ from dev8.process import (
     Status,
     Stop,
     Tail,
+    actor_child,
     run_process,
 )
 
@@ -133,7 +134,7 @@ async def open_tree(nursery: trio.Nursery, *, stop_takes: float = 0.0) -> Tree:
     actors = Supervisor(
         "process-actors",
         [
-            ChildSpec(name=name, start=shared["actors"][name].run, backoff=quick)
+            ChildSpec(name=actor_child(name), start=shared["actors"][name].run, backoff=quick)
             for name in ("web", "other")
         ],
         bus=bus,
@@ -239,7 +240,7 @@ async def test_a_crash_of_the_actor_mid_call_is_an_error_and_it_is_restarted(
 
     nursery.start_soon(stop)
     await trio.sleep(1)
-    crashed = await tree.actors.crash_child("web")  # as the chaos API does
+    crashed = await tree.actors.crash_child("web.actor")  # as the chaos API does
     assert crashed.state is ChildState.RUNNING
     await trio.testing.wait_all_tasks_blocked()
     assert len(failures) == 1
@@ -248,7 +249,7 @@ async def test_a_crash_of_the_actor_mid_call_is_an_error_and_it_is_restarted(
     with pytest.raises(ActorNotFound):
         await tree.ref().call(Status(), timeout=CALL)
     await trio.sleep(1)
-    actor_node = next(n for n in tree.actors.children() if n.name == "web")
+    actor_node = next(n for n in tree.actors.children() if n.name == "web.actor")
     assert (actor_node.state, actor_node.restarts) == (ChildState.RUNNING, 1)
     # Its state outlived the crash: the stop was asked for, and it sticks.
     await trio.sleep(20)
