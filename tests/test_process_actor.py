@@ -52,6 +52,7 @@ from dev8.process import (
     actor_child,
     run_process,
 )
+from dev8.services import send_signal_to_service
 
 CALL = 60.0
 
@@ -346,6 +347,8 @@ async def test_signal_is_sent_by_the_actor_to_its_process_group(nursery: trio.Nu
             assert (await events.receive()).event.kind == "child_started"
         status = await ref.call(Status(), timeout=CALL)
         assert status.pid is not None
+        # ``on_secret_change: reload`` goes the same way (a harmless SIGCONT here).
+        assert await send_signal_to_service(ref, signal.SIGCONT)
         pid = await ref.call(Signal(signal.SIGUSR1), timeout=CALL)
         assert pid == status.pid
         with trio.fail_after(20):
@@ -357,4 +360,6 @@ async def test_signal_is_sent_by_the_actor_to_its_process_group(nursery: trio.Nu
     with pytest.raises(NotRunning, match="svc is exited, not running"):
         await ref.call(Signal(signal.SIGTERM), timeout=CALL)
     assert actor.live.pid is None
+    assert not await send_signal_to_service(ref, signal.SIGHUP)  # nothing to signal
+    assert not await send_signal_to_service(registry.ref("dev8/services/nope"), signal.SIGHUP)
     nursery.cancel_scope.cancel()
