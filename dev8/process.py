@@ -711,6 +711,9 @@ class ProcessActor(Actor):
         self.policy = policy
         self.live = LiveProcess()
         self._held = False
+        #: The request that last set or cleared ``held`` (a stop that fails is undone only if
+        #: nothing asked otherwise since).
+        self._held_by: Reply[Any] | None = None
         self._requests: trio.MemorySendChannel[tuple[Any, Reply[Any]]] | None = None
 
     @property
@@ -740,9 +743,9 @@ class ProcessActor(Actor):
             return self._node()  # stopped on purpose: a probe's or a secret's restart waits
         self._queue(message, reply)
         if isinstance(message, Stop):
-            self._held = True  # from now on, whatever would start it again does not
+            self._held, self._held_by = True, reply  # from now on nothing starts it again
         elif isinstance(message, Start) or message.reason == "manual":
-            self._held = False
+            self._held, self._held_by = False, reply
         return NO_REPLY
 
     # -- reads -----------------------------------------------------------------------------------
@@ -788,6 +791,8 @@ class ProcessActor(Actor):
             try:
                 reply.send(await self._carry_out(message))
             except Exception as error:  # the caller's error (unknown child, busy supervisor)
+                if isinstance(message, Stop) and self._held_by is reply:
+                    self._held = False  # a stop that was refused does not stick
                 reply.fail(error)
 
     async def _carry_out(self, message: Any) -> NodeStatus:

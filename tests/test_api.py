@@ -280,6 +280,27 @@ async def test_stop_and_start_a_service(api: Api) -> None:
         assert (await client.post("/services/nope/stop")).status_code == 404
 
 
+async def test_a_service_whose_actor_is_gone_answers_503_at_once(api: Api) -> None:
+    """Service actions and logs are messages to the service's process actor: with no actor at
+    its address (between restarts, removed) the answer is a clear 503, never a hang."""
+    actors = next(s for s in api.control.supervisors if s.name == "process-actors")
+    await actors.remove_child("web.actor")
+    async with httpx.AsyncClient(base_url=api.url) as client:
+        with trio.fail_after(5):
+            answers = [
+                await client.post("/services/web/restart"),
+                await client.post("/services/web/stop"),
+                await client.post("/services/web/start"),
+                await client.get("/services/web/logs"),
+            ]
+        for answer in answers:
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == "actor_unavailable"
+            assert "dev8/services/web" in answer.json()["error"]["message"]
+        # The service itself was not touched.
+        assert (await client.get("/health")).json()["services"]["web"] == "running"
+
+
 async def test_malformed_bodies_are_400(api: Api) -> None:
     async with httpx.AsyncClient(base_url=api.url) as client:
         as_json = {"Content-Type": "application/json"}

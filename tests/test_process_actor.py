@@ -363,3 +363,21 @@ async def test_signal_is_sent_by_the_actor_to_its_process_group(nursery: trio.Nu
     assert not await send_signal_to_service(ref, signal.SIGHUP)  # nothing to signal
     assert not await send_signal_to_service(registry.ref("dev8/services/nope"), signal.SIGHUP)
     nursery.cancel_scope.cancel()
+
+
+async def test_a_stop_its_supervisor_refused_does_not_stick(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The services' supervisor is not running (it waits for secrets, or restarts): the stop
+    fails with a clear error, and the service is not held stopped for its next start."""
+    bus = EventBus()
+    registry = Registry()
+    services = Supervisor("services", [ChildSpec(name="web", start=life({}))], bus=bus)
+    actor = ProcessActor(registry, name="web", path="dev8/services/web", services=services, bus=bus)
+    await nursery.start(actor.run)
+    ref = registry.ref("dev8/services/web")
+    with pytest.raises(ActorNotFound, match="no live actor at services"):
+        await ref.call(Stop(), timeout=CALL)
+    status = await ref.call(Status(), timeout=CALL)
+    assert (status.state, status.held) == (ChildState.STOPPED, False)
+    nursery.cancel_scope.cancel()
