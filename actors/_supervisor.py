@@ -593,8 +593,7 @@ class Supervisor:
         if child.generation != message.generation or child.state is not ChildState.STOPPING:
             return
         child.generation += 1
-        child.set_state(ChildState.STOPPED)
-        self._publish(ChildStopped(source=self._child_path(child), child=child.spec.name))
+        self._mark_stopped(child)
         # Those waiting for the start that was cut short hear after what follows the stop was
         # decided (a restart in backoff, say); a start launched by a continuation has its own.
         if child.start_timer is not None:
@@ -870,14 +869,29 @@ class Supervisor:
             child.after_stop.append(then)
             return
         if child.state is ChildState.BACKOFF:
-            child.pending = None
-            child.set_state(ChildState.STOPPED)
-            self._publish(ChildStopped(source=self._child_path(child), child=child.spec.name))
+            self._cancel_backoff(child)
         if child.state not in _LIVE:
             then()
             return
-        assert child.scope is not None
         assert self._nursery is not None
+        self._cancel_child(child, why)
+        child.after_stop.append(then)
+        self._nursery.start_soon(self._stop_ladder, child, child.generation)
+
+    # -- transitions that are announced: the state and its event in one place ---------------------
+
+    def _mark_stopped(self, child: _Child) -> None:
+        child.set_state(ChildState.STOPPED)
+        self._publish(ChildStopped(source=self._child_path(child), child=child.spec.name))
+
+    def _cancel_backoff(self, child: _Child) -> None:
+        """A child waiting for its restart is stopped at once: no restart follows."""
+        child.pending = None
+        self._mark_stopped(child)
+
+    def _cancel_child(self, child: _Child, why: str) -> None:
+        """Ask a live child to stop (cancel its task) and start counting its shutdown timeout."""
+        assert child.scope is not None
         child.stop_reason = why
         child.set_state(ChildState.STOPPING)
         self._publish(
@@ -885,8 +899,6 @@ class Supervisor:
         )
         child.scope.cancel()
         child.stop_deadline = trio.current_time() + child.spec.shutdown_timeout
-        child.after_stop.append(then)
-        self._nursery.start_soon(self._stop_ladder, child, child.generation)
 
     async def _stop_ladder(self, child: _Child, generation: int) -> None:
         await self._wait_stopped(child)
@@ -925,30 +937,18 @@ class Supervisor:
 
     async def _shutdown_one(self, child: _Child) -> None:
         if child.state is ChildState.BACKOFF:
-            child.pending = None
-            child.set_state(ChildState.STOPPED)
-            self._publish(ChildStopped(source=self._child_path(child), child=child.spec.name))
+            self._cancel_backoff(child)
             return
         if child.state in _LIVE:
-            assert child.scope is not None
-            child.stop_reason = "shutdown"
-            child.set_state(ChildState.STOPPING)
-            self._publish(
-                ChildStopping(
-                    source=self._child_path(child), child=child.spec.name, reason="shutdown"
-                )
-            )
-            child.scope.cancel()
-            child.stop_deadline = trio.current_time() + child.spec.shutdown_timeout
+            self._cancel_child(child, "shutdown")
         elif child.state is not ChildState.STOPPING:
             return
         # A stop under way (its ladder was cancelled with us) is finished by its own deadline.
         await self._wait_stopped(child)
         child.generation += 1
-        child.set_state(ChildState.STOPPED)
         child.after_stop.clear()
         child.on_settled.clear()
-        self._publish(ChildStopped(source=self._child_path(child), child=child.spec.name))
+        self._mark_stopped(child)
 
 
 def _error_reason(error: Exception) -> ExitReason:

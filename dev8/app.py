@@ -1,12 +1,13 @@
 """Composition: build the supervision tree from the config and run dev8 as a container's init.
 
     dev8 (root, one_for_one; children start in this order, stop in reverse)
+    ├── process-actors   supervisor: one process actor per service, at dev8/services/<name>
     ├── api              the Quart-Trio app on Hypercorn
     ├── alerts           events -> alerts (alert_fired / alert_resolved)
     ├── webhooks         delivers alerts (only with alerts.webhooks)
     ├── idle             workspace_idle / workspace_active (only with idle.after)
     ├── secrets          the rotator (only with a secrets provider)
-    ├── services         supervisor (one_for_one): one process actor per configured service
+    ├── services         supervisor (one_for_one): one life of each service's process
     ├── health           supervisor: one prober per probed service
     ├── connections      the connection tracker
     ├── resources        the resource sampler (/proc per service tree, the cgroup)
@@ -32,6 +33,7 @@ import structlog
 import trio
 
 from actors import (
+    ActorError,
     CallTimeout,
     ChildContext,
     ChildExists,
@@ -69,6 +71,8 @@ from .init import (
     run_reaper,
 )
 from .logs import LineWriter, log_event
+from .process import Restart as RestartService
+from .process import actor_child
 from .reload import Reloader, ReloadPlan
 from .resources import OomKilled, ResourceBoard, SampleNow, make_sampler_spec
 from .secrets.runtime import Secrets
@@ -82,6 +86,8 @@ from .signals import (
 from .storage import placement, prepare_strict_home
 from .webhooks import WebhookNotifier, make_webhooks_spec
 
+#: How long a secret change's restart of one service may take (until its new life settled).
+SECRET_RESTART_TIMEOUT = 300.0
 #: How long a reload may wait for the reloader's answer (it reads and checks the file only).
 RELOAD_ANSWER_TIMEOUT = 30.0
 #: The connection tracker's address; how long a reload waits for it to take the new ports.
@@ -203,7 +209,8 @@ class Dev8:
                 )
             except (OSError, KeyError) as e:
                 self._storage_error = f"{type(e).__name__}: {e}"
-        #: Live actors by path (``dev8/secrets``): callers hold addresses, not objects.
+        #: Live actors by path (``dev8/services/<name>``, ``dev8/secrets``, ``dev8/reloader``…):
+        #: callers hold addresses, not objects.
         self.registry = Registry()
         self.secrets = Secrets.build(
             config,
@@ -218,6 +225,8 @@ class Dev8:
             own=self.own,
             health=self.health,
             registry=self.registry,
+            bus=self.bus,
+            services_path="dev8/services",
             get_secret=self.secrets.get if self.secrets else None,
             custom_env=self.secrets.injector.custom_env if self.secrets else None,
             placement=self.placement,
@@ -225,22 +234,7 @@ class Dev8:
             cgroup_parent=f"dev8-{os.getpid()}-{os.urandom(4).hex()}",
         )
         enabled = [name for name, service in config.services.items() if service.enabled]
-        self.services = Supervisor(
-            "services",
-            [self.factory.process_spec(name, config) for name in enabled],
-            bus=self.bus,
-            intensity=intensity_of(config.supervisor.intensity),
-            rng=self.rng,
-            # Services do not depend on each other: stopping them one by one only adds up
-            # their stop timeouts.
-            parallel_shutdown=True,
-        )
-        self.factory.services = self.services
-        self.factory.hearing = ServiceHearing(self.bus, self.services)
-        probers = [self.factory.prober_spec(name, config) for name in enabled]
-        self.probers = Supervisor(
-            "health", [spec for spec in probers if spec is not None], bus=self.bus, rng=self.rng
-        )
+        self.services, self.process_actors, self.probers = self._service_branches(config, enabled)
         self.tracker = ConnectionTracker(
             self.registry,
             {name: self.factory.effective(name, config).ports for name in enabled},
@@ -256,7 +250,10 @@ class Dev8:
         self.resources_mailbox = Mailbox[SampleNow]("resources", capacity=16)
         self.bus.add_listener(self._count_oom_kills)
         children = [
-            ChildSpec(name="api", start=self._start_api, shutdown_timeout=3.0, start_timeout=10.0)
+            # First: the services' addresses exist before anything can call them (its boot
+            # spawns nothing), and the services' supervisor starts as early as before.
+            self.process_actors.child_spec(),
+            ChildSpec(name="api", start=self._start_api, shutdown_timeout=3.0, start_timeout=10.0),
         ]
         children += self._alert_specs(config)
         if self.secrets is not None:
@@ -332,6 +329,36 @@ class Dev8:
                 leaders[pid] = node.name
         return leaders
 
+    def _service_branches(
+        self, config: Config, enabled: list[str]
+    ) -> tuple[Supervisor, Supervisor, Supervisor]:
+        """The services' supervisor, their process actors' and their probers'."""
+        services = Supervisor(
+            "services",
+            [self.factory.process_spec(name, config) for name in enabled],
+            bus=self.bus,
+            intensity=intensity_of(config.supervisor.intensity),
+            rng=self.rng,
+            # Services do not depend on each other: stopping them one by one only adds up
+            # their stop timeouts.
+            parallel_shutdown=True,
+        )
+        self.factory.services = services
+        self.factory.hearing = ServiceHearing(self.bus, services)
+        process_actors = Supervisor(
+            "process-actors",
+            [self.factory.actor_spec(name, config) for name in enabled],
+            bus=self.bus,
+            intensity=intensity_of(config.supervisor.intensity),
+            rng=self.rng,
+            parallel_shutdown=True,
+        )
+        probers = [self.factory.prober_spec(name, config) for name in enabled]
+        probers_supervisor = Supervisor(
+            "health", [spec for spec in probers if spec is not None], bus=self.bus, rng=self.rng
+        )
+        return services, process_actors, probers_supervisor
+
     def _count_oom_kills(self, envelope: Envelope) -> None:
         event = envelope.event
         if isinstance(event, OomKilled) and event.service is not None:
@@ -371,14 +398,17 @@ class Dev8:
                 if self.services.snapshot().state is not ChildState.RUNNING:
                     continue  # services still waiting or starting: they read the new files
                 for name, service in self.config.services.items():
-                    if name in self.factory.held:
-                        continue  # stopped by an operator: it reads the new files at its start
+                    # A service an operator stopped is left alone by its process actor: it
+                    # reads the new files at its start.
                     if service.on_secret_change == "restart":
-                        with contextlib.suppress(UnknownChild):
-                            # Not a crash: never counted toward the service's intensity.
-                            await self.services.restart_child(name, reason="secret", planned=True)
+                        # Not a crash: never counted toward the service's intensity.
+                        restart = RestartService(reason="secret", planned=True)
+                        with contextlib.suppress(UnknownChild, ActorError):
+                            await self.factory.ref(name).call(
+                                restart, timeout=SECRET_RESTART_TIMEOUT
+                            )
                     elif service.on_secret_change == "reload":
-                        await send_signal_to_service(self.services, name, service.reload_signal)
+                        await send_signal_to_service(self.factory.ref(name), service.reload_signal)
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> int:
         pid1 = is_pid1()
@@ -401,7 +431,7 @@ class Dev8:
             services=self.services,
             environment_id=self.config.environment_id,
             user_id=self.config.user_id,
-            outputs=self.factory.outputs,
+            registry=self.registry,
             hooks=Hooks(
                 reload=self.reload if self.reloader is not None else None,
                 refresh_secrets=self.secrets.refresh if self.secrets else None,
@@ -419,10 +449,8 @@ class Dev8:
                 ssh_failed_auth=lambda: self.factory.ssh_failed_auth.count,
                 vscode_sessions=self._vscode_sessions,
                 webhook_stats=lambda: self.webhooks.stats,
-                restart_policy=self.factory.restart_policy,
             ),
-            supervisors=[self.root, self.services, self.probers],
-            held=self.factory.held,
+            supervisors=[self.root, self.process_actors, self.services, self.probers],
         )
         self.control = control
         # The web stack (Quart, Hypercorn: about half of start-up's imports) is loaded here, by
@@ -550,18 +578,22 @@ class Dev8:
         ones keep running untouched. Each step may take a service's whole stop or start."""
         probed = {node.name for node in self.probers.children()}
         for name in plan.removed + plan.changed:
-            self.factory.held.discard(name)  # a reload that changes a service starts it
             if name in probed:
                 with contextlib.suppress(UnknownChild):
                     await self.probers.remove_child(name, timeout=_step_timeout(old, name))
                 self.health.remove(name)
             with contextlib.suppress(UnknownChild):  # gone already (a pass that failed midway)
                 await self.services.remove_child(name, timeout=_step_timeout(old, name))
+            # Its process actor goes too: a changed service gets a new one (an operator's stop
+            # does not outlive the change: a reload that changes a service starts it).
+            with contextlib.suppress(UnknownChild):
+                await self.process_actors.remove_child(
+                    actor_child(name), timeout=_step_timeout(old, name)
+                )
         for name in plan.changed + plan.added:
-            self.factory.held.discard(name)
             await self._add_service(name, new)
         for name in plan.removed:
-            self.factory.outputs.pop(name, None)
+            self.factory.forget(name)
         await set_watched_ports(
             self.tracker.ref,
             self.bus,
@@ -581,6 +613,10 @@ class Dev8:
         if name in {node.name for node in self.services.children()}:
             # Left by a pass that failed midway: replaced, as a changed service is.
             await self.services.remove_child(name, timeout=timeout)
+        if actor_child(name) in {node.name for node in self.process_actors.children()}:
+            await self.process_actors.remove_child(actor_child(name), timeout=timeout)
+        # The actor first: the process's life finds it at its start.
+        await self.process_actors.add_child(self.factory.actor_spec(name, config), timeout=timeout)
         await self.services.add_child(self.factory.process_spec(name, config), timeout=timeout)
         prober = self.factory.prober_spec(name, config)
         if prober is not None:

@@ -1,4 +1,5 @@
-"""Fault injection for chaos tests: crash an actor, signal a service's processes.
+"""Fault injection for chaos tests: crash an actor, signal a service's processes (sent by the
+service's process actor, which owns the process).
 
 Off unless the config says ``chaos: {enabled: true}``: the API registers its ``/chaos`` routes only
 then. Every fault is published on the bus (``chaos_fault_injected``), so the logs and the event
@@ -7,7 +8,6 @@ stream tell an injected failure from a real one.
 
 from __future__ import annotations
 
-import os
 import signal
 from typing import ClassVar
 
@@ -15,7 +15,19 @@ import attrs
 
 from actors import ChildState, Event, NodeStatus
 
-from .control import Control, UnknownService
+from .control import Control
+from .process import NotRunning
+
+__all__ = [
+    "CHAOS_SIGNALS",
+    "BadSignal",
+    "ChaosFaultInjected",
+    "NotRunning",
+    "crash_actor",
+    "find_actor",
+    "parse_signal",
+    "signal_service",
+]
 
 #: The signals a chaos test may send to a service's process group.
 CHAOS_SIGNALS: dict[str, signal.Signals] = {
@@ -29,15 +41,6 @@ CHAOS_SIGNALS: dict[str, signal.Signals] = {
 class BadSignal(ValueError):
     def __init__(self, text: str) -> None:
         super().__init__(f"signal must be one of {', '.join(CHAOS_SIGNALS)}, not {text[:40]!r}")
-
-
-class NotRunning(Exception):
-    """The target exists but has nothing to hit right now (backoff, stopped, no process)."""
-
-    def __init__(self, target: str, state: str) -> None:
-        super().__init__(f"{target} is {state}, not running")
-        self.target = target
-        self.state = state
 
 
 @attrs.frozen(kw_only=True)
@@ -77,19 +80,11 @@ async def crash_actor(control: Control, path: str) -> NodeStatus:
     return await control.crash_actor(path)
 
 
-def signal_service(control: Control, name: str, sig: signal.Signals) -> int:
-    """Send ``sig`` to the process group of a running service; returns the group's id."""
-    nodes = control.service_nodes()
-    if name not in nodes:
-        raise UnknownService(name, list(nodes))
-    node = nodes[name]
-    pid = node.info.get("pid")
-    if node.state is not ChildState.RUNNING or not isinstance(pid, int):
-        raise NotRunning(name, node.state.value)
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        raise NotRunning(name, "gone") from None
+async def signal_service(control: Control, name: str, sig: signal.Signals) -> int:
+    """Have a running service's process actor send ``sig`` to its process group; returns the
+    group's id (``NotRunning`` when it has no process to hit, ``ActorError`` when the actor is
+    between restarts or busy)."""
+    pid = await control.signal_service(name, sig)
     control.bus.publish(
         ChaosFaultInjected(
             source="dev8/chaos", fault="signal", target=name, signal=sig.name, pid=pid

@@ -1,22 +1,17 @@
 """The narrow interface through which the API reads and acts on the workspace.
 
-The API never touches actors directly: it reads snapshots and the bus, and asks for changes here.
+The API never touches actors directly: it reads snapshots and the bus, and acts on a service by
+messages to its process actor's address (``dev8/services/<name>``, see ``dev8.process``); what is
+left here is the API's own business (which services exist, whether they may take commands yet).
 The composition (``dev8.app``) fills in the hooks that need more than the tree (reload, secrets).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
-from collections.abc import (
-    Awaitable,
-    Callable,
-    Collection,
-    Iterable,
-    Mapping,
-    MutableSet,
-    Sequence,
-)
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -25,20 +20,17 @@ import trio
 import dev8
 from actors import (
     ActorError,
-    ChildGaveUp,
-    ChildStarted,
+    ActorRef,
     ChildState,
-    Envelope,
     EventBus,
     NodeStatus,
-    Restart,
-    RestartScheduled,
+    Registry,
     Supervisor,
     UnknownChild,
 )
 
 from . import documents
-from .process import OutputRing
+from .process import Restart, Signal, Start, Stop, Tail, actor_path
 from .secrets.errors import SecretsRefreshFailed
 
 
@@ -63,26 +55,11 @@ class ActionFailed(Exception):
         self.document = document
 
 
-#: What a supervisor publishes once it has decided what follows a child's exit.
-_DECIDED = frozenset({RestartScheduled.kind, ChildGaveUp.kind, ChildStarted.kind})
-#: The longest a stop waits for the supervisor to decide what follows an exit it was too late
-#: for (the supervisor may be busy starting another child meanwhile).
-_DECISION_TIMEOUT = 120.0
-#: How long an operator's stop may take: it may wait for another child's start (the supervisor
-#: takes one command at a time), then the service's whole stop ladder.
-_STOP_CALL_TIMEOUT = 300.0
-#: How many times a stop tries again when it lands on an exit whose restart is still pending.
-_STOP_ATTEMPTS = 10
-
-
-def _restart_pending(node: NodeStatus, policy: Restart | None) -> bool:
-    """The child has exited and its supervisor has yet to restart it (``exited`` is not final)."""
-    if node.state is not ChildState.EXITED or policy is None:
-        return False
-    if policy is Restart.PERMANENT:
-        return True
-    abnormal = node.last_exit is not None and node.last_exit.abnormal
-    return policy is Restart.TRANSIENT and abnormal
+#: How long an operator's stop, start or restart may take: the process actor takes them one
+#: after another, each until its supervisor is done (a stop ladder, a start until ready).
+ACTION_TIMEOUT = 900.0
+#: How long a read from a process actor may take: it answers at once unless it is wedged.
+READ_TIMEOUT = 10.0
 
 
 #: Supervisor states in which the tree is alive (starting up or shutting down included).
@@ -136,8 +113,6 @@ class Hooks:
     vscode_sessions: Callable[[], int] | None = None
     #: The webhook notifier's counters (a ``WebhookStats``), for /metrics.
     webhook_stats: Callable[[], Any] | None = None
-    #: A service's restart policy (None: unknown), to tell a final ``exited`` from a pending one.
-    restart_policy: Callable[[str], Restart | None] | None = None
     #: The resource sampler's figures (``ResourceBoard.snapshot``) and its interval.
     resources: Callable[[], dict[str, Any]] | None = None
     resources_interval: float = 10.0
@@ -154,20 +129,17 @@ class Control:
         services: Supervisor,
         environment_id: str,
         user_id: str,
-        outputs: Mapping[str, OutputRing] | None = None,
+        registry: Registry | None = None,
         hooks: Hooks | None = None,
         supervisors: Sequence[Supervisor] = (),
-        held: MutableSet[str] | None = None,
     ) -> None:
-        """``held``: the services an operator stopped, shared with whatever starts them
-        (``ServiceFactory.held``); written here, and cleared by a reload that changes one."""
+        """``registry``: where the services' process actors are found by path."""
         self.bus = bus
-        self.held: MutableSet[str] = held if held is not None else set()
+        self.registry = registry if registry is not None else Registry()
         self.root = root
         self.services = services
         self.environment_id = environment_id
         self.user_id = user_id
-        self.outputs = outputs if outputs is not None else {}
         self.hooks = hooks or Hooks()
         #: Connected event-stream websocket clients (the API counts them).
         self.websocket_clients = 0
@@ -316,10 +288,9 @@ class Control:
         data: dict[str, Any] = documents.to_jsonable(documents.connections_document(snapshot))
         return data
 
-    def logs(self, name: str, lines: int, *, since: int = 0) -> list[dict[str, Any]]:
-        self._node(name)
-        ring = self.outputs.get(name)
-        return ring.tail(lines, since=since) if ring is not None else []
+    async def logs(self, name: str, lines: int, *, since: int = 0) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = await self._ask(name, Tail(lines, since), READ_TIMEOUT)
+        return found
 
     # -- acting ---------------------------------------------------------------------------------
 
@@ -340,57 +311,43 @@ class Control:
                 ),
             )
 
-    async def restart_service(self, name: str) -> NodeStatus:
-        self._services_started()
+    def service_ref(self, name: str) -> ActorRef:
+        """The address of a service's process actor."""
+        # The services' supervisor is a child of the root (its path is known before it runs).
+        return ActorRef(self.registry, actor_path(f"{self.root.path}/{self.services.name}", name))
+
+    async def _ask(self, name: str, message: object, timeout: float) -> Any:
+        """A call to the service's process actor; ``ActorError`` (503) if it is between
+        restarts, busy or gone, ``UnknownService`` (404) if there is no such service."""
         self._node(name)
-        self.held.discard(name)
         try:
-            return await self.services.restart_child(name, reason="manual")
-        except UnknownChild as error:
+            return await self.service_ref(name).call(message, timeout=timeout)
+        except UnknownChild as error:  # removed by a reload while the request waited
             raise UnknownService(name, error.known) from None
 
-    async def stop_service(self, name: str) -> NodeStatus:
-        """Stop a service; it stays stopped until a start, a restart or a reload that changes it.
-
-        The stop is held (``held``) before it is sent, so nothing that would start the service
-        again (a restart already due, a probe, a secret change, its supervisor's restart) does.
-        A stop that lands on an exit whose restart the supervisor has not yet scheduled is sent
-        again once the restart is scheduled: the answer is ``stopped``, never ``exited``.
-        """
+    async def restart_service(self, name: str) -> NodeStatus:
+        """An operator's restart: planned (outside the intensity and the backoff); ends a stop."""
         self._services_started()
-        self._node(name)
-        self.held.add(name)
-        path = f"{self.services.path}/{name}"
-
-        def decided(envelope: Envelope) -> bool:
-            return envelope.event.source == path and envelope.event.kind in _DECIDED
-
-        policy = self.hooks.restart_policy(name) if self.hooks.restart_policy else None
-        with self.bus.subscribe(accept=decided) as decisions:
-            node = await self._stop_child(name)
-            for _ in range(_STOP_ATTEMPTS):
-                if not _restart_pending(node, policy):
-                    break
-                with trio.move_on_after(_DECISION_TIMEOUT):
-                    await decisions.receive()
-                node = await self._stop_child(name)
+        node: NodeStatus = await self._ask(name, Restart(), ACTION_TIMEOUT)
         return node
 
-    async def _stop_child(self, name: str) -> NodeStatus:
-        try:
-            return await self.services.stop_child(name, timeout=_STOP_CALL_TIMEOUT)
-        except UnknownChild as error:
-            self.held.discard(name)
-            raise UnknownService(name, error.known) from None
+    async def stop_service(self, name: str) -> NodeStatus:
+        """Stop a service; it stays stopped until a start, a restart or a reload that changes it
+        (see ``dev8.process.Stop``)."""
+        self._services_started()
+        node: NodeStatus = await self._ask(name, Stop(), ACTION_TIMEOUT)
+        return node
 
     async def start_service(self, name: str) -> NodeStatus:
         self._services_started()
-        self._node(name)
-        self.held.discard(name)
-        try:
-            return await self.services.start_child(name)
-        except UnknownChild as error:
-            raise UnknownService(name, error.known) from None
+        node: NodeStatus = await self._ask(name, Start(), ACTION_TIMEOUT)
+        return node
+
+    async def signal_service(self, name: str, sig: signal.Signals) -> int:
+        """Have the service's process actor signal its process group; returns the group's id
+        (``dev8.process.NotRunning`` when there is no process to signal)."""
+        pid: int = await self._ask(name, Signal(sig), READ_TIMEOUT)
+        return pid
 
     async def reload(self) -> dict[str, Any]:
         """Ask for a reload: answered with its plan once the file is checked, before it is

@@ -1,9 +1,17 @@
-"""The managed-process actor: one incarnation of the actor is one life of the process.
+"""The managed-process actor (``ProcessActor``) and one life of its process (``run_process``).
 
-Spawn in a new session (so the process group can be signalled as a whole), as the configured
-user, with output captured line by line; exit code 0 is a normal end, anything else raises
-``ProcessExited`` so the supervisor sees an abnormal exit. Stopping is a ladder: the stop signal
-(then SIGCONT) to the group, ``stop_timeout`` for the whole group to comply, then SIGKILL to it.
+The actor is the address of a service (``dev8/services/<name>`` in the registry): operators,
+probes and secret changes act on the service only by messages to it (``Status``, ``Stop``,
+``Start``, ``Restart``, ``Signal``, ``Tail``). It owns the service's output, the operator's
+stop (``held``) and its live process (the only one that signals it); the life cycle itself
+(starting, running, backoff, ...) stays with the ``services`` supervisor, whose child runs one
+life of the process per incarnation and is the one writer of the state and its events.
+
+One life: spawn in a new session (so the process group can be signalled as a whole), as the
+configured user, with output captured line by line; exit code 0 is a normal end, anything else
+raises ``ProcessExited`` so the supervisor sees an abnormal exit. Stopping is a ladder: the stop
+signal (then SIGCONT) to the group, ``stop_timeout`` for the whole group to comply, then SIGKILL
+to it.
 """
 
 from __future__ import annotations
@@ -11,19 +19,38 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import math
 import os
 import pwd
 import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import structlog
 import trio
 
-from actors import ChildContext
+from actors import (
+    NO_REPLY,
+    Actor,
+    ChildContext,
+    ChildGaveUp,
+    ChildStarted,
+    ChildState,
+    Envelope,
+    EventBus,
+    MailboxFull,
+    NodeStatus,
+    Refuse,
+    Registry,
+    Reply,
+    RestartScheduled,
+    Supervisor,
+    UnknownChild,
+)
+from actors import Restart as RestartPolicy
 
 from .cgroups import Hierarchy, ServiceCgroup
 from .init import OwnPids
@@ -299,9 +326,12 @@ async def run_process(
     *,
     own: OwnPids,
     output: OutputRing | None = None,
+    live: LiveProcess | None = None,
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the process once; report started with its pid; return on exit 0, raise otherwise."""
+    """Run the process once; report started with its pid; return on exit 0, raise otherwise.
+
+    ``live``: where the process actor finds the process while it runs (to signal it)."""
     log = structlog.get_logger("dev8.process").bind(service=ctx.name)
     identity = _identity(settings.user)
     env = _environment(settings, identity)
@@ -316,7 +346,7 @@ async def run_process(
         del env  # built again for the spawn, then dropped (see there)
         await _run_limited(
             ctx, settings, prefix, command, options, own=own, output=output, cgroup=cgroup,
-            log=log, identity=identity, task_status=task_status,
+            log=log, identity=identity, live=live, task_status=task_status,
         )  # fmt: skip
     finally:
         if cgroup is not None:
@@ -358,6 +388,7 @@ async def _run_limited(
     cgroup: ServiceCgroup | None,
     log: Any,
     identity: _Identity | None,
+    live: LiveProcess | None,
     task_status: trio.TaskStatus[Any],
 ) -> None:
     ooms_before = _oom_count(settings.limits, cgroup)
@@ -390,12 +421,16 @@ async def _run_limited(
     # The environment (dev8's, copied) would stay alive as long as the process runs: about
     # 5 KB for each of a thousand services.
     del env
+    if live is not None:
+        live.process = process
     try:
         ctx.info.update(pid=process.pid, user=identity.name if identity else None)
         returncode = await _supervise(
             ctx, process, settings, log=log, output=output, task_status=task_status
         )
     finally:
+        if live is not None and live.process is process:
+            live.process = None
         own.discard(process.pid)
         with contextlib.suppress(OSError):
             _close_pipes(process)
@@ -528,3 +563,264 @@ def _emit(raw: bytes, name: str, log: Any, output: OutputRing | None) -> None:
     log.info(line, stream=name)
     if output is not None:
         output.append(name, line)
+
+
+# -- the process actor ------------------------------------------------------------------------
+
+
+class LiveProcess:
+    """The process of the current life, while it runs: written by ``run_process`` only."""
+
+    def __init__(self) -> None:
+        self.process: trio.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        process = self.process
+        return process.pid if process is not None and process.returncode is None else None
+
+
+class NotRunning(Exception):
+    """The target exists but has nothing to hit right now (backoff, stopped, no process)."""
+
+    def __init__(self, target: str, state: str) -> None:
+        super().__init__(f"{target} is {state}, not running")
+        self.target = target
+        self.state = state
+
+
+@attrs.frozen
+class Status:
+    """Ask for a ``ProcessStatus``."""
+
+
+@attrs.frozen
+class Stop:
+    """Stop the service and keep it stopped until a ``Start`` (or an operator's ``Restart``).
+
+    Answered with its ``NodeStatus`` once stopped (never ``exited`` with a restart pending)."""
+
+
+@attrs.frozen
+class Start:
+    """Start a stopped (or fatal) service; answered with its ``NodeStatus`` once settled."""
+
+
+@attrs.frozen
+class Restart:
+    """Restart the service; answered with its ``NodeStatus`` once the new life settled.
+
+    ``reason`` ``manual`` is an operator's: planned (never counted toward the intensity or the
+    backoff) and it ends a stop. Any other reason (``probe``, ``secret``) leaves a stopped
+    service alone; ``planned`` defaults to ``reason == "manual"``."""
+
+    reason: str = "manual"
+    planned: bool | None = None
+
+
+@attrs.frozen
+class Signal:
+    """Send ``sig`` to the running process's group; answered with the group's id (its pid)."""
+
+    sig: signal.Signals
+
+
+@attrs.frozen
+class Tail:
+    """The last ``lines`` lines of output numbered above ``since``, oldest first."""
+
+    lines: int
+    since: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class ProcessStatus:
+    """The answer to ``Status``."""
+
+    service: str
+    state: ChildState
+    pid: int | None
+    held: bool
+    restarts: int
+    #: The number of the last output line (``Tail``'s ``since`` for what comes next).
+    last_seq: int
+
+
+#: How long a stop may take: the service's whole stop ladder, and a start of it under way.
+STOP_CALL_TIMEOUT: Final = 300.0
+#: How long a start or a restart may take (the supervisor answers once it settled).
+START_CALL_TIMEOUT: Final = 300.0
+#: What a supervisor publishes once it has decided what follows a child's exit.
+_DECIDED = frozenset({RestartScheduled.kind, ChildGaveUp.kind, ChildStarted.kind})
+#: The longest a stop waits for the supervisor to decide what follows an exit it was too late
+#: for (a restart in backoff, say).
+_DECISION_TIMEOUT = 120.0
+#: How many times a stop tries again when it lands on an exit whose restart is still pending.
+_STOP_ATTEMPTS = 10
+
+
+def restart_pending(node: NodeStatus, policy: RestartPolicy | None) -> bool:
+    """The child has exited and its supervisor has yet to restart it (``exited`` is not final)."""
+    if node.state is not ChildState.EXITED or policy is None:
+        return False
+    if policy is RestartPolicy.PERMANENT:
+        return True
+    abnormal = node.last_exit is not None and node.last_exit.abnormal
+    return policy is RestartPolicy.TRANSIENT and abnormal
+
+
+def actor_child(name: str) -> str:
+    """The process actor's name as a child of ``process-actors``: never a service's name (``.``
+    is not allowed in one), so its own life events (``child_started``, ...) are never taken for
+    the service's, which are keyed by the child's name too."""
+    return f"{name}.actor"
+
+
+def actor_path(services_path: str, name: str) -> str:
+    """The address of a service's process actor: its life's place in the tree,
+    ``dev8/services/web`` (the events about the service come from there too)."""
+    return f"{services_path}/{name}"
+
+
+class ProcessActor(Actor):
+    """A service's address. It outlives the lives of its process and its own restarts (its
+    output, its operator's stop and its live process are kept on the object).
+
+    Reads (``Status``, ``Tail``, ``Signal``) are answered at once; life-cycle requests
+    (``Stop``, ``Start``, ``Restart``) are handed to the ``services`` supervisor one after
+    another by a helper task and answered once done, so a 10 s stop never makes the actor busy.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        name: str,
+        path: str,
+        services: Supervisor,
+        bus: EventBus,
+        output: OutputRing | None = None,
+        policy: RestartPolicy | None = None,
+    ) -> None:
+        super().__init__(registry, path)
+        self.name = name
+        self.services = services
+        self.bus = bus
+        self.output = output
+        #: The service's restart policy (tells a final ``exited`` from one with a restart due).
+        self.policy = policy
+        self.live = LiveProcess()
+        self._held = False
+        #: The request that last set or cleared ``held`` (a stop that fails is undone only if
+        #: nothing asked otherwise since).
+        self._held_by: Reply[Any] | None = None
+        self._requests: trio.MemorySendChannel[tuple[Any, Reply[Any]]] | None = None
+
+    @property
+    def held(self) -> bool:
+        """Stopped by an operator: nothing starts it again but a ``Start`` or a manual restart."""
+        return self._held
+
+    # -- the behaviour ---------------------------------------------------------------------------
+
+    async def init(self) -> None:
+        send, receive = trio.open_memory_channel[tuple[Any, Reply[Any]]](math.inf)
+        self._requests = send
+        self.start_soon(self._run_requests, receive)
+
+    async def handle_call(self, message: Any, reply: Reply[Any]) -> Any:
+        if isinstance(message, Status):
+            return self._status()
+        if isinstance(message, Tail):
+            return (
+                [] if self.output is None else self.output.tail(message.lines, since=message.since)
+            )
+        if isinstance(message, Signal):
+            return self._signal(message.sig)
+        if not isinstance(message, Stop | Start | Restart):
+            return await super().handle_call(message, reply)
+        if isinstance(message, Restart) and message.reason != "manual" and self._held:
+            return self._node()  # stopped on purpose: a probe's or a secret's restart waits
+        self._queue(message, reply)
+        if isinstance(message, Stop):
+            self._held, self._held_by = True, reply  # from now on nothing starts it again
+        elif isinstance(message, Start) or message.reason == "manual":
+            self._held, self._held_by = False, reply
+        return NO_REPLY
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def _node(self) -> NodeStatus:
+        for node in self.services.children():
+            if node.name == self.name:
+                return node
+        raise Refuse(UnknownChild(self.name, [n.name for n in self.services.children()]))
+
+    def _status(self) -> ProcessStatus:
+        node = self._node()
+        return ProcessStatus(
+            service=self.name,
+            state=node.state,
+            pid=self.live.pid if node.state in (ChildState.STARTING, ChildState.RUNNING) else None,
+            held=self._held,
+            restarts=node.restarts,
+            last_seq=self.output.last_seq if self.output is not None else 0,
+        )
+
+    def _signal(self, sig: signal.Signals) -> int:
+        node = self._node()
+        pid = self.live.pid
+        if node.state is not ChildState.RUNNING or pid is None:
+            raise Refuse(NotRunning(self.name, node.state.value))
+        if not _signal_group(pid, sig):
+            raise Refuse(NotRunning(self.name, "gone"))
+        return pid
+
+    # -- life-cycle requests, in order, in a helper task -----------------------------------------
+
+    def _queue(self, message: Any, reply: Reply[Any]) -> None:
+        assert self._requests is not None
+        if self._requests.statistics().current_buffer_used >= self.mailbox_capacity:
+            raise Refuse(MailboxFull(f"{self.path} has {self.mailbox_capacity} requests queued"))
+        self._requests.send_nowait((message, reply))
+
+    async def _run_requests(
+        self, requests: trio.MemoryReceiveChannel[tuple[Any, Reply[Any]]]
+    ) -> None:
+        async for message, reply in requests:
+            try:
+                reply.send(await self._carry_out(message))
+            except Exception as error:  # the caller's error (unknown child, busy supervisor)
+                if isinstance(message, Stop) and self._held_by is reply:
+                    self._held = False  # a stop that was refused does not stick
+                reply.fail(error)
+
+    async def _carry_out(self, message: Any) -> NodeStatus:
+        if isinstance(message, Stop):
+            return await self._stop_and_hold()
+        if isinstance(message, Start):
+            return await self.services.start_child(self.name, timeout=START_CALL_TIMEOUT)
+        assert isinstance(message, Restart)
+        if message.reason != "manual" and self._held:
+            return self._node()  # stopped while this restart waited its turn
+        return await self.services.restart_child(
+            self.name, reason=message.reason, planned=message.planned, timeout=START_CALL_TIMEOUT
+        )
+
+    async def _stop_and_hold(self) -> NodeStatus:
+        """A stop that lands on an exit whose restart the supervisor has not yet scheduled is
+        sent again once the restart is scheduled: the answer is ``stopped``, never ``exited``."""
+        source = self.path  # where the supervisor's events about the service come from
+
+        def decided(envelope: Envelope) -> bool:
+            return envelope.event.source == source and envelope.event.kind in _DECIDED
+
+        with self.bus.subscribe(accept=decided) as decisions:
+            node = await self.services.stop_child(self.name, timeout=STOP_CALL_TIMEOUT)
+            for _ in range(_STOP_ATTEMPTS):
+                if not restart_pending(node, self.policy):
+                    break
+                with trio.move_on_after(_DECISION_TIMEOUT):
+                    await decisions.receive()
+                node = await self.services.stop_child(self.name, timeout=STOP_CALL_TIMEOUT)
+        return node

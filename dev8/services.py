@@ -1,4 +1,5 @@
-"""From a service's config to its actors: the process actor and its prober.
+"""From a service's config to its actors: one life of its process (a child of ``services``),
+its process actor (a child of ``process-actors``, the service's address) and its prober.
 
 Built-ins are expanded first (``dev8.builtins``); the process actor is gated by the readiness
 probe, so "started" means "ready" and the supervisor's ``start_timeout`` covers a service that
@@ -15,6 +16,7 @@ import contextlib
 import functools
 import os
 import pwd
+import signal
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,11 +24,13 @@ import attrs
 import trio
 
 from actors import (
+    ActorError,
+    ActorRef,
     Backoff,
     CallTimeout,
     ChildContext,
     ChildSpec,
-    ChildState,
+    EventBus,
     Intensity,
     Registry,
     Restart,
@@ -39,9 +43,24 @@ from .config import RESTART_DELAY_FLOOR, BackoffConfig, Config, IntensityConfig,
 from .health import HealthBoard, ServiceHearing, make_prober_spec
 from .init import OwnPids
 from .probes import start_when_ready
-from .process import Limits, OutputRing, ProcessSettings, run_process
+from .process import (
+    START_CALL_TIMEOUT,
+    Limits,
+    NotRunning,
+    OutputRing,
+    ProcessActor,
+    ProcessSettings,
+    Signal,
+    actor_child,
+    actor_path,
+    run_process,
+)
+from .process import Restart as RestartService
 from .sshd_log import FailedAuthCounter, SshdOutput
 from .storage import Placement
+
+#: A signal is sent at once by a live actor: anything longer is a busy or dead one.
+SIGNAL_CALL_TIMEOUT = 10.0
 
 
 def backoff_of(config: BackoffConfig) -> Backoff:
@@ -58,28 +77,29 @@ class ServiceFactory:
 
     own: OwnPids
     health: HealthBoard
+    #: Where the process actors are found by path (``dev8/services/<name>``).
+    registry: Registry
+    bus: EventBus
     get_secret: SecretGetter | None = None
     #: The custom environment variables the secrets rotator holds, checked (None: no secrets).
     custom_env: Callable[[], Mapping[str, str]] | None = None
-    outputs: dict[str, OutputRing] = attrs.field(factory=dict)
-    #: The supervisor of the process actors (set once it exists: probers restart through it).
+    #: The supervisor of the process lives (set once it exists: the actors act through it).
     services: Supervisor | None = None
     #: Where files that need strict modes live (dev8.storage); None: all in the workspace.
     placement: Placement | None = None
     #: Failed SSH authentications, counted from the output of every sshd service.
     ssh_failed_auth: FailedAuthCounter = attrs.field(factory=FailedAuthCounter)
-    #: Services an operator stopped (written by ``Control``; a reload that changes one clears
-    #: it): they are not started again until an operator starts them, whatever else asks.
-    held: set[str] = attrs.field(factory=set)
-    #: Each service's restart policy, as its process actor was last built.
-    restart_policies: dict[str, Restart] = attrs.field(factory=dict)
-    #: Where actors register by path (the probers do).
-    registry: Registry = attrs.field(factory=Registry)
     #: How probers hear their services start and exit (set once ``services`` exists).
     hearing: ServiceHearing | None = None
+    #: Each service's process actor, as last built (a reload that changes a service builds a
+    #: new one: an operator's stop does not outlive a change of the service).
+    actors: dict[str, ProcessActor] = attrs.field(factory=dict)
+    #: The path of the supervisor of the process lives (the actors' addresses are under it).
+    services_path: str = "dev8/services"
 
-    def restart_policy(self, name: str) -> Restart | None:
-        return self.restart_policies.get(name)
+    def ref(self, name: str) -> ActorRef:
+        """The address of a service's process actor."""
+        return ActorRef(self.registry, actor_path(self.services_path, name))
 
     #: dev8's cgroup: services with memory/cpu limits get a sub-group there (None: rlimits only).
     cgroup: CgroupFiles | None = None
@@ -108,12 +128,12 @@ class ServiceFactory:
             if service.user is not None
             else (config.workspace.user if as_root else None)
         )
-        output = self._output(name, sshd=service.builtin == "sshd")
         custom_env = self.custom_env if _runs_as_workspace_user(user, config) else None
         limits = limits_of(service, self.cgroup, parent=self.cgroup_parent)
 
         async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
-            if name in self.held:
+            actor = self.actors[name]  # built with the supervisor (``actor_spec``)
+            if actor.held:
                 await self._stay_stopped(name, task_status)
                 return
             extra = await builtin.prepare()
@@ -127,7 +147,9 @@ class ServiceFactory:
                 stop_timeout=service.stop_timeout,
                 limits=limits,
             )
-            run = functools.partial(run_process, ctx, settings, own=self.own, output=output)
+            run = functools.partial(
+                run_process, ctx, settings, own=self.own, output=actor.output, live=actor.live
+            )
             await start_when_ready(
                 run,
                 service.probes.readiness,
@@ -135,11 +157,10 @@ class ServiceFactory:
                 task_status=task_status,
             )
 
-        restart = self.restart_policies[name] = Restart(service.restart.value)
         return ChildSpec(
             name=name,
             start=start,
-            restart=restart,
+            restart=Restart(service.restart.value),
             shutdown_timeout=service.stop_timeout + 5.0,
             start_timeout=service.start_timeout,
             backoff=backoff_of(service.backoff),
@@ -147,13 +168,31 @@ class ServiceFactory:
             critical=service.critical,
         )
 
-    def _output(self, name: str, *, sshd: bool) -> OutputRing:
-        """The service's output ring, kept across restarts; sshd's counts failed logins."""
-        ring = self.outputs.get(name)
+    def actor_spec(self, name: str, config: Config) -> ChildSpec:
+        """A new process actor for the service, as a child of ``process-actors`` (its output is
+        kept across a reload; sshd's counts failed logins)."""
+        assert self.services is not None
+        service = self.effective(name, config)
+        sshd = service.builtin == "sshd"
+        previous = self.actors.get(name)
+        ring = previous.output if previous is not None else None
         if ring is None or sshd != isinstance(ring, SshdOutput):
             ring = SshdOutput(self.ssh_failed_auth) if sshd else OutputRing()
-            self.outputs[name] = ring
-        return ring
+        actor = ProcessActor(
+            self.registry,
+            name=name,
+            path=actor_path(self.services_path, name),
+            services=self.services,
+            bus=self.bus,
+            output=ring,
+            policy=Restart(service.restart.value),
+        )
+        self.actors[name] = actor
+        return ChildSpec(name=actor_child(name), start=actor.run, shutdown_timeout=1.0)
+
+    def forget(self, name: str) -> None:
+        """The service was removed from the config."""
+        self.actors.pop(name, None)
 
     def prober_spec(self, name: str, config: Config) -> ChildSpec | None:
         probes = self.effective(name, config).probes
@@ -180,10 +219,12 @@ class ServiceFactory:
         await trio.sleep_forever()
 
     async def _restart_for_probe(self, name: str) -> object:
-        assert self.services is not None
-        if name in self.held:
-            return None  # stopped on purpose: a late probe result is about the old process
-        return await self.services.restart_child(name, reason="probe")
+        """Through the process actor: a service stopped on purpose is left alone there."""
+        with contextlib.suppress(ActorError):  # between restarts: the next failures ask again
+            return await self.ref(name).call(
+                RestartService(reason="probe"), timeout=START_CALL_TIMEOUT
+            )
+        return None
 
 
 #: OOM scores (/proc/PID/oom_score_adj) under memory pressure: the user's services go first
@@ -232,16 +273,11 @@ def _runs_as_workspace_user(user: str | None, config: Config) -> bool:
     return target is not None and target == workspace
 
 
-async def send_signal_to_service(services: Supervisor, name: str, signum: int) -> bool:
-    """Signal a running service's process group (``on_secret_change: reload``)."""
-    for node in services.children():
-        if node.name == name and node.state is ChildState.RUNNING:
-            pid = node.info.get("pid")
-            if isinstance(pid, int):
-                try:
-                    os.killpg(pid, signum)
-                except ProcessLookupError:
-                    return False
-                return True
-    await trio.lowlevel.checkpoint()
-    return False
+async def send_signal_to_service(ref: ActorRef, signum: int) -> bool:
+    """Have a running service's process actor signal its group (``on_secret_change: reload``);
+    False when there is no process to signal, or no actor to ask."""
+    try:
+        await ref.call(Signal(signal.Signals(signum)), timeout=SIGNAL_CALL_TIMEOUT)
+    except (NotRunning, ActorError):
+        return False
+    return True

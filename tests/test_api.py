@@ -15,9 +15,10 @@ import trio
 import trio_websocket
 from support.net import free_port
 
-from actors import ChildContext, ChildSpec, EventBus, Intensity, Supervisor
+from actors import ChildContext, ChildSpec, EventBus, Intensity, Registry, Supervisor
 from dev8.api import create_app, serve_api
 from dev8.control import Control
+from dev8.process import ProcessActor
 
 # trio-websocket leaves the socket object of a connection its peer closed mid-stream (the slow
 # subscriber test) to the garbage collector, which may run during a later test of this module.
@@ -70,9 +71,32 @@ async def start_api(
         ],
         bus=bus,
     )
-    root = Supervisor("dev8", [services.child_spec()], bus=bus)
+    # Each service's address: its process actor, as dev8.app builds them.
+    registry = Registry()
+    actors = Supervisor(
+        "process-actors",
+        [
+            ChildSpec(
+                name=f"{name}.actor",
+                start=ProcessActor(
+                    registry, name=name, path=f"dev8/services/{name}", services=services, bus=bus
+                ).run,
+            )
+            for name in ("web", "flaky")
+        ],
+        bus=bus,
+    )
+    root = Supervisor("dev8", [actors.child_spec(), services.child_spec()], bus=bus)
     await nursery.start(root.run)
-    control = Control(bus=bus, root=root, services=services, environment_id="e1", user_id="u1")
+    control = Control(
+        bus=bus,
+        root=root,
+        services=services,
+        environment_id="e1",
+        user_id="u1",
+        registry=registry,
+        supervisors=[root, actors, services],
+    )
     app = create_app(control, token=token, open_changes=open_changes, **options)
     port = free_port()
     ctx = ChildContext(name="api", path="dev8/api", attempt=0, publish=bus.publish)
@@ -124,8 +148,10 @@ async def test_status_shows_the_tree(api: Api) -> None:
         body = (await client.get("/status")).json()
     tree = body["tree"]
     assert tree["name"] == "dev8"
-    (services,) = tree["children"]
-    assert services["kind"] == "supervisor"
+    actors, services = tree["children"]
+    assert (actors["name"], services["name"]) == ("process-actors", "services")
+    assert actors["kind"] == services["kind"] == "supervisor"
+    assert [c["name"] for c in actors["children"]] == ["web.actor", "flaky.actor"]
     assert [c["name"] for c in services["children"]] == ["web", "flaky"]
     assert (body["environmentId"], body["userId"]) == ("e1", "u1")
     assert body["bootId"] == api.control.boot_id
@@ -252,6 +278,27 @@ async def test_stop_and_start_a_service(api: Api) -> None:
         assert (await client.get("/ready")).status_code == 200
         assert (await client.get("/readyz")).json() == {"status": "ready", "notReady": []}
         assert (await client.post("/services/nope/stop")).status_code == 404
+
+
+async def test_a_service_whose_actor_is_gone_answers_503_at_once(api: Api) -> None:
+    """Service actions and logs are messages to the service's process actor: with no actor at
+    its address (between restarts, removed) the answer is a clear 503, never a hang."""
+    actors = next(s for s in api.control.supervisors if s.name == "process-actors")
+    await actors.remove_child("web.actor")
+    async with httpx.AsyncClient(base_url=api.url) as client:
+        with trio.fail_after(5):
+            answers = [
+                await client.post("/services/web/restart"),
+                await client.post("/services/web/stop"),
+                await client.post("/services/web/start"),
+                await client.get("/services/web/logs"),
+            ]
+        for answer in answers:
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == "actor_unavailable"
+            assert "dev8/services/web" in answer.json()["error"]["message"]
+        # The service itself was not touched.
+        assert (await client.get("/health")).json()["services"]["web"] == "running"
 
 
 async def test_malformed_bodies_are_400(api: Api) -> None:

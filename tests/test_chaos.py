@@ -1151,3 +1151,58 @@ async def test_chaos_is_off_by_default(tmp_path: Path, api_port: int, marker: st
         )
         assert pid_alive(pid)
         assert (await dev8.service("sleeper"))["restarts"] == 0
+
+
+#: Ignores the stop signal: its stop takes its whole stop_timeout (then SIGKILL).
+STUBBORN = (
+    "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "print('up', flush=True)\ntime.sleep(1000)\n"
+)
+
+
+async def test_a_crash_of_a_process_actor_mid_call(
+    tmp_path: Path, api_port: int, marker: str
+) -> None:
+    """A stop waits on the service's process actor while the service takes its whole
+    stop_timeout to stop; the chaos API crashes that actor: the stop's caller gets a clear 503 at
+    once, the actor's supervisor restarts it, and the stop (asked for) still sticks."""
+    config = with_chaos(
+        write_config(
+            tmp_path / "dev8.yaml",
+            {"stubborn": python_service(STUBBORN, marker, stop_timeout=3.0)},
+            port=api_port,
+        ),
+        True,
+    )
+    actor = "dev8/process-actors/stubborn.actor"
+    async with open_dev8(config, port=api_port, marker=marker) as dev8:
+        await dev8.wait_service("stubborn", lambda n: n["state"] == "running", what="up")
+        answers: list[httpx.Response] = []
+        async with dev8.events("since=0") as events, trio.open_nursery() as nursery:
+
+            async def stop() -> None:
+                answers.append(await dev8.http.post("/services/stubborn/stop", timeout=30))
+
+            nursery.start_soon(stop)
+            await events.wait_for("child_stopping", child="stubborn")
+            crashed = await dev8.http.post(f"/chaos/actors/{actor}/crash")
+            assert crashed.status_code == 200, crashed.text
+            await events.wait_for("child_exited", child="stubborn.actor")
+            await events.wait_for("child_started", child="stubborn.actor")
+        (answer,) = answers
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "actor_unavailable"
+        tree = (await dev8.status())["tree"]
+        node = next(n for n in walk(tree) if n["path"] == actor)
+        assert (node["state"], node["restarts"], node["restartReasons"]) == (
+            "running",
+            1,
+            {"crash": 1},
+        )
+        # The stop goes on in the supervisor and sticks: nothing starts the service again.
+        stopped = await dev8.wait_service(
+            "stubborn", lambda n: n["state"] == "stopped", timeout=20, what="stopped"
+        )
+        assert stopped["restarts"] == 0
+        logs = await dev8.http.get("/services/stubborn/logs")  # the restarted actor answers
+        assert [line["line"] for line in logs.json()["lines"]] == ["up"]

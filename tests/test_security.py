@@ -35,9 +35,10 @@ from support.dev8_harness import (
 from support.net import free_port
 from test_chaos import descendants
 
-from actors import ChildContext, ChildSpec, EventBus, Supervisor
+from actors import ChildContext, ChildSpec, EventBus, Registry, Supervisor
 from dev8.api import create_app, serve_api
 from dev8.control import Control
+from dev8.process import ProcessActor
 
 TOKEN = "sec-token-5b0c3f6e9a1d4e27"
 VALUES = {
@@ -250,9 +251,15 @@ async def _api_with_token(nursery: trio.Nursery) -> str:
         await trio.sleep_forever()
 
     services = Supervisor("services", [ChildSpec(name="web", start=idle)], bus=bus)
-    root = Supervisor("dev8", [services.child_spec()], bus=bus)
+    registry = Registry()  # the service's address: its process actor
+    actor = ProcessActor(registry, name="web", path="dev8/services/web", services=services, bus=bus)
+    root = Supervisor(
+        "dev8", [ChildSpec(name="web.actor", start=actor.run), services.child_spec()], bus=bus
+    )
     await nursery.start(root.run)
-    control = Control(bus=bus, root=root, services=services, environment_id="e", user_id="u")
+    control = Control(
+        bus=bus, root=root, services=services, environment_id="e", user_id="u", registry=registry
+    )
     app = create_app(control, token=TOKEN)
     ctx = ChildContext(name="api", path="dev8/api", attempt=0, publish=bus.publish)
     started = await nursery.start(serve_api, ctx, app, f"127.0.0.1:{free_port()}")

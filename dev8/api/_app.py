@@ -235,7 +235,7 @@ def _register_reads(
         assert lines is not None
         assert since is not None
         try:
-            found = control.logs(name, lines, since=since)
+            found = await control.logs(name, lines, since=since)
         except UnknownService as error:
             return unknown_service(error)
         return json_response({"service": name, "lines": found})

@@ -71,7 +71,7 @@ def register_chaos(
         except chaos.BadSignal as error:
             return error_response(400, "bad_request", str(error))
         try:
-            pid = chaos.signal_service(control, name, signum)
+            pid = await chaos.signal_service(control, name, signum)
         except UnknownService as error:
             return error_response(
                 404, "unknown_service", f"no service named {name!r}", known=error.known
@@ -144,6 +144,9 @@ CHAOS_PATHS: dict[str, Any] = {
                     documents.SignalledDocument, "the signal was sent to the group led by `pid`"
                 ),
                 "404": error_content("no such service; `known` lists the names"),
+                "503": error_content(
+                    "the service's process actor is between restarts or busy (actor_unavailable)"
+                ),
                 **_GUARD_ERRORS,
             },
         }

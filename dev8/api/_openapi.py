@@ -77,6 +77,12 @@ _READ_ERRORS = {"401": error_content("missing or wrong bearer token"), **_HOST_E
 _SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
+#: The service's process actor is between restarts, its mailbox is full, or it did not answer.
+_ACTOR_UNAVAILABLE = error_content(
+    "the service's process actor is between restarts or busy (actor_unavailable): try again"
+)
+
+
 def _action(summary: str, parameter: dict[str, Any]) -> dict[str, Any]:
     return {
         "post": {
@@ -98,6 +104,7 @@ def _action(summary: str, parameter: dict[str, Any]) -> dict[str, Any]:
                     "the service is in the wrong state (`state`), or the services still wait "
                     "for their required secrets (waiting_for_secrets)",
                 ),
+                "503": _ACTOR_UNAVAILABLE,
                 **_AUTH_ERRORS,
             },
         }
@@ -244,6 +251,7 @@ def _paths() -> dict[str, Any]:
                     "200": document_content(documents.LogsDocument, "the last lines, oldest first"),
                     "400": error_content("lines or since malformed; `parameter` names it"),
                     "404": error_content("no such service; `known` lists the names"),
+                    "503": _ACTOR_UNAVAILABLE,
                     **_READ_ERRORS,
                 },
             }

@@ -87,6 +87,7 @@ MODULES: dict[str, frozenset[str]] = {
     "test_metrics_health": U,
     "test_preflight": U,
     "test_probes": U,
+    "test_process_actor": U,
     "test_process_spawn": U,
     "test_reload": U,
     "test_resources": ER,
