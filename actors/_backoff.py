@@ -17,9 +17,10 @@ class Backoff:
     ``[1 - jitter, 1 + jitter]``. Once a child has stayed up ``reset_after`` seconds, the count
     starts again.
 
-    ``floor`` is the least delay of any restart, the first one included: a child that fails at
-    once, with every delay set to 0, is restarted at most ``1 / floor`` times a second instead of
-    as fast as the machine can spawn it. A streak of any length costs only its capped delay.
+    ``floor`` is the least time between two starts of a child: one that fails at once, with
+    every delay set to 0, is restarted at most ``1 / floor`` times a second instead of as fast as
+    the machine can spawn it, while one that ran ``floor`` or longer is restarted after its
+    backoff alone (at once, by default). A streak of any length costs only its capped delay.
     """
 
     initial_delay: float = 0.0
@@ -30,8 +31,9 @@ class Backoff:
     reset_after: float = 10.0
     floor: float = 0.0
 
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """Delay for restart number ``attempt`` (0-based) since the child was last stable."""
+    def delay(self, attempt: int, rng: random.Random, *, ran_for: float = 0.0) -> float:
+        """Delay for restart number ``attempt`` (0-based) since the child was last stable, of a
+        child whose last start was ``ran_for`` seconds ago."""
         if attempt <= 0:
             base = self.initial_delay
         else:
@@ -41,7 +43,7 @@ class Backoff:
                 base = self.max_delay
         if base > 0 and self.jitter > 0:
             base = min(self.max_delay, base * rng.uniform(1 - self.jitter, 1 + self.jitter))
-        return max(self.floor, base)
+        return max(self.floor - ran_for, base)
 
 
 @attrs.frozen(kw_only=True)

@@ -697,7 +697,8 @@ class Supervisor:
             raise Escalation(self._path, "restart intensity exceeded", spec.name, final=False)
         if child.started_at is not None and now - child.started_at >= spec.backoff.reset_after:
             child.consecutive = 0
-        delay = spec.backoff.delay(child.consecutive, self._rng)
+        ran_for = now - child.started_at if child.started_at is not None else 0.0
+        delay = spec.backoff.delay(child.consecutive, self._rng, ran_for=ran_for)
         child.consecutive += 1
         group = self._group_of(child)
         token = next(self._tokens)

@@ -10,6 +10,7 @@ runs on trio's MockClock.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -385,6 +387,48 @@ async def test_all_zero_backoff_is_held_to_the_documented_floor(
     assert crasher.starts[-1] - crasher.starts[0] >= 200 * RESTART_DELAY_FLOOR - 1e-6
 
 
+class SlowCrasher(Crasher):
+    """Like ``Crasher``, but each life lasts ``life`` seconds before it fails."""
+
+    def __init__(self, lives: int, life: float) -> None:
+        super().__init__(lives)
+        self.life = life
+
+    async def __call__(self, ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
+        self.starts.append(trio.current_time())
+        task_status.started()
+        if len(self.starts) > self.lives:
+            self.settled.set()
+            await trio.sleep_forever()
+        await trio.sleep(self.life)
+        raise RuntimeError("crash")
+
+
+@pytest.mark.parametrize("life", [0.0, 0.02, 0.05, 1.0])
+async def test_the_floor_paces_starts_and_never_delays_a_child_that_ran_longer(
+    autojump_clock: trio.testing.MockClock, life: float
+) -> None:
+    """The floor is the least time between two starts: a crash after a long life is restarted
+    at once (crash-to-restart stays a few milliseconds), an instant crash loop is paced."""
+    zeros = BackoffConfig(
+        initial_delay=0.0, min_delay=0.0, max_delay=0.0, factor=1.0, jitter=0.0, reset_after=0.0
+    )
+    crasher = SlowCrasher(5, life)
+    supervisor = Supervisor(
+        "services",
+        [ChildSpec(name="c", start=crasher, backoff=backoff_of(zeros))],
+        bus=EventBus(),
+        intensity=Intensity(max_restarts=100, window=1.0),
+        rng=random.Random(0),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        await crasher.settled.wait()
+        nursery.cancel_scope.cancel()
+    gaps = [b - a for a, b in zip(crasher.starts, crasher.starts[1:], strict=False)]
+    assert gaps == pytest.approx([max(life, RESTART_DELAY_FLOOR)] * 5, abs=1e-9)
+
+
 async def test_a_real_zero_backoff_crash_loop_is_paced_by_the_floor(
     tmp_path: Path, api_port: int, marker: str
 ) -> None:
@@ -405,11 +449,15 @@ async def test_a_real_zero_backoff_crash_loop_is_paced_by_the_floor(
             with fail_after(30, "30 restarts of looper", dev8.tail):
                 while len(events.of("child_started", "looper")) < 30:
                     await events.next()
-        delays = [e["data"]["delay"] for e in events.of("restart_scheduled", "looper")]
-        assert delays
-        assert min(delays) >= RESTART_DELAY_FLOOR
-        started = [e["time"] for e in events.of("child_started", "looper")]
+        # Paced by the floor: each start comes at least the floor after the one before it.
+        started = [
+            datetime.fromisoformat(e["time"]).timestamp()
+            for e in events.of("child_started", "looper")
+        ]
         assert len(started) >= 30
+        gaps = [b - a for a, b in itertools.pairwise(started)]
+        assert min(gaps) >= RESTART_DELAY_FLOOR - 0.005  # wall clock against trio's: a little slack
+        assert all(e["data"]["delay"] > 0 for e in events.of("restart_scheduled", "looper"))
         await dev8.signal(signal.SIGTERM)
         assert await dev8.wait_exit(20) == 0
 

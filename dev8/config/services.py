@@ -67,8 +67,9 @@ def _check_max_delay(
         )
 
 
-#: No restart of a service comes sooner than this, whatever its `backoff` says: a service that
-#: fails at once with every delay 0 would otherwise be respawned as fast as the machine allows.
+#: No service is started again sooner than this after its previous start, whatever its `backoff`
+#: says: a service that fails at once with every delay 0 would otherwise be respawned as fast as
+#: the machine allows. One that ran longer is restarted after its backoff alone.
 RESTART_DELAY_FLOOR = 0.05
 
 
@@ -76,7 +77,7 @@ RESTART_DELAY_FLOOR = 0.05
 class BackoffConfig:
     """Delay before a restart: `initial_delay` first, then from `min_delay` growing by `factor`
     up to `max_delay`, +/- `jitter` (a fraction); reset after `reset_after` seconds running.
-    Never less than `RESTART_DELAY_FLOOR`."""
+    Never sooner than `RESTART_DELAY_FLOOR` after the previous start."""
 
     initial_delay: float = attrs.field(default=0.0, validator=number(ge=0))
     min_delay: float = attrs.field(default=0.1, validator=number(ge=0))
