@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dev8.init import OwnPids, list_zombie_children  # noqa: E402
+from dev8.pid1.reaper import OwnPids, list_zombie_children  # noqa: E402
 
 
 def _others() -> int:

@@ -28,8 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dev8.cgroups import CgroupFiles  # noqa: E402
-from dev8.resources import service_figures  # noqa: E402
+from dev8.resources.cgroups import CgroupFiles  # noqa: E402
+from dev8.resources.sampler import service_figures  # noqa: E402
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -1,17 +1,17 @@
 """``python -m dev8`` and the ``dev8`` command.
 
-For ``run``, the signals are caught before anything heavy is imported (see dev8.signals): as
+For ``run``, the signals are caught before anything heavy is imported (see dev8.pid1.signals): as
 PID 1, one that arrived during the imports would otherwise be lost.
 """
 
 import sys
 
-from .signals import SignalCatcher
+from dev8.pid1.signals import SignalCatcher
 
 
 def main() -> int:
     early = SignalCatcher().install() if sys.argv[1:2] == ["run"] else None
-    from .cli import main as cli_main  # noqa: PLC0415 - only once the signals are caught
+    from dev8.cli import main as cli_main  # noqa: PLC0415 - only once the signals are caught
 
     return cli_main(early_signals=early)
 

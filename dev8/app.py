@@ -48,21 +48,21 @@ from actors import (
     Supervisor,
     UnknownChild,
 )
-
-from .alerts import make_alerts_spec
-from .cgroups import CgroupFiles
-from .config import (
+from dev8.config import (
     Config,
     ConfigError,
     TcpBind,
     UnixBind,
 )
-from .connections import ConnectionTracker, set_watched_ports
-from .control import Control, Hooks
-from .exit_codes import ExitCode
-from .health import HealthBoard, ServiceHearing
-from .idle import make_idle_spec
-from .init import (
+from dev8.connections.idle import make_idle_spec
+from dev8.connections.tracker import ConnectionTracker, set_watched_ports
+from dev8.control import Control, Hooks
+from dev8.health.probers import HealthBoard, ServiceHearing
+from dev8.monitoring.alerts import make_alerts_spec
+from dev8.monitoring.logs import LineWriter, log_event
+from dev8.monitoring.webhooks import WebhookNotifier, make_webhooks_spec
+from dev8.pid1.exit_codes import ExitCode
+from dev8.pid1.reaper import (
     OwnPids,
     become_subreaper,
     final_sweep,
@@ -70,21 +70,20 @@ from .init import (
     raise_fd_limit,
     run_reaper,
 )
-from .logs import LineWriter, log_event
-from .process import Restart as RestartService
-from .process import actor_child
-from .reload import Reloader, ReloadPlan
-from .resources import OomKilled, ResourceBoard, SampleNow, make_sampler_spec
-from .secrets.runtime import Secrets
-from .services import ServiceFactory, intensity_of, send_signal_to_service
-from .signals import (
+from dev8.pid1.signals import (
     RELOAD_SIGNALS,
     SHUTDOWN_SIGNALS,
     SignalCatcher,
     signal_name,
 )
-from .storage import placement, prepare_strict_home
-from .webhooks import WebhookNotifier, make_webhooks_spec
+from dev8.reload import Reloader, ReloadPlan
+from dev8.resources.cgroups import CgroupFiles
+from dev8.resources.sampler import OomKilled, ResourceBoard, SampleNow, make_sampler_spec
+from dev8.secrets.runtime import Secrets
+from dev8.services.factory import ServiceFactory, intensity_of, send_signal_to_service
+from dev8.services.process import Restart as RestartService
+from dev8.services.process import actor_child
+from dev8.services.storage import placement, prepare_strict_home
 
 #: How long a secret change's restart of one service may take (until its new life settled).
 SECRET_RESTART_TIMEOUT = 300.0
@@ -149,7 +148,7 @@ def api_allowed_hosts(config: Config) -> frozenset[str] | None:
     extra = {host.lower() for host in config.api.allowed_hosts}
     if "*" in extra or (not extra and not api_is_private(config)):
         return None
-    from .api._access import LOOPBACK_HOSTS  # noqa: PLC0415 - see Dev8.run
+    from dev8.api._access import LOOPBACK_HOSTS  # noqa: PLC0415 - see Dev8.run
 
     return LOOPBACK_HOSTS | extra
 
@@ -291,7 +290,7 @@ class Dev8:
     def _alert_specs(self, config: Config) -> list[ChildSpec]:
         """Alerts, webhooks and idle: before what they watch, so they see it from its first event.
 
-        The webhooks' key files were checked by the pre-flight (dev8.preflight); read here,
+        The webhooks' key files were checked by the pre-flight (dev8.services.preflight); read here,
         before trio runs.
         """
         self.webhooks = WebhookNotifier.from_config(
@@ -365,7 +364,7 @@ class Dev8:
             self.resources.count_oom_kill(event.service)
 
     async def _start_api(self, ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
-        from .api import serve_api  # noqa: PLC0415 - see run()
+        from dev8.api import serve_api  # noqa: PLC0415 - see run()
 
         assert self._api_sockets is not None
         await serve_api(ctx, self._app, self._api_sockets, task_status=task_status)
@@ -455,7 +454,7 @@ class Dev8:
         self.control = control
         # The web stack (Quart, Hypercorn: about half of start-up's imports) is loaded here, by
         # `dev8 run` only: operator commands and `dev8 config check` never pay for it.
-        from .api import bind_api, create_app  # noqa: PLC0415
+        from dev8.api import bind_api, create_app  # noqa: PLC0415
 
         token = read_token(self.config)
         self._app = create_app(

@@ -14,9 +14,8 @@ from typing import ClassVar
 import attrs
 
 from actors import ChildState, Event, NodeStatus
-
-from .control import Control
-from .process import NotRunning
+from dev8.control import Control
+from dev8.services.process import NotRunning
 
 __all__ = [
     "CHAOS_SIGNALS",

@@ -20,11 +20,11 @@ import trio
 import dev8
 
 if TYPE_CHECKING:  # the client (httpx, trio-websocket) is imported only by operator commands
-    from .client import ApiClient, Target
-    from .preflight import Problem
-    from .signals import SignalCatcher
-from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, config_to_dict, load_config
-from .exit_codes import ExitCode
+    from dev8.client import ApiClient, Target
+    from dev8.pid1.signals import SignalCatcher
+    from dev8.services.preflight import Problem
+from dev8.config import DEFAULT_CONFIG_PATH, Config, ConfigError, config_to_dict, load_config
+from dev8.pid1.exit_codes import ExitCode
 
 EXIT_FAILED = ExitCode.INTERNAL_ERROR  # an operator command that failed
 EXIT_BAD_CONFIG = ExitCode.BAD_CONFIG
@@ -172,7 +172,7 @@ def _one_line(path: str, problems: Sequence[Problem]) -> str:
 
 
 def _check(path: str, config: Config, *, schema_only: bool) -> int:
-    from .preflight import check  # noqa: PLC0415 - the builtins are needed only here
+    from dev8.services.preflight import check  # noqa: PLC0415 - the builtins are needed only here
 
     problems = [] if schema_only else check(config)
     errors = [problem for problem in problems if problem.fatal]
@@ -187,10 +187,10 @@ def _check(path: str, config: Config, *, schema_only: bool) -> int:
 
 def _run(path: str, early_signals: SignalCatcher | None = None) -> int:
     # Imported here: the server stack costs the operator commands most of their start-up.
-    from .api import ApiBindError  # noqa: PLC0415
-    from .app import Dev8, api_auth_problem  # noqa: PLC0415
-    from .logs import LOG_FLUSH_TIMEOUT, configure_logging  # noqa: PLC0415
-    from .preflight import check  # noqa: PLC0415
+    from dev8.api import ApiBindError  # noqa: PLC0415
+    from dev8.app import Dev8, api_auth_problem  # noqa: PLC0415
+    from dev8.monitoring.logs import LOG_FLUSH_TIMEOUT, configure_logging  # noqa: PLC0415
+    from dev8.services.preflight import check  # noqa: PLC0415
 
     try:
         config = load_config(path)
@@ -239,7 +239,7 @@ def _run(path: str, early_signals: SignalCatcher | None = None) -> int:
 
 def _operate(args: argparse.Namespace) -> int:
     """Run one operator command; every failure is one line on stderr and a non-zero exit."""
-    from .client import ApiClient, ApiError, UsageError, locate  # noqa: PLC0415 - see above
+    from dev8.client import ApiClient, ApiError, UsageError, locate  # noqa: PLC0415 - see above
 
     _exit_on_interrupt()
     try:
@@ -289,7 +289,7 @@ def _act(client: ApiClient, args: argparse.Namespace) -> int:
 
 
 def _logs(client: ApiClient, args: argparse.Namespace) -> int:
-    from .client import RETRY_DELAYS, Unreachable  # noqa: PLC0415 - see the imports
+    from dev8.client import RETRY_DELAYS, Unreachable  # noqa: PLC0415 - see the imports
 
     last = 0
     for entry in client.logs(args.name, lines=args.lines):
@@ -337,7 +337,7 @@ def _secrets(client: ApiClient, _args: argparse.Namespace) -> int:
 
 
 def _chaos(client: ApiClient, args: argparse.Namespace) -> int:
-    from .client import ApiError  # noqa: PLC0415 - see the imports
+    from dev8.client import ApiError  # noqa: PLC0415 - see the imports
 
     try:
         if args.chaos_command == "crash":
@@ -368,7 +368,7 @@ _COMMANDS: dict[str, Callable[[ApiClient, argparse.Namespace], int]] = {
 
 
 def _events(target: Target, args: argparse.Namespace) -> int:
-    from .client import RETRY_DELAYS, follow_events  # noqa: PLC0415 - see the imports
+    from dev8.client import RETRY_DELAYS, follow_events  # noqa: PLC0415 - see the imports
 
     retries = len(RETRY_DELAYS) if args.retries is None else args.retries
 

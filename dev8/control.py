@@ -1,8 +1,9 @@
 """The narrow interface through which the API reads and acts on the workspace.
 
 The API never touches actors directly: it reads snapshots and the bus, and acts on a service by
-messages to its process actor's address (``dev8/services/<name>``, see ``dev8.process``); what is
-left here is the API's own business (which services exist, whether they may take commands yet).
+messages to its process actor's address (``dev8/services/<name>``, see
+``dev8.services.process``); what is left here is the API's own business (which services
+exist, whether they may take commands yet).
 The composition (``dev8.app``) fills in the hooks that need more than the tree (reload, secrets).
 """
 
@@ -28,10 +29,9 @@ from actors import (
     Supervisor,
     UnknownChild,
 )
-
-from . import documents
-from .process import Restart, Signal, Start, Stop, Tail, actor_path
-from .secrets.errors import SecretsRefreshFailed
+from dev8 import documents
+from dev8.secrets.errors import SecretsRefreshFailed
+from dev8.services.process import Restart, Signal, Start, Stop, Tail, actor_path
 
 
 class UnknownService(LookupError):
@@ -97,7 +97,7 @@ class Hooks:
     secrets: Callable[[], dict[str, Any]] | None = None
     #: dev8's own stdout: lines written, dropped (a stalled or closed reader), last error.
     log_output: Callable[[], dict[str, Any]] | None = None
-    #: the workspace's storage (dev8.storage): its kind and whether file modes hold.
+    #: the workspace's storage (dev8.services.storage): its kind and whether file modes hold.
     storage: Callable[[], dict[str, Any]] | None = None
     #: Required secrets the services still wait for ({name, reason, ...} each); [] once ready.
     secrets_waiting: Callable[[], list[dict[str, Any]]] | None = None
@@ -105,7 +105,7 @@ class Hooks:
     secrets_stats: Callable[[], Any] | None = None
     #: names of the services the workspace cannot take users without (/readyz); all when empty.
     critical: Callable[[], Collection[str]] | None = None
-    #: Each probe's counters and durations (``dev8.health.ProbeStats``), for /metrics.
+    #: Each probe's counters and durations (``dev8.health.probers.ProbeStats``), for /metrics.
     probe_stats: Callable[[], Iterable[Any]] | None = None
     #: Failed SSH authentications counted from sshd's log lines, for /metrics.
     ssh_failed_auth: Callable[[], int] | None = None
@@ -333,7 +333,7 @@ class Control:
 
     async def stop_service(self, name: str) -> NodeStatus:
         """Stop a service; it stays stopped until a start, a restart or a reload that changes it
-        (see ``dev8.process.Stop``)."""
+        (see ``dev8.services.process.Stop``)."""
         self._services_started()
         node: NodeStatus = await self._ask(name, Stop(), ACTION_TIMEOUT)
         return node
@@ -345,7 +345,7 @@ class Control:
 
     async def signal_service(self, name: str, sig: signal.Signals) -> int:
         """Have the service's process actor signal its process group; returns the group's id
-        (``dev8.process.NotRunning`` when there is no process to signal)."""
+        (``dev8.services.process.NotRunning`` when there is no process to signal)."""
         pid: int = await self._ask(name, Signal(sig), READ_TIMEOUT)
         return pid
 

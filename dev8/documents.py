@@ -825,9 +825,13 @@ def resync_document(
 def event_classes() -> list[type[Event]]:
     """Every kind of event dev8 publishes, for the schemas (imported here, not at start)."""
     import actors._lifecycle as lifecycle  # noqa: PLC0415
-
-    from . import alerts, chaos, connections, health, idle, reload, resources  # noqa: PLC0415
-    from .secrets import events as secret_events  # noqa: PLC0415
+    from dev8 import chaos, reload  # noqa: PLC0415
+    from dev8.connections import idle  # noqa: PLC0415
+    from dev8.connections import tracker as connections  # noqa: PLC0415
+    from dev8.health import probers as health  # noqa: PLC0415
+    from dev8.monitoring import alerts  # noqa: PLC0415
+    from dev8.resources import sampler as resources  # noqa: PLC0415
+    from dev8.secrets import events as secret_events  # noqa: PLC0415
 
     found: dict[str, type[Event]] = {}
     modules = (

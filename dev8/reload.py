@@ -21,8 +21,7 @@ import attrs
 import trio
 
 from actors import Actor, ChildContext, Event, Refuse, Registry, Reply
-
-from .config import Config, load_config
+from dev8.config import Config, load_config
 
 #: Config sections that take effect only at dev8's next start.
 RESTART_SECTIONS = (

@@ -19,10 +19,10 @@ from actors import (
     Registry,
     Supervisor,
 )
-from dev8.alerts import AlertRules, run_alerts
 from dev8.config import ProbeConfig, ProbesConfig, ProbeType
-from dev8.connections import ConnectionClosed, ConnectionOpened
-from dev8.health import (
+from dev8.connections.idle import IdleState, WorkspaceActive, WorkspaceIdle, run_idle
+from dev8.connections.tracker import ConnectionClosed, ConnectionOpened
+from dev8.health.probers import (
     HealthBoard,
     ProbeFailed,
     ProbeLatencyCleared,
@@ -31,7 +31,7 @@ from dev8.health import (
     ServiceHearing,
     make_prober_spec,
 )
-from dev8.idle import IdleState, WorkspaceActive, WorkspaceIdle, run_idle
+from dev8.monitoring.alerts import AlertRules, run_alerts
 from dev8.secrets.events import SecretFetchFailed, SecretsInjectionFailed
 
 # The resource monitor's events (kinds and fields as agreed for issue 16), published here by hand.

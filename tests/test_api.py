@@ -18,7 +18,7 @@ from support.net import free_port
 from actors import ChildContext, ChildSpec, EventBus, Intensity, Registry, Supervisor
 from dev8.api import create_app, serve_api
 from dev8.control import Control
-from dev8.process import ProcessActor
+from dev8.services.process import ProcessActor
 
 # trio-websocket leaves the socket object of a connection its peer closed mid-stream (the slow
 # subscriber test) to the garbage collector, which may run during a later test of this module.

@@ -665,7 +665,7 @@ class ChaosRun:
 
     async def check(self) -> None:
         if self.dev8.process.returncode is not None:
-            raise AssertionError(f"dev8 exited with {self.dev8.process.returncode}")
+            raise AssertionError(f"dev8 exited with {self.dev8.services.process.returncode}")
         status = await self.status()
         if status["pid"] != 1:
             self.violation(f"dev8 is not PID 1 of its namespace: {status['pid']}")

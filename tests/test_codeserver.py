@@ -1,4 +1,4 @@
-"""dev8.codeserver with the real code-server, installed by scripts/install-code-server.sh.
+"""dev8.services.codeserver with the real code-server, installed by scripts/install-code-server.sh.
 
 The first run installs code-server into /opt/code-server (about 1-3 min cold); later runs reuse
 it. code-server runs as a freshly created non-root user, as dev8 will run it.
@@ -22,7 +22,7 @@ import trio
 from support.net import free_port
 from support.workspace_harness import WorkspaceUser, pids_of_uid
 
-from dev8.codeserver import (
+from dev8.services.codeserver import (
     CODESERVER_SECRET_ENV,
     CodeServerSettings,
     codeserver_command,

@@ -8,7 +8,7 @@ SIGTERM skipping to the kill (test_dev8_run.py).
 
 The signal policy under test (README, "Signals"): TERM and INT shut down gracefully (exit 0), HUP
 reloads the config, and the other catchable signals that would kill or stop a process by default
-(``dev8.init.IGNORED_SIGNALS``) are logged and ignored, never forwarded.
+(``dev8.pid1.reaper.IGNORED_SIGNALS``) are logged and ignored, never forwarded.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from support.dev8_harness import (
 )
 from test_chaos import descendants
 
-from dev8.init import IGNORED_SIGNALS
+from dev8.pid1.reaper import IGNORED_SIGNALS
 
 SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(1000)\n"
 # Says so if any signal reaches it (dev8 must not forward the ignored ones).

@@ -1,4 +1,4 @@
-"""dev8.connections: the kernel's TCP tables, and the tracker actor on real sockets."""
+"""dev8.connections.tracker: the kernel's TCP tables, and the tracker actor on real sockets."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ from actors import (
     Registry,
     Supervisor,
 )
-from dev8.connections import (
+from dev8.connections.idle import run_idle
+from dev8.connections.tracker import (
     Connection,
     ConnectionsView,
     ConnectionTracker,
@@ -47,7 +48,6 @@ from dev8.connections import (
     service_connections,
     set_watched_ports,
 )
-from dev8.idle import run_idle
 
 # Captured on this machine: a dual-stack listener on port 0xA013 (40979) with one client over
 # IPv4 (seen as v4-mapped) and one over ::1.

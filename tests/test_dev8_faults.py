@@ -28,7 +28,7 @@ from support.dev8_harness import (
 )
 from support.net import free_port
 
-from dev8.exit_codes import ExitCode
+from dev8.pid1.exit_codes import ExitCode
 
 SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(1000)\n"
 #: Restarts after the floor delay (0.05 s), without jitter.

@@ -290,7 +290,7 @@ async def test_a_connection_flood_does_not_take_the_workspace_down(
     """Every fd of dev8 spent on idle API connections: services must still restart, dev8 live.
 
     The container's soft limit is low and its hard limit higher (Docker, containerd: 1024 and
-    524288): dev8 raises its soft limit at start (``dev8.init.raise_fd_limit``).
+    524288): dev8 raises its soft limit at start (``dev8.pid1.reaper.raise_fd_limit``).
     """
     prlimit = shutil.which("prlimit")
     assert prlimit is not None
@@ -321,7 +321,7 @@ async def test_a_connection_flood_does_not_take_the_workspace_down(
 
 
 def test_raise_fd_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
-    code = "from dev8.init import raise_fd_limit; print(*raise_fd_limit())"
+    code = "from dev8.pid1.reaper import raise_fd_limit; print(*raise_fd_limit())"
     prlimit = shutil.which("prlimit")
     assert prlimit is not None
     for limits, expected in (("256:8192", "256 8192"), ("512:512", "512 512")):

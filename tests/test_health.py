@@ -1,4 +1,4 @@
-"""dev8.health: the prober actors and the board.
+"""dev8.health.probers: the prober actors and the board.
 
 The prober's logic runs on trio's virtual clock against an in-process HTTP server that the test
 makes answer, fail or hang, its service a task under a real ``services`` supervisor whose
@@ -37,7 +37,7 @@ from actors import (
     Supervisor,
 )
 from dev8.config import ProbeConfig, ProbesConfig, ProbeType
-from dev8.health import (
+from dev8.health.probers import (
     HealthBoard,
     LivenessFailed,
     ProbeNow,
@@ -48,9 +48,9 @@ from dev8.health import (
     Status,
     make_prober_spec,
 )
-from dev8.init import OwnPids
-from dev8.probes import process_state
-from dev8.process import ProcessSettings, run_process
+from dev8.health.probes import process_state
+from dev8.pid1.reaper import OwnPids
+from dev8.services.process import ProcessSettings, run_process
 
 
 class FakeService:

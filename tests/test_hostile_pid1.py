@@ -59,9 +59,9 @@ from actors import (
     Supervisor,
 )
 from dev8.config import RESTART_DELAY_FLOOR, BackoffConfig
-from dev8.logs import BULK_SHARE, LineWriter
-from dev8.services import backoff_of
-from dev8.signals import REALTIME_SIGNALS, signal_name
+from dev8.monitoring.logs import BULK_SHARE, LineWriter
+from dev8.pid1.signals import REALTIME_SIGNALS, signal_name
+from dev8.services.factory import backoff_of
 
 SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(1000)\n"
 CHATTY_LINES = 15_000
@@ -687,7 +687,7 @@ import json, os, subprocess, sys
 from functools import partial
 import trio
 sys.path.insert(0, {str(REPO_ROOT)!r})
-from dev8.init import OwnPids, run_reaper, list_zombie_children
+from dev8.pid1.reaper import OwnPids, run_reaper, list_zombie_children
 
 opened = []
 recording = False
@@ -774,7 +774,7 @@ import json, os, subprocess, sys
 from functools import partial
 import trio
 sys.path.insert(0, {str(REPO_ROOT)!r})
-from dev8.init import OwnPids, run_reaper, list_zombie_children
+from dev8.pid1.reaper import OwnPids, run_reaper, list_zombie_children
 
 def state(pid):
     data = open(f"/proc/{{pid}}/stat", "rb").read()

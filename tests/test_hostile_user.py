@@ -45,8 +45,7 @@ from support.workspace_harness import (
 )
 
 from actors import ChildContext, Event
-from dev8.init import OwnPids
-from dev8.process import ProcessSettings, run_process
+from dev8.pid1.reaper import OwnPids
 from dev8.secrets import (
     DirectoryProvider,
     Injector,
@@ -56,6 +55,7 @@ from dev8.secrets import (
     SecretValue,
 )
 from dev8.secrets.keyvault import KeyVaultProvider
+from dev8.services.process import ProcessSettings, run_process
 
 SEED = int(os.environ.get("DEV8_TEST_SEED", random.randrange(2**32)))
 #: Built into the LD_PRELOAD library: it leaves a file named after the ids it ran with.
@@ -623,7 +623,7 @@ def test_a_name_swapped_for_a_hard_link_after_the_read_gets_no_chown(
 def test_code_servers_state_dirs_are_not_made_through_the_users_links(
     home: Path, user: pwd.struct_passwd, tmp_path: Path
 ) -> None:
-    from dev8.codeserver import CodeServerSettings, prepare_codeserver_dirs
+    from dev8.services.codeserver import CodeServerSettings, prepare_codeserver_dirs
 
     state = home / ".dev8" / "code-server"
     settings = CodeServerSettings(

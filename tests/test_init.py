@@ -1,4 +1,4 @@
-"""dev8.init with real processes: orphan reaping, the spawn race, PID 1, the final sweep."""
+"""dev8.pid1.reaper with real processes: orphan reaping, the spawn race, PID 1, the final sweep."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import trio
 import trio.testing
 from support.audit_hook import audited
 
-from dev8.init import (
+from dev8.pid1.reaper import (
     OwnPids,
     become_subreaper,
     final_sweep,

@@ -11,10 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from dev8.config import ProbeConfig, ProbesConfig
-from dev8.health import HealthBoard
-from dev8.metrics import probe_metrics
-from dev8.probes import ProbeResult
-from dev8.sshd_log import FailedAuthCounter, SshdOutput, is_failed_auth
+from dev8.health.probers import HealthBoard
+from dev8.health.probes import ProbeResult
+from dev8.monitoring.metrics import probe_metrics
+from dev8.services.sshd_log import FailedAuthCounter, SshdOutput, is_failed_auth
 
 # Lines of OpenSSH 9.2 (`sshd -D -e`, LogLevel VERBOSE) as dev8 captured them.
 FAILED = [

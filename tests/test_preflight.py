@@ -1,4 +1,4 @@
-"""Pre-flight checks (dev8/preflight.py): what can be known before anything starts.
+"""Pre-flight checks (dev8/services/preflight.py): what can be known before anything starts.
 
 `dev8 config check` and `dev8 run` refuse, in one line naming the file, the key and the problem
 (exit 2), a config that cannot work on this machine: a user that does not exist, a working
@@ -31,7 +31,7 @@ from support.dev8_harness import (
 from support.net import free_port
 
 from dev8.config import ApiConfig, Config, ServiceConfig, TcpBind, WorkspaceConfig, parse_config
-from dev8.preflight import Problem, check
+from dev8.services.preflight import Problem, check
 
 SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(1000)\n"
 

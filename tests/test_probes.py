@@ -1,4 +1,5 @@
-"""dev8.probes: each probe type against real sockets and processes; readiness gating of a start.
+"""dev8.health.probes: each probe type against real sockets and processes; readiness gating
+of a start.
 
 Probe logic against in-process servers runs on trio's virtual clock (loopback I/O between our
 own tasks is seen at once); real processes run on real time with small, bounded waits.
@@ -30,9 +31,9 @@ from actors import (
     Supervisor,
 )
 from dev8.config import ProbeConfig, ProbeType
-from dev8.init import OwnPids
-from dev8.probes import process_state, run_probe, start_when_ready, wait_ready
-from dev8.process import ProcessSettings, run_process
+from dev8.health.probes import process_state, run_probe, start_when_ready, wait_ready
+from dev8.pid1.reaper import OwnPids
+from dev8.services.process import ProcessSettings, run_process
 
 
 async def poll_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:

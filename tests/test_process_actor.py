@@ -36,8 +36,9 @@ from actors import (
     UnknownChild,
 )
 from actors import Restart as RestartPolicy
-from dev8.init import OwnPids
-from dev8.process import (
+from dev8.pid1.reaper import OwnPids
+from dev8.services.factory import send_signal_to_service
+from dev8.services.process import (
     NotRunning,
     OutputRing,
     ProcessActor,
@@ -52,7 +53,6 @@ from dev8.process import (
     actor_child,
     run_process,
 )
-from dev8.services import send_signal_to_service
 
 CALL = 60.0
 
@@ -80,7 +80,7 @@ def life(
     async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
         tree["lives"][ctx.name] = tree["lives"].get(ctx.name, 0) + 1
         actor: ProcessActor = tree["actors"][ctx.name]
-        if actor.held:  # as dev8.services does: a life started while held spawns nothing
+        if actor.held:  # as dev8.services.factory does: a life started while held spawns nothing
             task_status.started({"pid": None})
             await tree["services"].stop_child(ctx.name)
             await trio.sleep_forever()

@@ -1,4 +1,5 @@
-"""How dev8.process spawns a service as its user: vfork, and ``setpriv`` for another identity.
+"""How dev8.services.process spawns a service as its user: vfork, and ``setpriv`` for another
+identity.
 
 Real processes and a real user with a supplementary group; the identity a service ends up with is
 read from ``/proc/PID/status``, and whether CPython vforked is read from ``strace``.
@@ -24,8 +25,8 @@ from support.dev8_harness import throwaway_user
 from support.procfs import comm_of, environ_of
 
 from actors import ChildContext
-from dev8.init import OwnPids
-from dev8.process import ProcessSettings, SpawnError, run_process
+from dev8.pid1.reaper import OwnPids
+from dev8.services.process import ProcessSettings, SpawnError, run_process
 
 REPO = Path(__file__).resolve().parent.parent
 #: What a switch of identity must set, and the old path (Popen user=/group=/extra_groups=) did.
@@ -221,8 +222,8 @@ async def test_a_missing_working_directory_is_still_reported_as_such(
 SPAWN_ONCE = """
 import os, sys, trio
 from actors import ChildContext
-from dev8.init import OwnPids
-from dev8.process import ProcessSettings, run_process
+from dev8.pid1.reaper import OwnPids
+from dev8.services.factory.process import ProcessSettings, run_process
 
 os.setgroups(os.getgrouplist("root", 0))  # as dev8 in a container: root's own groups
 if sys.argv[2]:

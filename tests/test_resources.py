@@ -1,4 +1,5 @@
-"""dev8.resources and dev8.cgroups: figures of real process trees and cgroups, limits, OOM kills."""
+"""dev8.resources.sampler and dev8.resources.cgroups: figures of real process trees and
+cgroups, limits, OOM kills."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ from support.net import free_port
 
 from actors import ChildContext, EventBus, Mailbox, Supervisor
 from dev8.app import DEV8_OOM_SCORE_ADJ
-from dev8.cgroups import (
+from dev8.config import ConfigError, ServiceConfig, load_config
+from dev8.pid1.reaper import OwnPids
+from dev8.resources.cgroups import (
     CgroupFiles,
     ContainerFigures,
     Hierarchy,
@@ -37,17 +40,7 @@ from dev8.cgroups import (
     detect_hierarchy,
     parse_v1_container,
 )
-from dev8.config import ConfigError, ServiceConfig, load_config
-from dev8.init import OwnPids
-from dev8.process import (
-    Limits,
-    ProcessSettings,
-    SpawnError,
-    _limits_prefix,
-    may_lower_oom_score,
-    run_process,
-)
-from dev8.resources import (
+from dev8.resources.sampler import (
     ContainerCpuThrottled,
     OomKilled,
     ProcStat,
@@ -61,7 +54,15 @@ from dev8.resources import (
     parse_proc_stat,
     service_figures,
 )
-from dev8.services import DEFAULT_OOM_SCORE_ADJ, limits_of
+from dev8.services.factory import DEFAULT_OOM_SCORE_ADJ, limits_of
+from dev8.services.process import (
+    Limits,
+    ProcessSettings,
+    SpawnError,
+    _limits_prefix,
+    may_lower_oom_score,
+    run_process,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ import trio
 from support.keyvault_fake import FakeKeyVault
 
 from actors import Event
-from dev8.logs import configure_logging
+from dev8.monitoring.logs import configure_logging
 from dev8.secrets import (
     Injector,
     MissingSecretError,

@@ -38,7 +38,7 @@ from test_chaos import descendants
 from actors import ChildContext, ChildSpec, EventBus, Registry, Supervisor
 from dev8.api import create_app, serve_api
 from dev8.control import Control
-from dev8.process import ProcessActor
+from dev8.services.process import ProcessActor
 
 TOKEN = "sec-token-5b0c3f6e9a1d4e27"
 VALUES = {

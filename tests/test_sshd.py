@@ -1,4 +1,4 @@
-"""dev8.sshd against the real OpenSSH: a root sshd, a real user, real ssh/scp clients."""
+"""dev8.services.sshd against the real OpenSSH: a root sshd, a real user, real ssh/scp clients."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import pytest
 import trio
 from support.net import free_port
 
-from dev8.sshd import (
+from dev8.services.sshd import (
     SshBannerError,
     SshdSettings,
     ensure_host_keys,

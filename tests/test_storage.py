@@ -1,5 +1,5 @@
-"""dev8.storage: finding a workspace that keeps no file modes (Azure Files, SMB), and keeping the
-files that need strict modes where modes hold.
+"""dev8.services.storage: finding a workspace that keeps no file modes (Azure Files, SMB),
+and keeping the files that need strict modes where modes hold.
 
 A bindfs mount that forces every file's mode and owner and ignores chmod and chown stands in for
 the SMB mount (bindfs from scripts/setup; mounting needs root, as dev8 has in a container).
@@ -21,7 +21,7 @@ import structlog.testing
 from support.dev8_harness import throwaway_user
 
 from dev8.secrets import Injector, Owner, SecretValue
-from dev8.storage import (
+from dev8.services.storage import (
     detect_storage,
     mirror_authorized_keys,
     mount_fs_type,

@@ -19,9 +19,9 @@ from support.net import free_port
 from support.webhook_receiver import HANG, serve, verify
 
 from actors import EventBus
-from dev8.alerts import AlertFired, AlertResolved
 from dev8.config import WebhookConfig, config_to_dict, parse_config
-from dev8.webhooks import WebhookKeyError, WebhookNotifier, read_webhook_key
+from dev8.monitoring.alerts import AlertFired, AlertResolved
+from dev8.monitoring.webhooks import WebhookKeyError, WebhookNotifier, read_webhook_key
 
 KEY = b"k3y-for-the-tests-0123456789abcdef"
 

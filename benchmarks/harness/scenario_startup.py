@@ -80,7 +80,7 @@ IMPORT_STEPS = (
     ("attrs, cattrs, yaml", "import attrs, cattrs, yaml"),
     ("structlog", "import structlog"),
     ("actors", "import actors"),
-    ("dev8.config, process, init", "import dev8.config, dev8.process, dev8.init"),
+    ("dev8.config, process, init", "import dev8.config, dev8.services.process, dev8.pid1.reaper"),
     ("quart, quart_trio", "import quart, quart_trio"),
     ("hypercorn.trio", "import hypercorn.trio"),
     ("dev8.api", "import dev8.api"),

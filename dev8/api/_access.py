@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
-from ._responses import error_response
+from dev8.api._responses import error_response
 
 if TYPE_CHECKING:
     from quart import Response

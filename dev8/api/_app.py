@@ -14,22 +14,21 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from actors import ActorError
-
-from .. import documents
-from ..config import ConfigError
-from ..control import ActionFailed, Control, NotAvailable, UnknownService
-from ._access import PUBLIC_PATHS, AccessPolicy, unauthorized
-from ._chaos import CHAOS_PATHS, register_chaos
-from ._events import EventFeed, stream_events
-from ._front import AUTHORIZED_KEY, PolledRoutes
-from ._openapi import openapi_document
-from ._responses import (
+from dev8 import documents
+from dev8.api._access import PUBLIC_PATHS, AccessPolicy, unauthorized
+from dev8.api._chaos import CHAOS_PATHS, register_chaos
+from dev8.api._events import EventFeed, stream_events
+from dev8.api._front import AUTHORIZED_KEY, PolledRoutes
+from dev8.api._openapi import openapi_document
+from dev8.api._responses import (
     BadParameter,
     error_response,
     json_response,
     json_text_response,
     whole_number,
 )
+from dev8.config import ConfigError
+from dev8.control import ActionFailed, Control, NotAvailable, UnknownService
 
 log = logging.getLogger("dev8.api")
 
@@ -221,7 +220,7 @@ def _register_reads(
         # prometheus_client is imported on the first scrape, not at start-up.
         from prometheus_client import CONTENT_TYPE_LATEST  # noqa: PLC0415
 
-        from ..metrics import make_registry, render  # noqa: PLC0415
+        from dev8.monitoring.metrics import make_registry, render  # noqa: PLC0415
 
         nonlocal registry
         if registry is None:

@@ -14,11 +14,10 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from actors import ChildState
-
-from .. import chaos, documents
-from ..control import Control, UnknownService
-from ._openapi import document_content, error_content
-from ._responses import error_response, json_response
+from dev8 import chaos, documents
+from dev8.api._openapi import document_content, error_content
+from dev8.api._responses import error_response, json_response
+from dev8.control import Control, UnknownService
 
 Handler = Callable[..., Awaitable[Response]]
 

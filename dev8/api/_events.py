@@ -31,11 +31,10 @@ import trio
 from quart import Response, websocket
 
 from actors import Envelope, EventBus
-
-from .. import documents
-from ..control import Control
-from ._front import ASGI_SEND_KEY
-from ._responses import BadParameter, error_response, whole_number
+from dev8 import documents
+from dev8.api._front import ASGI_SEND_KEY
+from dev8.api._responses import BadParameter, error_response, whole_number
+from dev8.control import Control
 
 #: Websocket close code for a subscriber that fell behind (private range 4000-4999).
 CLOSE_LAGGED = 4001

@@ -24,9 +24,9 @@ from typing import Any
 import attrs
 import trio
 
-from .. import documents
-from ..control import Control
-from ._access import PROBE_PATHS, PUBLIC_PATHS, UNAUTHORIZED_MESSAGE, AccessPolicy
+from dev8 import documents
+from dev8.api._access import PROBE_PATHS, PUBLIC_PATHS, UNAUTHORIZED_MESSAGE, AccessPolicy
+from dev8.control import Control
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -245,7 +245,7 @@ def create_app(
     )
 
     def build(polled: PolledRoutes) -> Any:
-        from ._app import create_app as create_quart_app  # noqa: PLC0415 - see the docstring
+        from dev8.api._app import create_app as create_quart_app  # noqa: PLC0415 - see the docstring
 
         return create_quart_app(
             control,

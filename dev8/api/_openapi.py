@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import dev8
-
-from .. import documents
-from ..documents import Schemas
+from dev8 import documents
+from dev8.documents import Schemas
 
 #: The documents the paths refer to (by ``$ref``), by name: their schemas are generated into
 #: ``components`` each time the document is built. Filled at import, constant afterwards.

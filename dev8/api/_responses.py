@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .. import documents
+from dev8 import documents
 
 if TYPE_CHECKING:
     from quart import Response

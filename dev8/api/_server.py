@@ -28,8 +28,7 @@ import attrs
 import trio
 
 from actors import ChildContext
-
-from ..config import TcpBind, UnixBind, parse_bind
+from dev8.config import TcpBind, UnixBind, parse_bind
 
 KEEP_ALIVE = 5.0
 MAX_HEAD = 16 * 1024

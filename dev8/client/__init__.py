@@ -10,8 +10,8 @@ Its parts: ``endpoint`` (where the API is, the token), ``errors`` (failures as o
 event stream). Import from ``dev8.client``.
 """
 
-from .calls import ApiClient
-from .discovery import (
+from dev8.client.calls import ApiClient
+from dev8.client.discovery import (
     API_ENV,
     CONFIG_ENV,
     DEFAULT_API,
@@ -20,9 +20,9 @@ from .discovery import (
     locate,
     parse_endpoint,
 )
-from .endpoint import Endpoint, Target
-from .errors import ApiError, Unreachable, UsageError, refused, unreachable
-from .stream import (
+from dev8.client.endpoint import Endpoint, Target
+from dev8.client.errors import ApiError, Unreachable, UsageError, refused, unreachable
+from dev8.client.stream import (
     CLOSE_LAGGED,
     CLOSE_POLICY,
     MAX_MESSAGE_SIZE,

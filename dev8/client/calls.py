@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from .endpoint import Target
-from .errors import decode, unreachable
+from dev8.client.endpoint import Target
+from dev8.client.errors import decode, unreachable
 
 
 class ApiClient:

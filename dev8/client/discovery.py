@@ -6,9 +6,9 @@ import os
 import urllib.parse
 from collections.abc import Mapping
 
-from ..config import DEFAULT_CONFIG_PATH, Bind, Config, ConfigError, TcpBind, load_config
-from .endpoint import Endpoint, Target
-from .errors import UsageError, strerror
+from dev8.client.endpoint import Endpoint, Target
+from dev8.client.errors import UsageError, strerror
+from dev8.config import DEFAULT_CONFIG_PATH, Bind, Config, ConfigError, TcpBind, load_config
 
 API_ENV = "DEV8_API"
 TOKEN_ENV = "DEV8_API_TOKEN"

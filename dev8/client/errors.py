@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import trio
 
-from .endpoint import Endpoint, Target
+from dev8.client.endpoint import Endpoint, Target
 
 
 class ApiError(Exception):

@@ -20,8 +20,8 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from .endpoint import Target
-from .errors import ApiError, Unreachable, decode, failure_reason, unreachable
+from dev8.client.endpoint import Target
+from dev8.client.errors import ApiError, Unreachable, decode, failure_reason, unreachable
 
 #: Waits between reconnection attempts of the event stream; one attempt per entry.
 RETRY_DELAYS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)

@@ -13,14 +13,14 @@ sections), `convert` (the converter), `env` (`DEV8_*` overrides), `loading` (the
 See docs/configuration.md for the reference.
 """
 
-from .alerts import AlertsConfig, WebhookConfig
-from .binds import Bind, TcpBind, UnixBind, parse_bind
-from .dump import config_to_dict
-from .env import ENV_PREFIX, RESERVED_ENV_PREFIXES, RESERVED_ENV_VARS
-from .errors import REDACTED, SECRET_KEY_WORDS, ConfigError, shown_key
-from .loading import DEFAULT_CONFIG_PATH, MAX_CONFIG_BYTES, load_config, parse_config
-from .probes import ProbeConfig, ProbesConfig, ProbeType
-from .schema import (
+from dev8.config.alerts import AlertsConfig, WebhookConfig
+from dev8.config.binds import Bind, TcpBind, UnixBind, parse_bind
+from dev8.config.dump import config_to_dict
+from dev8.config.env import ENV_PREFIX, RESERVED_ENV_PREFIXES, RESERVED_ENV_VARS
+from dev8.config.errors import REDACTED, SECRET_KEY_WORDS, ConfigError, shown_key
+from dev8.config.loading import DEFAULT_CONFIG_PATH, MAX_CONFIG_BYTES, load_config, parse_config
+from dev8.config.probes import ProbeConfig, ProbesConfig, ProbeType
+from dev8.config.schema import (
     ApiConfig,
     ChaosConfig,
     Config,
@@ -33,7 +33,7 @@ from .schema import (
     SupervisorConfig,
     WorkspaceConfig,
 )
-from .services import (
+from dev8.config.services import (
     RESTART_DELAY_FLOOR,
     BackoffConfig,
     BuiltinKind,

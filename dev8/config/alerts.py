@@ -5,8 +5,8 @@ from typing import Any
 
 import attrs
 
-from .checks import number, path_field
-from .errors import Invalid
+from dev8.config.checks import number, path_field
+from dev8.config.errors import Invalid
 
 
 def _check_webhook_url(_inst: Any, attribute: "attrs.Attribute[Any]", value: str) -> None:

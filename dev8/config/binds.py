@@ -7,8 +7,8 @@ from typing import TypeAlias
 
 import attrs
 
-from .checks import number
-from .errors import Invalid
+from dev8.config.checks import number
+from dev8.config.errors import Invalid
 
 
 @attrs.frozen

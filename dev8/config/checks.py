@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from .errors import Invalid
+from dev8.config.errors import Invalid
 
 
 def number(

@@ -18,10 +18,10 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, make_mapping_structure_fn
 
-from .alerts import WebhookConfig
-from .binds import BIND_FORMS, Bind, parse_bind
-from .errors import Invalid, InvalidKey
-from .services import ByteSize
+from dev8.config.alerts import WebhookConfig
+from dev8.config.binds import BIND_FORMS, Bind, parse_bind
+from dev8.config.errors import Invalid, InvalidKey
+from dev8.config.services import ByteSize
 
 _BYTE_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtT]?)(?:i?[bB]?)")
 _BYTE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -3,9 +3,9 @@
 import urllib.parse
 from typing import Any
 
-from .convert import converter
-from .errors import REDACTED, looks_secret
-from .schema import Config
+from dev8.config.convert import converter
+from dev8.config.errors import REDACTED, looks_secret
+from dev8.config.schema import Config
 
 
 def _redacted_url(url: str) -> str:

@@ -8,10 +8,10 @@ from typing import Any, Union, get_args, get_origin
 import attrs
 import yaml
 
-from .binds import Bind
-from .convert import is_literal, is_mapping_type
-from .errors import ConfigError, KeyPath, format_path, kind_of
-from .schema import Config
+from dev8.config.binds import Bind
+from dev8.config.convert import is_literal, is_mapping_type
+from dev8.config.errors import ConfigError, KeyPath, format_path, kind_of
+from dev8.config.schema import Config
 
 ENV_PREFIX = "DEV8_"
 # Variables that share the prefix but are not key overrides: the CLI reads DEV8_CONFIG, DEV8_API

@@ -8,13 +8,13 @@ from typing import Any
 import attrs
 import yaml
 
-from ..secrets.errors import SecretsConfigError
-from ..secrets.settings import secrets_config_from
-from .checks import IS_PATH
-from .convert import converter
-from .env import ENV_PREFIX, apply_overrides, source_of
-from .errors import MISSING, UNKNOWN, ConfigError, KeyPath, flatten, format_path, kind_of
-from .schema import Config
+from dev8.config.checks import IS_PATH
+from dev8.config.convert import converter
+from dev8.config.env import ENV_PREFIX, apply_overrides, source_of
+from dev8.config.errors import MISSING, UNKNOWN, ConfigError, KeyPath, flatten, format_path, kind_of
+from dev8.config.schema import Config
+from dev8.secrets.errors import SecretsConfigError
+from dev8.secrets.settings import secrets_config_from
 
 DEFAULT_CONFIG_PATH = "/etc/dev8/supervisor.yaml"
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import attrs
 
-from .binds import valid_hostname
-from .checks import number
-from .errors import NO_VALUE, Invalid
+from dev8.config.binds import valid_hostname
+from dev8.config.checks import number
+from dev8.config.errors import NO_VALUE, Invalid
 
 
 class ProbeType(enum.Enum):

@@ -6,12 +6,12 @@ from typing import Any, Literal, TypeAlias
 
 import attrs
 
-from ..secrets.settings import SecretsConfig
-from .alerts import AlertsConfig
-from .binds import Bind, TcpBind
-from .checks import check_name, number, path_field
-from .errors import Invalid
-from .services import IntensityConfig, ServiceConfig
+from dev8.config.alerts import AlertsConfig
+from dev8.config.binds import Bind, TcpBind
+from dev8.config.checks import check_name, number, path_field
+from dev8.config.errors import Invalid
+from dev8.config.services import IntensityConfig, ServiceConfig
+from dev8.secrets.settings import SecretsConfig
 
 _SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 

@@ -7,10 +7,10 @@ from typing import Any, Literal, NewType, TypeAlias
 
 import attrs
 
-from .binds import TcpBind, parse_bind
-from .checks import check_name, number, optional_number, path_field
-from .errors import MISSING, REDACTED, Invalid, looks_secret
-from .probes import ProbesConfig
+from dev8.config.binds import TcpBind, parse_bind
+from dev8.config.checks import check_name, number, optional_number, path_field
+from dev8.config.errors import MISSING, REDACTED, Invalid, looks_secret
+from dev8.config.probes import ProbesConfig
 
 
 def _check_command(inst: Any, attribute: "attrs.Attribute[Any]", value: tuple[str, ...]) -> None:

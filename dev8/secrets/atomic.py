@@ -19,9 +19,9 @@ from pathlib import Path
 
 import attrs
 
-from .errors import SecretInputError
-from .userfiles import MAX_USER_FILE_BYTES, read_at
-from .userfiles import UserFile as Existing
+from dev8.secrets.errors import SecretInputError
+from dev8.secrets.userfiles import MAX_USER_FILE_BYTES, read_at
+from dev8.secrets.userfiles import UserFile as Existing
 
 #: Temporary files start with this; a crash can leave one behind, the next write removes it.
 TEMP_PREFIX = ".dev8-tmp-"

@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 from dotenv import dotenv_values
 
-from .errors import SecretInputError
+from dev8.secrets.errors import SecretInputError
 
 #: What the kernel accepts for one ``NAME=value`` string of an environment (MAX_ARG_STRLEN).
 MAX_VARIABLE_BYTES = 128 * 1024

@@ -18,8 +18,7 @@ import structlog
 import trio
 
 from actors import Event
-
-from .atomic import (
+from dev8.secrets.atomic import (
     Owner,
     atomic_write,
     fix_metadata,
@@ -29,11 +28,11 @@ from .atomic import (
     remove_stale_temps,
     write_atomic,
 )
-from .custom_env import parse_custom_env
-from .errors import SecretInputError
-from .events import SecretInputRefused
-from .providers import SecretValue
-from .render import (
+from dev8.secrets.custom_env import parse_custom_env
+from dev8.secrets.errors import SecretInputError
+from dev8.secrets.events import SecretInputRefused
+from dev8.secrets.providers import SecretValue
+from dev8.secrets.render import (
     PROFILE_HOOK,
     SSH_KEY_FILE_NAMES,
     normalize_key_text,
@@ -47,7 +46,7 @@ from .render import (
     render_gitconfig,
     ssh_key_type,
 )
-from .settings import SecretsConfig
+from dev8.secrets.settings import SecretsConfig
 
 log = structlog.get_logger(__name__)
 

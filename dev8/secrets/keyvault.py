@@ -20,8 +20,8 @@ import attrs
 import structlog
 import trio
 
-from .errors import SecretFetchError
-from .values import SecretValue, check_name
+from dev8.secrets.errors import SecretFetchError
+from dev8.secrets.values import SecretValue, check_name
 
 log = structlog.get_logger(__name__)
 

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from .errors import SecretFetchError
-from .settings import SecretsConfig
-from .values import SecretValue, check_name
+from dev8.secrets.errors import SecretFetchError
+from dev8.secrets.settings import SecretsConfig
+from dev8.secrets.values import SecretValue, check_name
 
 __all__ = [  # SecretValue and check_name live in .values (shared with .keyvault); kept here too
     "MAX_SECRET_BYTES",
@@ -131,7 +131,7 @@ class DirectoryProvider:
 def build_provider(config: SecretsConfig) -> SecretProvider:
     """The provider the configuration names. Nothing slow happens here: no SDK call, no I/O."""
     if config.provider == "keyvault":
-        from .keyvault import KeyVaultProvider  # noqa: PLC0415 - the SDK only when configured
+        from dev8.secrets.keyvault import KeyVaultProvider  # noqa: PLC0415 - the SDK only when configured
 
         assert config.vault_url is not None
         return KeyVaultProvider(

@@ -35,18 +35,17 @@ import structlog
 import trio
 
 from actors import NO_REPLY, Actor, ChildContext, Event, Refuse, Registry, Reply
-
-from .errors import SecretFetchError
-from .events import (
+from dev8.secrets.errors import SecretFetchError
+from dev8.secrets.events import (
     SecretFetched,
     SecretFetchFailed,
     SecretRotated,
     SecretsInjected,
     SecretsInjectionFailed,
 )
-from .injector import InjectionResult
-from .providers import SecretProvider, SecretValue
-from .settings import SecretsConfig
+from dev8.secrets.injector import InjectionResult
+from dev8.secrets.providers import SecretProvider, SecretValue
+from dev8.secrets.settings import SecretsConfig
 
 log = structlog.get_logger(__name__)
 

@@ -28,15 +28,14 @@ from actors import (
     Registry,
     Restart,
 )
-
-from .atomic import Owner
-from .errors import SecretsRefreshFailed
-from .injector import Injector
-from .providers import SecretProvider, build_provider
-from .rotator import Refresh, RefreshResult, Rotator, RotatorStats, failure_document
+from dev8.secrets.atomic import Owner
+from dev8.secrets.errors import SecretsRefreshFailed
+from dev8.secrets.injector import Injector
+from dev8.secrets.providers import SecretProvider, build_provider
+from dev8.secrets.rotator import Refresh, RefreshResult, Rotator, RotatorStats, failure_document
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from dev8.config import Config
 
 #: How long ``POST /secrets/refresh`` waits for a pass.
 REFRESH_TIMEOUT = 60.0
@@ -70,7 +69,7 @@ class Secrets:
         """None when no provider is configured (a local run).
 
         `home`: where the credential files go, by default the workspace (the user's home);
-        /run/dev8/home on storage that keeps no modes (dev8.storage).
+        /run/dev8/home on storage that keeps no modes (dev8.services.storage).
         """
         settings = config.secrets
         if settings.provider == "none":

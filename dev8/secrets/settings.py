@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from .errors import SecretsConfigError
+from dev8.secrets.errors import SecretsConfigError
 
 ProviderKind = Literal["keyvault", "directory", "env", "none"]
 PROVIDER_KINDS: Final = ("keyvault", "directory", "env", "none")

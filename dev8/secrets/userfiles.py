@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import attrs
 import trio
 
-from .errors import SecretInputError
+from dev8.secrets.errors import SecretInputError
 
 #: The largest user file dev8 reads (a ``~/.gitconfig`` of a few MiB is real).
 MAX_USER_FILE_BYTES = 8 * 1024 * 1024

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import attrs
 
-from .settings import SECRET_NAME_RE
+from dev8.secrets.settings import SECRET_NAME_RE
 
 
 @attrs.frozen

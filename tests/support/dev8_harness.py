@@ -24,7 +24,7 @@ import trio
 import yaml
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from dev8.init import list_descendants
+from dev8.pid1.reaper import list_descendants
 from support.tree import find_node
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

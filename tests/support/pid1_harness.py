@@ -1,4 +1,4 @@
-"""Exercise dev8.init as a real PID 1: run me under `unshare --pid --fork --mount-proc`.
+"""Exercise dev8.pid1.reaper as a real PID 1: run me under `unshare --pid --fork --mount-proc`.
 
 Prints one JSON line of results and exits 0 only if every check held.
 """
@@ -18,7 +18,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from dev8.init import OwnPids, final_sweep, is_pid1, list_zombie_children, run_reaper
+from dev8.pid1.reaper import OwnPids, final_sweep, is_pid1, list_zombie_children, run_reaper
 
 ROUNDS = 300
 WORKERS = 3

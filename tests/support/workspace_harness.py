@@ -35,7 +35,7 @@ from support.dev8_harness import Dev8Run, EventStream, Json, fail_after, kill_ma
 #: The platform user id of the workspace the end-to-end tests run: it names the secrets.
 USER_ID = "u1"
 SYSTEM_PYTHON = "/usr/bin/python3"
-#: Where dev8 as root writes the generated sshd config (dev8.builtins.runtime_dir).
+#: Where dev8 as root writes the generated sshd config (dev8.services.builtins.runtime_dir).
 ROOT_RUNTIME_DIR = Path("/run/dev8")
 #: Options of every ssh/scp client call: no user config, no prompts, a private known_hosts.
 SSH_BASE_OPTIONS = ("-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes")

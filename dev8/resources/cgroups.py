@@ -185,7 +185,7 @@ class CgroupFiles:
     def __init__(self, hierarchy: Hierarchy | None, *, log: Any = None) -> None:
         self.hierarchy = hierarchy
         self._warned: set[str] = set()
-        self._log = log if log is not None else structlog.get_logger("dev8.resources")
+        self._log = log if log is not None else structlog.get_logger("dev8.resources.sampler")
 
     @classmethod
     def detect(cls, proc: str = "/proc") -> CgroupFiles:

@@ -17,11 +17,10 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from actors import ChildState
-
-from .control import Control
-from .health import DURATION_BUCKETS, ProbeStats
-from .secrets.rotator import RotatorStats
-from .webhooks import WebhookStats
+from dev8.control import Control
+from dev8.health.probers import DURATION_BUCKETS, ProbeStats
+from dev8.monitoring.webhooks import WebhookStats
+from dev8.secrets.rotator import RotatorStats
 
 _STATES = [state.value for state in ChildState]
 
@@ -194,7 +193,8 @@ _BOUNDS = [_go_float(bound) for bound in (*DURATION_BUCKETS, float("inf"))]
 
 
 def probe_metrics(stats: Iterable[ProbeStats]) -> Iterator[Metric]:
-    """The probers' board (dev8.health), labelled by service and probe (readiness, liveness)."""
+    """The probers' board (dev8.health.probers), labelled by service and probe (readiness,
+    liveness)."""
     labels = ["service", "probe"]
     checks = CounterMetricFamily(
         "dev8_probe_checks", "Health checks by result (pass, fail).", labels=[*labels, "result"]
@@ -228,7 +228,7 @@ def probe_metrics(stats: Iterable[ProbeStats]) -> Iterator[Metric]:
 
 
 def webhook_metrics(stats: WebhookStats) -> Iterator[Metric]:
-    """The webhook notifier's counters (dev8.webhooks)."""
+    """The webhook notifier's counters (dev8.monitoring.webhooks)."""
     deliveries = CounterMetricFamily(
         "dev8_webhook_deliveries",
         "Alerts sent to webhooks, by result (delivered, rejected: a 4xx, failed: every try).",

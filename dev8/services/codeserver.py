@@ -115,7 +115,7 @@ def prepare_codeserver_dirs(
     (``.dev8/code-server -> /etc``) fails the start instead of redirecting a mkdir and a chown.
     Blocking; call from `trio.to_thread.run_sync`.
 
-    On storage that keeps no modes (`modes_hold=False`, an SMB share: see dev8.storage) a
+    On storage that keeps no modes (`modes_hold=False`, an SMB share: see dev8.services.storage) a
     refused chown or chmod is expected and ignored.
     """
     for directory in (settings.user_data_dir, settings.extensions_dir):

@@ -51,13 +51,12 @@ from actors import (
     UnknownChild,
 )
 from actors import Restart as RestartPolicy
+from dev8.pid1.reaper import OwnPids
+from dev8.resources.cgroups import Hierarchy, ServiceCgroup
+from dev8.resources.sampler import OomKilled
+from dev8.services.preflight import CommandProblem, Who, resolve_command
 
-from .cgroups import Hierarchy, ServiceCgroup
-from .init import OwnPids
-from .preflight import CommandProblem, Who, resolve_command
-from .resources import OomKilled
-
-#: The logger of the services' output lines (dev8's own lines use "dev8.process").
+#: The logger of the services' output lines (dev8's own lines use "dev8.services.process").
 SERVICE_OUTPUT_LOGGER = "dev8.output"
 _MAX_LINE = 16 * 1024
 #: How much of a failed run's output its exit carries (``lastOutput``).
@@ -332,7 +331,7 @@ async def run_process(
     """Run the process once; report started with its pid; return on exit 0, raise otherwise.
 
     ``live``: where the process actor finds the process while it runs (to signal it)."""
-    log = structlog.get_logger("dev8.process").bind(service=ctx.name)
+    log = structlog.get_logger("dev8.services.process").bind(service=ctx.name)
     identity = _identity(settings.user)
     env = _environment(settings, identity)
     limits = settings.limits
@@ -459,7 +458,7 @@ async def _supervise(
 ) -> int:
     try:
         async with trio.open_nursery() as nursery:
-            # The service's own lines: the first a stalled stdout drops (dev8.logs).
+            # The service's own lines: the first a stalled stdout drops (dev8.monitoring.logs).
             output_log = structlog.get_logger(SERVICE_OUTPUT_LOGGER).bind(service=ctx.name)
             for stream, name in ((process.stdout, "stdout"), (process.stderr, "stderr")):
                 if stream is not None:

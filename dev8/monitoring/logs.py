@@ -32,7 +32,7 @@ LOG_QUEUE_LINES = 10_000
 #: The share of the queue the services' output may fill: dev8's own lines (signals, exits,
 #: restarts) keep the rest, so a service flooding its output cannot crowd them out.
 BULK_SHARE = 0.8
-#: Loggers whose lines are bulk: the services' output (dev8.process.SERVICE_OUTPUT_LOGGER).
+#: Loggers whose lines are bulk: the services' output (dev8.services.process.SERVICE_OUTPUT_LOGGER).
 BULK_LOGGERS = frozenset({"dev8.output"})
 #: At exit, how long the lines still queued may take to reach stdout.
 LOG_FLUSH_TIMEOUT = 2.0

@@ -22,10 +22,10 @@ from collections.abc import Mapping
 
 import attrs
 
-from .builtins import expand
-from .config import Config, ConfigError, ServiceConfig, TcpBind, UnixBind
-from .init import OwnPids
-from .webhooks import WebhookKeyError, read_webhook_key
+from dev8.config import Config, ConfigError, ServiceConfig, TcpBind, UnixBind
+from dev8.monitoring.webhooks import WebhookKeyError, read_webhook_key
+from dev8.pid1.reaper import OwnPids
+from dev8.services.builtins import expand
 
 _READ, _EXECUTE = 4, 1
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 
 import trio
 
-from .signals import IGNORED_SIGNALS
+from dev8.pid1.signals import IGNORED_SIGNALS
 
 __all__ = [
     "IGNORED_SIGNALS",

@@ -1,13 +1,13 @@
 """From a service's config to its actors: one life of its process (a child of ``services``),
 its process actor (a child of ``process-actors``, the service's address) and its prober.
 
-Built-ins are expanded first (``dev8.builtins``); the process actor is gated by the readiness
-probe, so "started" means "ready" and the supervisor's ``start_timeout`` covers a service that
-never becomes ready. Services get the workspace's custom environment (from secrets) at every
-start, so a restart picks up rotated values. Those values are the ones dev8 fetched and checked
-(``Injector.custom_env``), never the user-editable ``secrets.env``, and only services that run as
-the workspace user get them: the user controls them, so they never reach root's sshd or a
-service of another user.
+Built-ins are expanded first (``dev8.services.builtins``); the process actor is gated by the
+readiness probe, so "started" means "ready" and the supervisor's ``start_timeout`` covers a
+service that never becomes ready. Services get the workspace's custom environment (from secrets)
+at every start, so a restart picks up rotated values. Those values are the ones dev8 fetched and
+checked (``Injector.custom_env``), never the user-editable ``secrets.env``, and only services
+that run as the workspace user get them: the user controls them, so they never reach root's sshd
+or a service of another user.
 """
 
 from __future__ import annotations
@@ -36,14 +36,13 @@ from actors import (
     Restart,
     Supervisor,
 )
-
-from .builtins import SecretGetter, expand
-from .cgroups import CgroupFiles
-from .config import RESTART_DELAY_FLOOR, BackoffConfig, Config, IntensityConfig, ServiceConfig
-from .health import HealthBoard, ServiceHearing, make_prober_spec
-from .init import OwnPids
-from .probes import start_when_ready
-from .process import (
+from dev8.config import RESTART_DELAY_FLOOR, BackoffConfig, Config, IntensityConfig, ServiceConfig
+from dev8.health.probers import HealthBoard, ServiceHearing, make_prober_spec
+from dev8.health.probes import start_when_ready
+from dev8.pid1.reaper import OwnPids
+from dev8.resources.cgroups import CgroupFiles
+from dev8.services.builtins import SecretGetter, expand
+from dev8.services.process import (
     START_CALL_TIMEOUT,
     Limits,
     NotRunning,
@@ -55,9 +54,9 @@ from .process import (
     actor_path,
     run_process,
 )
-from .process import Restart as RestartService
-from .sshd_log import FailedAuthCounter, SshdOutput
-from .storage import Placement
+from dev8.services.process import Restart as RestartService
+from dev8.services.sshd_log import FailedAuthCounter, SshdOutput
+from dev8.services.storage import Placement
 
 #: A signal is sent at once by a live actor: anything longer is a busy or dead one.
 SIGNAL_CALL_TIMEOUT = 10.0
@@ -85,7 +84,7 @@ class ServiceFactory:
     custom_env: Callable[[], Mapping[str, str]] | None = None
     #: The supervisor of the process lives (set once it exists: the actors act through it).
     services: Supervisor | None = None
-    #: Where files that need strict modes live (dev8.storage); None: all in the workspace.
+    #: Where files that need strict modes live (dev8.services.storage); None: all in the workspace.
     placement: Placement | None = None
     #: Failed SSH authentications, counted from the output of every sshd service.
     ssh_failed_auth: FailedAuthCounter = attrs.field(factory=FailedAuthCounter)

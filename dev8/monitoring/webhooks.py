@@ -30,9 +30,8 @@ import structlog
 import trio
 
 from actors import ChildContext, ChildSpec, Envelope, EventBus, Restart, SubscriberLagged
-
-from .alerts import ALERT_KINDS
-from .config import WebhookConfig
+from dev8.config import WebhookConfig
+from dev8.monitoring.alerts import ALERT_KINDS
 
 if TYPE_CHECKING:
     import httpx  # imported by run(): `dev8 config check` does not need an HTTP client
@@ -54,7 +53,7 @@ MAX_KEY_BYTES = 4096
 #: Answers worth another try: the receiver is busy or broken, not refusing this alert.
 _RETRIED_STATUSES = frozenset({408, 425, 429})
 
-log = structlog.get_logger("dev8.webhooks")
+log = structlog.get_logger("dev8.monitoring.webhooks")
 
 
 class WebhookKeyError(Exception):

@@ -259,7 +259,7 @@ def prepare_sshd_runtime(
     with `UsePAM no` sshd refuses locked accounts). For the user, in any case it has the rights
     to: home not group/world-writable, `~/.ssh` 0700 and `~/.ssh/authorized_keys` 0600 (created
     empty when missing), owned by the user, as StrictModes requires (not with `own_home=False`:
-    a workspace that keeps no modes, see dev8.storage). Blocking.
+    a workspace that keeps no modes, see dev8.services.storage). Blocking.
     """
     entry = pwd.getpwnam(user)
     is_root = os.geteuid() == 0

@@ -44,7 +44,7 @@ STRICT_ROOT = Path("/run/dev8")
 #: The most an authorized_keys file may hold; more is refused rather than truncated.
 MAX_AUTHORIZED_KEYS = 256 * 1024
 _MOUNTINFO = Path("/proc/self/mountinfo")
-log = structlog.get_logger("dev8.storage")
+log = structlog.get_logger("dev8.services.storage")
 
 
 @attrs.frozen

@@ -21,8 +21,7 @@ import attrs
 import trio
 
 from actors import ChildContext, ChildSpec, Event, Mailbox, Reply, Restart
-
-from .cgroups import CgroupFiles, ContainerFigures
+from dev8.resources.cgroups import CgroupFiles, ContainerFigures
 
 __all__ = [
     "ContainerCpuThrottled",

@@ -3,8 +3,8 @@
 The rules (docs/operations.md, "Alerts") are a pure state machine, :class:`AlertRules`: events
 in, ``firing`` / ``resolved`` transitions out, with deadlines as plain numbers so tests drive
 them on a mock clock. The actor around it reads the bus and publishes each transition back on it
-as ``alert_fired`` / ``alert_resolved``; the webhook notifier (dev8.webhooks), the logs and the
-event stream take them from there. Nothing here waits on anything but the bus.
+as ``alert_fired`` / ``alert_resolved``; the webhook notifier (dev8.monitoring.webhooks), the
+logs and the event stream take them from there. Nothing here waits on anything but the bus.
 
 Two kinds of alert: a *condition* (a service gave up, probes failing, memory high, idle) fires
 when it starts and resolves when an event says it ended; a *happening* (a restart, an OOM kill,

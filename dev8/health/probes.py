@@ -15,8 +15,8 @@ from typing import Any
 import attrs
 import trio
 
-from .config import ProbeConfig, ProbeType
-from .sshd import SshBannerError, read_ssh_banner
+from dev8.config import ProbeConfig, ProbeType
+from dev8.services.sshd import SshBannerError, read_ssh_banner
 
 __all__ = [
     "ProbeResult",

@@ -1,7 +1,8 @@
 """Failed SSH authentications, counted from sshd's own log lines (``dev8_ssh_failed_auth_total``).
 
-sshd runs with ``-e`` and ``LogLevel VERBOSE`` (dev8.sshd): its lines reach dev8 through the
-process actor's output pipes, and the service's output ring counts them as they are appended.
+sshd runs with ``-e`` and ``LogLevel VERBOSE`` (dev8.services.sshd): its lines reach dev8
+through the process actor's output pipes, and the service's output ring counts them as they
+are appended.
 What counts (OpenSSH's wording, at the start of a line):
 
 - ``Failed METHOD for [invalid user] USER from ...``: one refused credential (a key sshd would not
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-from .process import OutputRing
+from dev8.services.process import OutputRing
 
 __all__ = ["FailedAuthCounter", "SshdOutput", "is_failed_auth"]
 

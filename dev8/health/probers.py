@@ -43,9 +43,8 @@ from actors import (
     Restart,
     UnknownChild,
 )
-
-from .config import ProbeConfig, ProbesConfig
-from .probes import ProbeResult, run_probe
+from dev8.config import ProbeConfig, ProbesConfig
+from dev8.health.probes import ProbeResult, run_probe
 
 __all__ = [
     "DURATION_BUCKETS",

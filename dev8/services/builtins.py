@@ -17,15 +17,15 @@ from pathlib import Path
 import attrs
 import trio
 
-from .codeserver import (
+from dev8.config import Config, ProbeConfig, ProbesConfig, ServiceConfig
+from dev8.pid1.reaper import OwnPids
+from dev8.services.codeserver import (
     CodeServerSettings,
     codeserver_command,
     codeserver_env,
     prepare_codeserver_dirs,
 )
-from .config import Config, ProbeConfig, ProbesConfig, ServiceConfig
-from .init import OwnPids
-from .sshd import (
+from dev8.services.sshd import (
     SshdSettings,
     ensure_host_keys,
     host_key_paths,
@@ -33,7 +33,7 @@ from .sshd import (
     sshd_command,
     write_sshd_config,
 )
-from .storage import Placement, Storage, mirror_authorized_keys, workspace_placement
+from dev8.services.storage import Placement, Storage, mirror_authorized_keys, workspace_placement
 
 #: Fetches a secret's current value by name (None when absent).
 SecretGetter = Callable[[str], Awaitable[str | None]]
@@ -89,7 +89,7 @@ def _with_defaults(
 
 
 def _placement(config: Config, where: Placement | None) -> Placement:
-    """What dev8 found at start (dev8.storage), else the workspace as where modes hold."""
+    """What dev8 found at start (dev8.services.storage), else the workspace as where modes hold."""
     if where is not None:
         return where
     return workspace_placement(Storage(path=config.workspace.dir, fs_type="", modes_hold=True))
@@ -217,8 +217,8 @@ def expand(
 ) -> Builtin:
     """The effective service config and its preparation; plain services pass through.
 
-    `placement`: where files that need strict modes live (dev8.storage); None keeps them all in
-    the workspace.
+    `placement`: where files that need strict modes live (dev8.services.storage); None keeps
+    them all in the workspace.
     """
     if service.builtin == "sshd":
         return sshd_builtin(name, service, config, own=own, where=placement)

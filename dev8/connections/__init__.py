@@ -1,0 +1,1 @@
+"""Connections: the tracker actor, and the idle detector that reads it."""

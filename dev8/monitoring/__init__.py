@@ -1,0 +1,1 @@
+"""Where events go besides the API: structured logs, Prometheus metrics, alerts, webhooks."""

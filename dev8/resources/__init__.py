@@ -1,0 +1,1 @@
+"""Resource use: the sampler actor, and the cgroup files it reads."""

@@ -1,0 +1,2 @@
+"""The managed services: the process actor, built-ins (sshd, code-server) and the checks
+made before anything starts."""
