@@ -4,7 +4,7 @@
 
 Starts ``dev8 run`` (two sleeping services, a token, ``api.probe_bind``), opens ``--idle``
 connections that never finish a request and ``--unread`` that ask for /openapi.json twice,
-pipelined, and never read (as tests/test_fuzz_api.py does), then times GET /health on the API's
+pipelined, and never read (as tests/api/test_fuzz_api.py does), then times GET /health on the API's
 port and on the probe port while the flood is held, and once it is let go. Prints one JSON line
 per round: latencies (ms), dev8's CPU time (s) over the flood, its RSS before and during.
 Standard library only; loopback only.

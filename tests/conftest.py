@@ -35,7 +35,7 @@ from support.workspace_harness import (
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test with its kinds. A module missing from the table gets none (so `-m unit`
-    leaves it out) and tests/test_test_kinds.py fails, naming it."""
+    leaves it out) and tests/project/test_test_kinds.py fails, naming it."""
     for item in items:
         module = item.path.stem
         test = item.name.split("[")[0] if item.cls is None else item.cls.__name__

@@ -1,5 +1,5 @@
 """Every exit code of the ``dev8`` command, in one place (README.md and docs/troubleshooting.md
-show this table; tests/test_dev8_faults.py keeps them in step with it).
+show this table; tests/tree/test_dev8_faults.py keeps them in step with it).
 
 A leaf module: it imports nothing of dev8, so the CLI can use it without loading the rest.
 """

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-RULES_DIR = Path(__file__).resolve().parent.parent / "containers" / "prometheus"
+RULES_DIR = Path(__file__).resolve().parents[2] / "containers" / "prometheus"
 RULES = RULES_DIR / "dev8-alerts.yml"
 UNIT_TESTS = RULES_DIR / "dev8-alerts.test.yml"
 #: The alerts of issue #16 (the names dev8's own webhooks use too).

@@ -31,8 +31,8 @@ from support.dev8_harness import (
     write_config,
 )
 from support.net import free_port
+from support.procs import open_fds
 from support.tree import walk
-from test_chaos import open_fds
 
 SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(1000)\n"
 TOKEN = "fuzz-token-0123456789abcdef"
@@ -330,7 +330,7 @@ def test_raise_fd_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
             capture_output=True,
             check=True,
             timeout=30,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=Path(__file__).resolve().parents[2],
         )
         assert result.stdout.decode().strip() == expected
 

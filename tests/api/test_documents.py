@@ -17,7 +17,7 @@ import httpx
 import jsonschema
 import pytest
 import trio
-from test_api import Api, start_api
+from support.api_harness import Api, start_api
 
 from actors import Envelope
 from dev8 import documents

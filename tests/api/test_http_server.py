@@ -21,8 +21,8 @@ import trio
 import trio.lowlevel
 import trio.testing
 import trio_websocket
+from support.api_harness import Api, events_in, start_api
 from support.net import free_port
-from test_api import Api, events_in, start_api
 
 from actors import ChildContext, Event, EventBus
 from dev8.api import ApiBindError, bind_api, serve_api

@@ -37,7 +37,7 @@ from dev8.config import (
     parse_config,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 WEB = "services:\n  web:\n    command: [python3, -m, http.server]\n"
 
 FULL = """

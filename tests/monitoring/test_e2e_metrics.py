@@ -32,7 +32,7 @@ from support.workspace_harness import (
     workspace_config,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SSH = f"ssh-{secrets.token_hex(3)}"
 #: A web server whose readiness probe passes and whose liveness probe (a closed port) fails on
 #: every check, without ever reaching its threshold.

@@ -64,7 +64,7 @@ from dev8.services.process import (
     run_process,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # ------------------------------------------------------------------------- /proc, pure
 

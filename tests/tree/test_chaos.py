@@ -49,6 +49,7 @@ from support.dev8_harness import (
 )
 from support.keyvault_fake import AZURE_ENV, FakeKeyVault, make_tls, open_fake_imds, open_fake_vault
 from support.net import free_port
+from support.procs import descendants, open_fds
 from support.tree import walk
 from trio_websocket import (
     ConnectionClosed,
@@ -98,34 +99,6 @@ WORKER = "trap 'exit 0' TERM; while :; do (sleep 0.3 &); sleep 0.1 & wait $!; do
 # ----------------------------------------------------------------------------- /proc
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    return fields[0].decode(), int(fields[1])
-
-
-def descendants(root: int) -> dict[int, str]:
-    """Every process below ``root`` (host pids), zombies included: pid -> state."""
-    table: dict[int, tuple[str, int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (st := _stat(int(entry))) is not None:
-            table[int(entry)] = st
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    for pid, (_, ppid) in table.items():
-        children[ppid].append(pid)
-    found: dict[int, str] = {}
-    stack = list(children[root])
-    while stack:
-        pid = stack.pop()
-        if pid not in found and pid in table:
-            found[pid] = table[pid][0]
-            stack.extend(children[pid])
-    return found
-
-
 def ns_pgid(pid: int) -> int | None:
     """The process group of host ``pid`` as its own PID namespace numbers it."""
     try:
@@ -135,10 +108,6 @@ def ns_pgid(pid: int) -> int | None:
     except OSError:
         return None
     return None
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 @contextlib.contextmanager

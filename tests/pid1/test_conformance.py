@@ -38,7 +38,7 @@ from support.dev8_harness import (
     wait_until,
     write_config,
 )
-from test_chaos import descendants
+from support.procs import descendants
 
 from dev8.pid1.reaper import IGNORED_SIGNALS
 

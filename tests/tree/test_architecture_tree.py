@@ -20,7 +20,7 @@ ARCHITECTURE = REPO_ROOT / "docs" / "ARCHITECTURE.md"
 
 SLEEPER = "import time\ntime.sleep(1000)\n"
 #: The marker line above each drawn tree that this test keeps in step.
-MARK = "<!-- supervision-tree: tests/test_architecture_tree.py keeps this drawing true -->"
+MARK = "<!-- supervision-tree: tests/tree/test_architecture_tree.py keeps this drawing true -->"
 BRANCH = re.compile(r"[├└]── (?P<name>[\w-]+|…)\s*(?P<note>.*)$")
 
 

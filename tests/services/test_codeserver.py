@@ -30,7 +30,7 @@ from dev8.services.codeserver import (
     prepare_codeserver_dirs,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PREFIX = Path(os.environ.get("DEV8_CODE_SERVER_PREFIX", "/opt/code-server"))
 PASSWORD = "correct horse " + secrets.token_hex(8)
 

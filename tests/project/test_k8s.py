@@ -13,7 +13,7 @@ import yaml
 
 from dev8.config import load_config
 
-CONTAINERS = Path(__file__).resolve().parents[1] / "containers"
+CONTAINERS = Path(__file__).resolve().parents[2] / "containers"
 MANIFEST = CONTAINERS / "k8s" / "workspace.yaml"
 
 

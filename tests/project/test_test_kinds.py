@@ -8,12 +8,12 @@ from pathlib import Path
 
 from support.kinds import KINDS, MODULES, TESTS, UNIT
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
 
 
 def defined_tests(module: str) -> set[str]:
     """The test functions and Test classes defined at the top of a test module."""
-    tree = ast.parse((TESTS_DIR / f"{module}.py").read_text(encoding="utf-8"))
+    tree = ast.parse(next(TESTS_DIR.rglob(f"{module}.py")).read_text(encoding="utf-8"))
     kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
     return {
         node.name

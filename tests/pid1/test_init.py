@@ -31,7 +31,7 @@ from dev8.pid1.reaper import (
     run_reaper,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TERM_IGNORER = (
     "import signal, time\n"
     "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"

@@ -1,7 +1,7 @@
 """Config fuzzing through the command: `dev8 config check FILE` on generated files, in-process.
 
 The file only (``--schema-only``): the valid base names a machine (user dev8, /workspace,
-code-server) that the test machine need not be; tests/test_preflight.py checks the machine.
+code-server) that the test machine need not be; tests/services/test_preflight.py checks the machine.
 
 Every file gives exit 0 with one "ok" line, or exit 2 with one line on stderr naming the file —
 never a traceback, never a hang. test_config.py fuzzes the parser on plausible data; here the
@@ -382,7 +382,7 @@ def test_odd_files_are_one_clear_line_without_hanging(kind: str, tmp_path: Path)
             timeout=20,
             env=env,
             preexec_fn=_limit_memory,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=Path(__file__).resolve().parents[2],
             check=False,
         )
     except subprocess.TimeoutExpired:

@@ -262,8 +262,8 @@ async def test_missing_command_gives_up_with_clear_error(
         "intensity": {"max_restarts": 2, "window": 60.0},
     }
     config = write_config(tmp_path / "dev8.yaml", {**steady, "ghost": ghost}, port=api_port)
-    # At start the pre-flight check refuses it (tests/test_preflight.py); added by a reload, or
-    # gone after the start, it fails at spawn and is given up on.
+    # At start the pre-flight check refuses it (tests/services/test_preflight.py); added by a
+    # reload, or gone after the start, it fails at spawn and is given up on.
     refused = await run_cli("run", "--config", str(config))
     assert (refused.returncode, refused.stderr.decode()) == (
         2,

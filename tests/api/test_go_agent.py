@@ -22,7 +22,7 @@ from support.dev8_harness import NO_BACKOFF, fail_after, open_dev8, shell_servic
 
 from dev8 import documents
 
-GO_SOURCES = Path(__file__).parent / "go"
+GO_SOURCES = Path(__file__).resolve().parents[1] / "go"
 GOPATH_SYSTEM = "/usr/share/gocode"
 SLEEPER = "echo up; exec sleep 1000"
 TOKEN = "go-agent-token-0123456789abcdef"

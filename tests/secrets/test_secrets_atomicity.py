@@ -20,7 +20,7 @@ from dev8.secrets.atomic import TEMP_PREFIX
 
 UID, GID = 4242, 4343
 KILLS = 100
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 #: A zygote: imports once, then forks one writer per "go" line and reports its pid and death,
 #: so that each kill costs a fork rather than a Python start-up.

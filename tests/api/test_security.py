@@ -1,11 +1,12 @@
 """Security checks on the real `dev8 run` (as root, with a real workspace user).
 
 Covered elsewhere, not repeated: sshd offers only public keys, refuses passwords and root even
-with an authorized key (tests/test_sshd.py: test_only_publickey_is_offered,
+with an authorized key (tests/services/test_sshd.py: test_only_publickey_is_offered,
 test_root_is_refused_even_with_an_authorized_key, test_permit_root_login_no_holds_on_its_own);
-changes refused without a token when the API listens beyond loopback (tests/test_api.py);
-symlink-safe writes (tests/test_secrets_injector.py); no secret value in any output of a whole
-chaos run (tests/test_chaos.py) or of the secrets flow (tests/test_secrets_never_leak.py).
+changes refused without a token when the API listens beyond loopback (tests/api/test_api.py);
+symlink-safe writes (tests/secrets/test_secrets_injector.py); no secret value in any output of
+a whole chaos run (tests/tree/test_chaos.py) or of the secrets flow
+(tests/secrets/test_secrets_never_leak.py).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from support.dev8_harness import (
     write_config,
 )
 from support.net import free_port
-from test_chaos import descendants
+from support.procs import descendants
 
 from actors import ChildContext, ChildSpec, EventBus, Registry, Supervisor
 from dev8.api import create_app, serve_api

@@ -28,7 +28,7 @@ from actors import ChildContext
 from dev8.pid1.reaper import OwnPids
 from dev8.services.process import ProcessSettings, SpawnError, run_process
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 #: What a switch of identity must set, and the old path (Popen user=/group=/extra_groups=) did.
 IDENTITY_FIELDS = ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapAmb", "NoNewPrivs")
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PEERS = {"dev8", "supervisord", "circus"}
 #: Scenario -> the tools each of its figures must have.
 EXPECTED = {

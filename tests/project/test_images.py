@@ -32,7 +32,7 @@ import yaml
 
 from dev8.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONTAINERS = REPO / "containers"
 OS_IMAGE = "localhost/dev8-os:trixie"
 BASE_IMAGE = "localhost/dev8-test/base:latest"
