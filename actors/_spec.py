@@ -112,7 +112,8 @@ class ChildContext:
         finally:
             self._cleanup_scopes.discard(scope)
 
-    def _kill(self) -> None:
+    def kill_cleanup(self) -> None:
+        """Cut every cleanup under way short: the shutdown's deadline has passed."""
         for scope in list(self._cleanup_scopes):
             scope.cancel()
 

@@ -433,7 +433,7 @@ class Supervisor:
                         assert child.scope is not None
                         assert child.ctx is not None
                         child.scope.cancel()
-                        child.ctx._kill()
+                        child.ctx.kill_cleanup()
                 nursery.cancel_scope.cancel()
                 self._set_state(ChildState.FATAL if self._escalation else ChildState.STOPPED)
         if self._escalation is not None:
@@ -921,7 +921,7 @@ class Supervisor:
                     shutdown_timeout=child.spec.shutdown_timeout,
                 )
             )
-            ctx._kill()
+            ctx.kill_cleanup()
             await done.wait()
 
     # -- shutdown (the loop has ended: awaiting here holds up nothing) ---------------------------

@@ -54,6 +54,7 @@ from dev8.config import (
     TcpBind,
     UnixBind,
 )
+from dev8.config.binds import LOOPBACK_HOSTS
 from dev8.connections.idle import make_idle_spec
 from dev8.connections.tracker import ConnectionTracker, set_watched_ports
 from dev8.control import Control, Hooks
@@ -148,8 +149,6 @@ def api_allowed_hosts(config: Config) -> frozenset[str] | None:
     extra = {host.lower() for host in config.api.allowed_hosts}
     if "*" in extra or (not extra and not api_is_private(config)):
         return None
-    from dev8.api._access import LOOPBACK_HOSTS  # noqa: PLC0415 - see Dev8.run
-
     return LOOPBACK_HOSTS | extra
 
 
@@ -549,7 +548,7 @@ class Dev8:
         forced_now = not tree_done.is_set()
         if forced_now:
             self.log.warning("dev8_shutdown_forced", deadline_passed=graceful.cancelled_caught)
-            root_ctx._kill()
+            root_ctx.kill_cleanup()
         grace = 0.0 if forced_now else self.config.shutdown.kill_grace
         swept = await final_sweep(grace=grace, own=self.own)
         if swept:

@@ -822,36 +822,6 @@ def resync_document(
     }
 
 
-def event_classes() -> list[type[Event]]:
-    """Every kind of event dev8 publishes, for the schemas (imported here, not at start)."""
-    import actors._lifecycle as lifecycle  # noqa: PLC0415
-    from dev8 import chaos, reload  # noqa: PLC0415
-    from dev8.connections import idle  # noqa: PLC0415
-    from dev8.connections import tracker as connections  # noqa: PLC0415
-    from dev8.health import probers as health  # noqa: PLC0415
-    from dev8.monitoring import alerts  # noqa: PLC0415
-    from dev8.resources import sampler as resources  # noqa: PLC0415
-    from dev8.secrets import events as secret_events  # noqa: PLC0415
-
-    found: dict[str, type[Event]] = {}
-    modules = (
-        lifecycle,
-        health,
-        connections,
-        secret_events,
-        chaos,
-        alerts,
-        idle,
-        reload,
-        resources,
-    )
-    for module in modules:
-        for value in vars(module).values():
-            if isinstance(value, type) and issubclass(value, Event) and value is not Event:
-                found.setdefault(value.kind, value)
-    return [found[kind] for kind in sorted(found)]
-
-
 # ---------------------------------------------------------------------------------- to JSON
 
 
@@ -1004,9 +974,3 @@ class Schemas:
             "additionalProperties": False,
         }
         return self.ref(name)
-
-
-def event_schemas(schemas: Schemas) -> dict[str, Any]:
-    """``oneOf`` every kind of event, and resync; registered in ``schemas``."""
-    kinds = [schemas.event(cls) for cls in event_classes()] + [schemas.resync()]
-    return {"oneOf": kinds}

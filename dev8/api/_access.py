@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 PROBE_PATHS = frozenset({"/livez", "/readyz", "/health"})
 #: The dashboard's page is static (its data comes from authenticated calls); it asks for the token.
 PUBLIC_PATHS = PROBE_PATHS | {"/"}
-#: Host names a loopback API answers to by default.
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _SAME_SITE_OK = frozenset({"same-origin", "none"})
 
 

@@ -78,3 +78,7 @@ def parse_bind(text: str) -> Bind:
         if not valid_hostname(host):
             raise Invalid(f"{BIND_FORMS} (bad host)", text) from None
     return TcpBind(host, port)
+
+
+#: Host names a loopback API answers to by default (its Host-header allow-list).
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})

@@ -22,6 +22,7 @@ from support.api_harness import Api, start_api
 from actors import Envelope
 from dev8 import documents
 from dev8.api._openapi import openapi_document
+from dev8.event_catalog import event_classes
 
 CAMEL = re.compile(r"^[a-z][a-zA-Z0-9]*$")
 
@@ -158,7 +159,7 @@ def test_every_kind_of_event_has_a_typed_schema(document: dict[str, Any]) -> Non
         assert event["required"] == ["seq", "bootId", "time", "kind", "source", "data"]
         (kind,) = event["properties"]["kind"]["enum"]
         kinds.add(kind)
-    expected = {cls.kind for cls in documents.event_classes()} | {"resync"}
+    expected = {cls.kind for cls in event_classes()} | {"resync"}
     assert kinds == expected
     assert {"child_started", "child_exited", "probe_failed", "secret_rotated"} <= kinds
     exited = schemas["ChildExitedData"]["properties"]

@@ -20,7 +20,7 @@ import trio
 import yaml
 from support.dev8_harness import NO_BACKOFF, fail_after, open_dev8, shell_service, write_config
 
-from dev8 import documents
+from dev8.event_catalog import event_classes
 
 GO_SOURCES = Path(__file__).resolve().parents[1] / "go"
 GOPATH_SYSTEM = "/usr/share/gocode"
@@ -157,7 +157,7 @@ async def test_the_go_agent_decodes_everything_strictly_and_follows_events_acros
     assert first_boot != second_boot
     assert agent.step("livez")["bootId"] == first_boot
     # It decodes exactly the kinds of event /openapi.json documents, and resync.
-    assert agent.step("openapi")["eventKinds"] == len(documents.event_classes()) + 1
+    assert agent.step("openapi")["eventKinds"] == len(event_classes()) + 1
     assert agent.step("status")["secretsNull"] is True  # no provider: present, and null
     assert agent.step("status")["probesNull"] is True
     assert agent.step("errors") == {

@@ -1,4 +1,5 @@
-"""Shared by several test modules (moved from tests/api/test_api.py)."""
+"""The API on its own over real loopback sockets: a small tree, Control, the Quart-Trio app on
+Hypercorn; for the API's own tests."""
 
 from __future__ import annotations
 

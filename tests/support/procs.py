@@ -1,4 +1,4 @@
-"""Shared by several test modules (moved from tests/tree/test_chaos.py)."""
+"""Process trees seen from /proc (host pids), for tests that check what dev8 leaves behind."""
 
 from __future__ import annotations
 

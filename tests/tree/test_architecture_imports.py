@@ -3,8 +3,8 @@ and no private name (`_x`) or private module (`pkg._x`) is used outside the modu
 that owns it.
 
 The graph is grimp's (the library import-linter is built on); the private-name scan reads the
-source with `ast`. The ALLOWED sets below name what today's code still does in files that other
-work is changing; each entry says why, and a stale entry fails too, so the sets only shrink.
+source with `ast`. The ALLOWED sets below are empty: an exception needs an entry with its
+reason, and a stale entry fails too, so the sets only shrink.
 """
 
 from __future__ import annotations
@@ -20,24 +20,10 @@ PACKAGES = ("dev8", "actors")
 
 #: Imports that still close a cycle (importer, imported), each with its reason: with these
 #: removed, dev8 has no cycle. Remove the import, then its entry.
-ALLOWED_CYCLE_IMPORTS: set[tuple[str, str]] = {
-    # _front imports create_app from _app inside a function, and _app imports _front at the top
-    # (dev8/api/_front.py is being converted elsewhere): move the shared piece to a leaf module.
-    ("dev8.api._front", "dev8.api._app"),
-    # documents.event_classes() imports every module that defines events (chaos among them),
-    # and chaos -> control -> documents: the catalogue of event kinds belongs above them.
-    ("dev8.documents", "dev8.chaos"),
-}
+ALLOWED_CYCLE_IMPORTS: set[tuple[str, str]] = set()
 
 #: (module, private name or private module it reaches for) still allowed, each with its reason.
-ALLOWED_PRIVATE: set[tuple[str, str]] = {
-    # Dev8's final shutdown kills the root child through actors.ChildContext._kill.
-    ("dev8.app", "_kill"),
-    # The API's loopback names, read by Dev8.run before the API is built.
-    ("dev8.app", "dev8.api._access"),
-    # The lifecycle events, collected for the event schemas (see ALLOWED_CYCLE_IMPORTS).
-    ("dev8.documents", "actors._lifecycle"),
-}
+ALLOWED_PRIVATE: set[tuple[str, str]] = set()
 
 
 @pytest.fixture(scope="module")
