@@ -387,7 +387,7 @@ async def test_a_rotator_crashed_mid_refresh_answers_at_once_and_is_restarted(
     *,
     vault: FakeKeyVault,
     material: WorkspaceSecrets,
-    user: WorkspaceUser,
+    workspace: WorkspaceUser,
     tmp_path: Path,
     api_port: int,
     marker: str,
@@ -397,7 +397,7 @@ async def test_a_rotator_crashed_mid_refresh_answers_at_once_and_is_restarted(
     answered at once with a 503 naming the rotator (not a hang until the fetch timeout), the
     supervisor restarts the rotator, and the next refresh through the same address succeeds."""
     seed(vault, material)
-    config = config_for(tmp_path, user, api_port, marker, fetch_timeout=30.0)
+    config = config_for(tmp_path, workspace, api_port, marker, fetch_timeout=30.0)
     data = yaml.safe_load(config.read_text(encoding="utf-8"))
     data["chaos"] = {"enabled": True}
     config.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
