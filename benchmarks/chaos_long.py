@@ -1,4 +1,5 @@
-"""The long chaos run: the seeded chaos suite of tests/tree/test_chaos.py for many rounds, with figures.
+"""The long chaos run: the seeded chaos suite of tests/tree/test_chaos.py for many rounds, with
+figures.
 
     sudo .venv/bin/python benchmarks/chaos_long.py --rounds 1000 [--seed N]
 
@@ -60,7 +61,8 @@ def render(report: ChaosReport, *, command: str, started: str, code: str) -> str
         "dev8 runs as PID 1 of its own PID and mount namespace (the workspace is an 8 MiB tmpfs), "
         "with two services (`web`: an HTTP server gated by a readiness probe; `worker`: a shell "
         "loop that forks all the time and orphans a child each loop) and its secrets in a fake "
-        "Key Vault over HTTPS. One fault per round, then the invariants (tests/tree/test_chaos.py).",
+        "Key Vault over HTTPS. One fault per round, then the invariants "
+        "(tests/tree/test_chaos.py).",
         "",
         f"- seed **{report.seed}**, rounds **{report.rounds}**",
         f"- invariant violations: **{len(report.violations)}**",
