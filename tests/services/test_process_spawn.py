@@ -223,7 +223,7 @@ SPAWN_ONCE = """
 import os, sys, trio
 from actors import ChildContext
 from dev8.pid1.reaper import OwnPids
-from dev8.services.factory.process import ProcessSettings, run_process
+from dev8.services.process import ProcessSettings, run_process
 
 os.setgroups(os.getgrouplist("root", 0))  # as dev8 in a container: root's own groups
 if sys.argv[2]:
