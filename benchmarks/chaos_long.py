@@ -24,7 +24,7 @@ from pathlib import Path
 import trio
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent / "tests" / "tree")]
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests"), str(HERE.parent / "tests" / "tree")]
 
 from test_chaos import FAULT_WEIGHTS, ChaosReport, run_chaos  # noqa: E402
 
