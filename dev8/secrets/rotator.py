@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -56,6 +56,16 @@ MAILBOX_CAPACITY = 32
 
 class SupportsInject(Protocol):
     def inject(self, secrets: Mapping[str, SecretValue | None]) -> InjectionResult: ...
+
+
+#: Runs the injector's blocking writes and awaits their result (``trio.to_thread.run_sync``).
+Offload = Callable[
+    [
+        Callable[[Mapping[str, SecretValue | None]], InjectionResult],
+        Mapping[str, SecretValue | None],
+    ],
+    Awaitable[InjectionResult],
+]
 
 
 @attrs.frozen
@@ -183,16 +193,19 @@ class Rotator(Actor):
         registry: Registry | None = None,
         path: str | None = None,
         provider_kind: str | None = None,
+        offload: Offload = trio.to_thread.run_sync,
     ) -> None:
         """``path``: where it registers; by default its place in the tree (``ctx.path``), or
         ``source`` when it runs outside a supervisor. ``provider_kind`` names the store in
-        ``status()`` (the config's ``secrets.provider``)."""
+        ``status()`` (the config's ``secrets.provider``). ``offload`` runs the injector's
+        blocking writes: a worker thread (tests on the virtual clock run them inline)."""
         unknown = set(required) - set(names)
         if unknown:
             raise ValueError(f"required roles without a name: {sorted(unknown)}")
         super().__init__(registry if registry is not None else Registry(), path)
         self._provider = provider
         self._injector = injector
+        self._offload = offload
         self._names = dict(names)
         self._required = frozenset(required)
         self._publish = publish or (lambda _event: None)
@@ -458,7 +471,9 @@ class Rotator(Actor):
         changed = tuple(sorted(r for r, s in present.items() if written.get(r) != s.version))
         injection: InjectionResult | None = None
         if forced or changed:
-            injection = self._injector.inject(present)
+            # Files under the user's home: never on the event loop (a stalled mount, a FIFO). Not
+            # abandoned on cancel: a write in progress finishes (each file is atomic anyway).
+            injection = await self._offload(self._injector.inject, present)
         return RefreshResult(
             versions={r: s.version for r, s in present.items()},
             changed=changed,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import itertools
 import random
 import shutil
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +47,18 @@ def store(tmp_path: Path) -> Path:
     return path
 
 
+async def run_inline(
+    write: Callable[[Mapping[str, SecretValue | None]], InjectionResult],
+    secrets: Mapping[str, SecretValue | None],
+) -> InjectionResult:
+    """The injector's writes on the trio thread: the virtual clock sees a pass as one step
+    (a worker thread would let it jump while the files are written)."""
+    return write(secrets)
+
+
 def make_rotator(store: Path, home: Path, recorder: EventRecorder, **kwargs: object) -> Rotator:
     options: dict[str, object] = {
+        "offload": run_inline,
         "provider": DirectoryProvider(store),
         "injector": Injector(home=home, github_user="u"),
         "names": NAMES,
@@ -542,3 +554,31 @@ async def test_a_bug_in_a_pass_fails_that_pass_and_the_actor_answers_on(
         with pytest.raises(TypeError, match="takes no call"):
             await registry.ref("dev8/secrets").call("what?", timeout=1)
         nursery.cancel_scope.cancel()
+
+
+async def test_the_files_are_written_off_the_event_loop(store: Path, home: Path) -> None:
+    """The user's home may hold a stalled mount or a FIFO: the writes never run on trio's thread
+    (the real clock here: the default ``offload``, a worker thread)."""
+    writers: list[int] = []
+
+    class RecordingInjector(Injector):
+        def inject(self, secrets: Mapping[str, SecretValue | None]) -> InjectionResult:
+            writers.append(threading.get_ident())
+            return super().inject(secrets)
+
+    rotator = Rotator(
+        provider=DirectoryProvider(store),
+        injector=RecordingInjector(home=home, github_user="u"),
+        names=NAMES,
+        required=["github_token"],
+    )
+    async with trio.open_nursery() as nursery:
+        first = await nursery.start(rotator.run)
+        assert first.injection is not None
+        assert creds(home) == "https://u:ghp_one@github.com\n"
+        (store / "github-token-u").write_text("ghp_two")
+        assert (await rotator.refresh(timeout=30)).changed == ("github_token",)
+        assert creds(home) == "https://u:ghp_two@github.com\n"
+        nursery.cancel_scope.cancel()
+    assert len(writers) == 2
+    assert threading.get_ident() not in writers
