@@ -20,7 +20,9 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from support.http_fake import ScriptedHttp
 from support.net import free_port
+from support.waiting import wait_until
 
 from actors import (
     ActorError,
@@ -53,7 +55,7 @@ from dev8.pid1.reaper import OwnPids
 from dev8.services.process import ProcessSettings, run_process
 
 
-class FakeService:
+class FakeService(ScriptedHttp):
     """An HTTP service on 127.0.0.1: answers ``status``, or hangs while ``status`` is None.
 
     ``run`` is its process actor's stand-in under a real ``services`` supervisor: each
@@ -62,30 +64,10 @@ class FakeService:
     """
 
     def __init__(self, script: Iterable[int] = (), *, restart_status: int = 200) -> None:
-        self.status: int | None = 200
+        super().__init__(script)
         self.restart_status = restart_status
-        self.script = iter(script)  # statuses for the next requests, before `status` applies
-        self.requests = 0
         self.pid = 1000
         self.starts: list[float] = []
-
-    async def handle(self, stream: trio.SocketStream) -> None:
-        data = b""
-        try:
-            while b"\r\n\r\n" not in data:
-                chunk = await stream.receive_some(4096)
-                if not chunk:
-                    return
-                data += chunk
-            self.requests += 1
-            self.status = next(self.script, self.status)
-            if self.status is None:
-                await stream.receive_some(1)  # hang until the prober gives up
-                return
-            answer = f"HTTP/1.1 {self.status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            await stream.send_all(answer.encode())
-        except trio.BrokenResourceError:
-            pass
 
     async def run(self, ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
         if self.starts:
@@ -685,15 +667,6 @@ async def test_a_service_started_without_a_process_is_not_probed(
 # --------------------------------------------------------------------------- a real hung process
 
 
-async def poll_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    """A bounded wait on real processes."""
-    with trio.fail_after(timeout):
-        while True:
-            if condition():
-                return
-            await trio.sleep(0.02)
-
-
 def listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -750,13 +723,15 @@ async def test_a_real_hung_process_is_restarted_by_its_liveness_probe() -> None:
         assert first is not None
         # Probed only once it listens: before that a probe is refused, not timed out (a busy
         # machine can take longer than two probe intervals to start Python).
-        await poll_until(lambda: listening(port))
+        await wait_until(lambda: listening(port), timeout=20.0, what="the service to listen")
         await nursery.start(health.run)
-        await poll_until(
+        await wait_until(
             lambda: (
                 any(isinstance(e.event, RestartScheduled) for e in bus.history())
                 and pid_of() not in (None, first)
-            )
+            ),
+            timeout=20.0,
+            what="a restart of the hung service",
         )
         second = pid_of()
         (node,) = services.children()

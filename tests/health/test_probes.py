@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 import trio
+from support.http_fake import ScriptedHttp
 from support.net import free_port
+from support.waiting import wait_until
 
 from actors import (
     ChildContext,
@@ -35,43 +37,7 @@ from dev8.health.probes import process_state, run_probe, start_when_ready, wait_
 from dev8.pid1.reaper import OwnPids
 from dev8.services.process import ProcessSettings, run_process
 
-
-async def poll_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """A bounded wait on a real process or socket."""
-    with trio.fail_after(timeout):
-        while True:
-            if condition():
-                return
-            await trio.sleep(0.01)
-
-
 # --------------------------------------------------------------------------- in-process servers
-
-
-class FakeHttp:
-    """An HTTP/1.1 server whose answer the test sets: a status, or ``None`` to hang."""
-
-    def __init__(self) -> None:
-        self.status: int | None = 200
-        self.requests = 0
-        self.port = 0
-
-    async def handle(self, stream: trio.SocketStream) -> None:
-        data = b""
-        try:
-            while b"\r\n\r\n" not in data:
-                chunk = await stream.receive_some(4096)
-                if not chunk:
-                    return
-                data += chunk
-            self.requests += 1
-            if self.status is None:
-                await stream.receive_some(1)  # hang until the client gives up
-                return
-            head = f"HTTP/1.1 {self.status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-            await stream.send_all(head.encode())
-        except trio.BrokenResourceError:
-            pass
 
 
 @asynccontextmanager
@@ -87,7 +53,7 @@ def http_probe(port: int, **options: Any) -> ProbeConfig:
 
 
 async def test_http_probe_passes_on_the_expected_status(autojump_clock: trio.abc.Clock) -> None:
-    fake = FakeHttp()
+    fake = ScriptedHttp()
     async with serving(fake.handle) as port:
         result = await run_probe(http_probe(port), pid=None)
         assert (result.ok, result.detail) == (True, "HTTP 200")
@@ -103,7 +69,7 @@ async def test_http_probe_passes_on_the_expected_status(autojump_clock: trio.abc
 
 
 async def test_http_probe_that_hangs_fails_at_its_timeout(autojump_clock: trio.abc.Clock) -> None:
-    fake = FakeHttp()
+    fake = ScriptedHttp()
     fake.status = None
     async with serving(fake.handle) as port:
         start = trio.current_time()
@@ -126,7 +92,7 @@ async def test_http_probe_failure_detail_never_shows_the_url() -> None:
 async def test_http_probe_ignores_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("ALL_PROXY", f"http://127.0.0.1:{free_port()}")
-    fake = FakeHttp()
+    fake = ScriptedHttp()
     async with serving(fake.handle) as port:
         assert (await run_probe(http_probe(port), pid=None)).ok
 
@@ -175,7 +141,7 @@ async def test_process_probe_alive_zombie_gone() -> None:
         assert result.detail.startswith(f"process {process.pid} is alive")
         process.kill()
         # Not waited for: it stays a zombie.
-        await poll_until(lambda: process_state(process.pid) == "Z")
+        await wait_until(lambda: process_state(process.pid) == "Z", timeout=10.0, what="a zombie")
         result = await run_probe(ProbeConfig(type=ProbeType.PROCESS), pid=process.pid)
         assert (result.ok, result.detail) == (False, f"process {process.pid} is a zombie")
     finally:
@@ -212,7 +178,7 @@ async def test_wait_ready_polls_fast_while_starting(autojump_clock: trio.abc.Clo
 async def test_wait_ready_needs_success_threshold_in_a_row(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    fake = FakeHttp()
+    fake = ScriptedHttp()
     answers = iter([200, 500, 200, 200, 200])
 
     async def flaky(stream: trio.SocketStream) -> None:
@@ -348,7 +314,7 @@ async def test_a_service_dying_before_ready_reports_its_own_exit() -> None:
     async with trio.open_nursery() as nursery:
         with trio.fail_after(15):
             await nursery.start(services.run)
-        await poll_until(lambda: bool(timeline.of(ChildExited)))
+        await wait_until(lambda: bool(timeline.of(ChildExited)), timeout=10.0, what="the exit")
         nursery.cancel_scope.cancel()
     (_, exited), *_ = timeline.of(ChildExited)
     assert exited.error == "ProcessExited: exited with code 3"  # not an exception group

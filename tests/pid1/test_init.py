@@ -14,12 +14,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
 from support.audit_hook import audited
+from support.pid1_harness import TERM_IGNORER, spawn_own, wait_own
+from support.waiting import wait_until
 
 from dev8.pid1.reaper import (
     OwnPids,
@@ -32,12 +33,6 @@ from dev8.pid1.reaper import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-TERM_IGNORER = (
-    "import signal, time\n"
-    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-    "print('ready', flush=True)\n"
-    "time.sleep(60)\n"
-)
 
 
 def _set_subreaper(on: bool) -> None:
@@ -55,26 +50,6 @@ def _state(pid: int) -> str | None:
     except OSError:
         return None
     return data[data.rfind(b")") + 2 :].split()[0].decode()
-
-
-async def _poll_until(cond: Callable[[], bool]) -> None:
-    """Bounded poll for something a real process does; /proc has no change notification."""
-    with trio.fail_after(5.0):
-        while not cond():  # noqa: ASYNC110 - nothing to wait on but /proc
-            await trio.sleep(0.01)
-
-
-async def spawn_own(own: OwnPids, argv: list[str], **kwargs: Any) -> trio.Process:
-    with own.spawning():
-        proc = await trio.lowlevel.open_process(argv, **kwargs)
-        own.add(proc.pid)
-    return proc
-
-
-async def wait_own(own: OwnPids, proc: trio.Process) -> int:
-    rc = await proc.wait()
-    own.discard(proc.pid)
-    return rc
 
 
 async def read_line(proc: trio.Process) -> bytes:
@@ -144,7 +119,7 @@ async def test_orphan_is_reaped_when_not_pid1(
     assert maker.stdout is not None
     await maker.stdout.aclose()
     # The orphan came back to us (subreaper) and the reaper collected its real status.
-    await _poll_until(lambda: (orphan, 7) in seen)
+    await wait_until(lambda: (orphan, 7) in seen, timeout=5.0, what="the orphan's status")
     assert _state(orphan) is None
     assert list_zombie_children() == []
     assert maker.pid not in [p for p, _ in seen]
@@ -161,7 +136,7 @@ async def test_spawned_children_keep_their_status_under_orphan_storm(
         for i in range(rounds):
             proc = await spawn_own(own, ["sh", "-c", "exit 5"])
             if i % 4 == 0:  # sometimes let it become a zombie, with SIGCHLDs flying, first
-                await _poll_until(partial(_is_zombie, proc.pid))
+                await wait_until(partial(_is_zombie, proc.pid), timeout=5.0, what="a zombie")
                 await trio.testing.wait_all_tasks_blocked(cushion=0.001)
             codes.append(await wait_own(own, proc))
 
@@ -178,7 +153,11 @@ async def test_spawned_children_keep_their_status_under_orphan_storm(
         done.set()
     # Still under the reaper: every orphan must end up reaped, none left as a zombie.
     me = os.getpid()
-    await _poll_until(lambda: not list_descendants(me) and not list_zombie_children())
+    await wait_until(
+        lambda: not list_descendants(me) and not list_zombie_children(),
+        timeout=5.0,
+        what="no descendants and no zombies",
+    )
     assert codes == [5] * 200
     assert len(own) == 0
     assert seen, "the orphan makers produced no orphan for the reaper"
@@ -197,7 +176,11 @@ async def test_reaper_defers_during_spawn_and_rescans_after(
         )
         orphan = int(await read_line(maker))
         # Every SIGCHLD has been sent: child, maker and orphan are all zombies of ours now.
-        await _poll_until(lambda: {child.pid, maker.pid, orphan} <= set(list_zombie_children()))
+        await wait_until(
+            lambda: {child.pid, maker.pid, orphan} <= set(list_zombie_children()),
+            timeout=5.0,
+            what="three zombies",
+        )
         await trio.testing.wait_all_tasks_blocked(cushion=0.05)
         assert _state(child.pid) == "Z"
         assert _state(orphan) == "Z", "the reaper reaped while a spawn was in flight"
@@ -205,7 +188,7 @@ async def test_reaper_defers_during_spawn_and_rescans_after(
         own.add(child.pid)
         own.add(maker.pid)
     # The spawn ended: the deferred scan runs without any new SIGCHLD.
-    await _poll_until(lambda: (orphan, 7) in seen)
+    await wait_until(lambda: (orphan, 7) in seen, timeout=5.0, what="the orphan's status")
     assert await wait_own(own, child) == 5
     assert await wait_own(own, maker) == 0
     assert maker.stdout is not None
@@ -219,7 +202,7 @@ async def test_without_the_guard_the_status_is_lost(
     """Control: the same child spawned outside the protocol is stolen and reads as exit 0."""
     _own, seen = reaper
     child = await trio.lowlevel.open_process(["sh", "-c", "exit 5"])
-    await _poll_until(lambda: (child.pid, 5) in seen)
+    await wait_until(lambda: (child.pid, 5) in seen, timeout=5.0, what="the child's status")
     assert await child.wait() == 0  # CPython's answer after ECHILD: the hazard is real
 
 
@@ -256,12 +239,14 @@ async def test_run_reaper_reaps_zombies_that_predate_it(subreaper: None) -> None
     assert await maker.wait() == 0
     assert maker.stdout is not None
     await maker.stdout.aclose()
-    await _poll_until(lambda: orphan in list_zombie_children())
+    await wait_until(
+        lambda: orphan in list_zombie_children(), timeout=5.0, what="the orphan as a zombie"
+    )
     own = OwnPids()
     seen: list[tuple[int, int]] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(run_reaper, own, on_reaped=lambda p, rc: seen.append((p, rc))))
-        await _poll_until(lambda: seen == [(orphan, 9)])
+        await wait_until(lambda: seen == [(orphan, 9)], timeout=5.0, what="the zombie reaped")
         nursery.cancel_scope.cancel()
 
 
@@ -316,7 +301,11 @@ async def _sweep_descendants(as_subreaper: bool) -> None:
         assert _state(sleeper) is None
     else:
         # They escaped to the machine's init; they must still be dead.
-        await _poll_until(lambda: _state(ignorer) in (None, "Z") and _state(sleeper) in (None, "Z"))
+        await wait_until(
+            lambda: _state(ignorer) in (None, "Z") and _state(sleeper) in (None, "Z"),
+            timeout=5.0,
+            what="both processes dead",
+        )
 
 
 async def test_final_sweep_returns_early_when_all_obey_sigterm() -> None:
@@ -324,7 +313,7 @@ async def test_final_sweep_returns_early_when_all_obey_sigterm() -> None:
     procs = [await spawn_own(own, ["sleep", "60"]) for _ in range(3)]
     stopped = await spawn_own(own, ["sleep", "60"])
     os.kill(stopped.pid, signal.SIGSTOP)
-    await _poll_until(lambda: _state(stopped.pid) == "T")
+    await wait_until(lambda: _state(stopped.pid) == "T", timeout=5.0, what="the process stopped")
     t0 = trio.current_time()
     assert await final_sweep(grace=10.0, own=own) == 4
     assert trio.current_time() - t0 < 5.0  # returned early: not after the 10 s grace

@@ -26,6 +26,7 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 
 from dev8.pid1.reaper import list_descendants
 from support.tree import find_node
+from support.waiting import fail_after, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEV8 = (sys.executable, "-m", "dev8")
@@ -91,26 +92,6 @@ def kill_marked(marker: str) -> list[int]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return found
-
-
-async def wait_until(
-    condition: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.02
-) -> None:
-    """Bounded poll of an outside condition (a process's state has no change notification)."""
-    with fail_after(timeout, what):
-        while not condition():  # noqa: ASYNC110 - external processes: nothing to wait on
-            await trio.sleep(interval)
-
-
-@contextlib.contextmanager
-def fail_after(timeout: float, what: str, tail: Callable[[], str] | None = None) -> Iterator[None]:
-    """`trio.fail_after` whose failure says what was awaited (and dev8's last log lines)."""
-    try:
-        with trio.fail_after(timeout):
-            yield
-    except trio.TooSlowError:
-        extra = f"\n--- dev8's last output ---\n{tail()}" if tail is not None else ""
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}{extra}") from None
 
 
 # ----------------------------------------------------------------------------- config
