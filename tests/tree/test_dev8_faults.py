@@ -79,6 +79,21 @@ def life_after(events: EventStream, service: str, seq: int) -> list[str]:
     ]
 
 
+async def assert_stop_sticks(dev8: Dev8Run, events: EventStream, name: str, round_: int) -> None:
+    """Stop `name` (answered: stopped); while the pacer times out and restarts twice, as `name`
+    would have, it stays stopped with no new life; then start it again."""
+    stop = await dev8.http.post(f"/services/{name}/stop", timeout=30.0)
+    assert stop.status_code == 200, stop.text
+    assert stop.json()["state"] == "stopped", (round_, stop.json())
+    answered = (await dev8.status())["lastEvent"]
+    await wait_cycles(events, "pacer", "restart_scheduled", 2)
+    node = await dev8.service(name)
+    assert node["state"] == "stopped", (round_, node)
+    assert life_after(events, name, answered) == [], round_
+    start = await dev8.http.post(f"/services/{name}/start", timeout=30.0)
+    assert start.status_code == 200, start.text
+
+
 async def test_stopping_a_never_ready_service_sticks(
     tmp_path: Path, api_port: int, marker: str
 ) -> None:
@@ -94,17 +109,7 @@ async def test_stopping_a_never_ready_service_sticks(
                 await dev8.wait_service(
                     "lazy", lambda n: n["state"] == "starting", timeout=20, what="starting"
                 )
-                stop = await dev8.http.post("/services/lazy/stop", timeout=30.0)
-                assert stop.status_code == 200, stop.text
-                assert stop.json()["state"] == "stopped", (round_, stop.json())
-                answered = (await dev8.status())["lastEvent"]
-                # The pacer times out and restarts twice: lazy would have, too.
-                await wait_cycles(events, "pacer", "restart_scheduled", 2)
-                node = await dev8.service("lazy")
-                assert node["state"] == "stopped", (round_, node)
-                assert life_after(events, "lazy", answered) == [], round_
-                start = await dev8.http.post("/services/lazy/start", timeout=30.0)
-                assert start.status_code == 200, start.text
+                await assert_stop_sticks(dev8, events, "lazy", round_)
         assert dev8.process.returncode is None
 
 
@@ -127,16 +132,7 @@ async def test_stopping_a_crash_looping_service_sticks(
                 # Mostly as it exits; once as it was just scheduled for a restart.
                 moment = "restart_scheduled" if round_ == 2 else "child_exited"
                 await events.wait_for(moment, child="crasher", timeout=20.0)
-                stop = await dev8.http.post("/services/crasher/stop", timeout=30.0)
-                assert stop.status_code == 200, stop.text
-                assert stop.json()["state"] == "stopped", (round_, stop.json())
-                answered = (await dev8.status())["lastEvent"]
-                await wait_cycles(events, "pacer", "restart_scheduled", 2)
-                node = await dev8.service("crasher")
-                assert node["state"] == "stopped", (round_, node)
-                assert life_after(events, "crasher", answered) == [], round_
-                start = await dev8.http.post("/services/crasher/start", timeout=30.0)
-                assert start.status_code == 200, start.text
+                await assert_stop_sticks(dev8, events, "crasher", round_)
         assert dev8.process.returncode is None
 
 
