@@ -1,5 +1,6 @@
 """End to end: the real `dev8 run`'s connection tracker follows a reload that moves a service
-to another port (the reload sends the tracker ``SetPorts``; /connections reads what it publishes).
+to another port (the reload sends the tracker ``SetPorts``; /connections reads what it publishes),
+and counts the event-stream clients the API serves.
 """
 
 from __future__ import annotations
