@@ -4,7 +4,8 @@ The API never touches actors directly: it reads snapshots and the bus, and acts 
 messages to its process actor's address (``dev8/services/<name>``, see
 ``dev8.services.process``); what is left here is the API's own business (which services
 exist, whether they may take commands yet).
-The composition (``dev8.app``) fills in the hooks that need more than the tree (reload, secrets).
+The composition (``dev8.app``, over ``dev8.tree``) fills in the hooks that need more than the
+tree (reload, secrets).
 """
 
 from __future__ import annotations
@@ -118,6 +119,17 @@ class Hooks:
     resources_interval: float = 10.0
 
 
+@attrs.define
+class ClientCount:
+    """Connected event-stream websocket clients: counted by the API (``Control``), read by the
+    connection tracker. Made before both, so each is given it whole."""
+
+    value: int = 0
+
+    def __call__(self) -> int:
+        return self.value
+
+
 class Control:
     """What the API may see and do."""
 
@@ -132,8 +144,10 @@ class Control:
         registry: Registry | None = None,
         hooks: Hooks | None = None,
         supervisors: Sequence[Supervisor] = (),
+        websocket_clients: ClientCount | None = None,
     ) -> None:
-        """``registry``: where the services' process actors are found by path."""
+        """``registry``: where the services' process actors are found by path;
+        ``websocket_clients``: the count the API keeps (shared with whoever reads it)."""
         self.bus = bus
         self.registry = registry if registry is not None else Registry()
         self.root = root
@@ -141,14 +155,24 @@ class Control:
         self.environment_id = environment_id
         self.user_id = user_id
         self.hooks = hooks or Hooks()
-        #: Connected event-stream websocket clients (the API counts them).
-        self.websocket_clients = 0
+        self._websocket_clients = (
+            websocket_clients if websocket_clients is not None else ClientCount()
+        )
         #: Every supervisor of the tree (for fault injection by actor path).
         self.supervisors = list(supervisors) or [root, services]
         self.started_wall = time.time()
         self.started_clock = trio.current_time()
 
     # -- reading --------------------------------------------------------------------------
+
+    @property
+    def websocket_clients(self) -> int:
+        """Connected event-stream websocket clients (the API counts them)."""
+        return self._websocket_clients.value
+
+    @websocket_clients.setter
+    def websocket_clients(self, count: int) -> None:
+        self._websocket_clients.value = count
 
     @property
     def boot_id(self) -> str:

@@ -82,14 +82,10 @@ class ServiceFactory:
     get_secret: SecretGetter | None = None
     #: The custom environment variables the secrets rotator holds, checked (None: no secrets).
     custom_env: Callable[[], Mapping[str, str]] | None = None
-    #: The supervisor of the process lives (set once it exists: the actors act through it).
-    services: Supervisor | None = None
     #: Where files that need strict modes live (dev8.services.storage); None: all in the workspace.
     placement: Placement | None = None
     #: Failed SSH authentications, counted from the output of every sshd service.
     ssh_failed_auth: FailedAuthCounter = attrs.field(factory=FailedAuthCounter)
-    #: How probers hear their services start and exit (set once ``services`` exists).
-    hearing: ServiceHearing | None = None
     #: Each service's process actor, as last built (a reload that changes a service builds a
     #: new one: an operator's stop does not outlive a change of the service).
     actors: dict[str, ProcessActor] = attrs.field(factory=dict)
@@ -133,7 +129,7 @@ class ServiceFactory:
         async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
             actor = self.actors[name]  # built with the supervisor (``actor_spec``)
             if actor.held:
-                await self._stay_stopped(name, task_status)
+                await _stay_stopped(actor, task_status)
                 return
             extra = await builtin.prepare()
             custom = custom_env() if custom_env is not None else {}
@@ -167,10 +163,10 @@ class ServiceFactory:
             critical=service.critical,
         )
 
-    def actor_spec(self, name: str, config: Config) -> ChildSpec:
-        """A new process actor for the service, as a child of ``process-actors`` (its output is
-        kept across a reload; sshd's counts failed logins)."""
-        assert self.services is not None
+    def actor_spec(self, name: str, config: Config, services: Supervisor) -> ChildSpec:
+        """A new process actor for the service, as a child of ``process-actors``, acting through
+        ``services``, the supervisor of the process lives (its output is kept across a reload;
+        sshd's counts failed logins)."""
         service = self.effective(name, config)
         sshd = service.builtin == "sshd"
         previous = self.actors.get(name)
@@ -181,7 +177,7 @@ class ServiceFactory:
             self.registry,
             name=name,
             path=actor_path(self.services_path, name),
-            services=self.services,
+            services=services,
             bus=self.bus,
             output=ring,
             policy=Restart(service.restart.value),
@@ -193,29 +189,19 @@ class ServiceFactory:
         """The service was removed from the config."""
         self.actors.pop(name, None)
 
-    def prober_spec(self, name: str, config: Config) -> ChildSpec | None:
+    def prober_spec(self, name: str, config: Config, hearing: ServiceHearing) -> ChildSpec | None:
+        """The service's prober (None: it has no probes), hearing its starts and exits."""
         probes = self.effective(name, config).probes
         if probes.readiness is None and probes.liveness is None:
             return None
-        assert self.hearing is not None
         return make_prober_spec(
             name,
             probes,
             self.health,
             restart=self._restart_for_probe,
             registry=self.registry,
-            hearing=self.hearing,
+            hearing=hearing,
         )
-
-    async def _stay_stopped(self, name: str, task_status: trio.TaskStatus[Any]) -> None:
-        """Started while an operator holds it stopped (a restart already due when the stop
-        came, or its supervisor restarted): spawn nothing and have the supervisor stop it."""
-        assert self.services is not None
-        task_status.started({"pid": None})
-        # The supervisor takes this after the start it is finishing; it cancels this task.
-        with contextlib.suppress(CallTimeout):
-            await self.services.stop_child(name, timeout=60.0)
-        await trio.sleep_forever()
 
     async def _restart_for_probe(self, name: str) -> object:
         """Through the process actor: a service stopped on purpose is left alone there."""
@@ -224,6 +210,16 @@ class ServiceFactory:
                 RestartService(reason="probe"), timeout=START_CALL_TIMEOUT
             )
         return None
+
+
+async def _stay_stopped(actor: ProcessActor, task_status: trio.TaskStatus[Any]) -> None:
+    """Started while an operator holds it stopped (a restart already due when the stop came, or
+    its supervisor restarted): spawn nothing and have the supervisor stop it."""
+    task_status.started({"pid": None})
+    # The supervisor takes this after the start it is finishing; it cancels this task.
+    with contextlib.suppress(CallTimeout):
+        await actor.services.stop_child(actor.name, timeout=60.0)
+    await trio.sleep_forever()
 
 
 #: OOM scores (/proc/PID/oom_score_adj) under memory pressure: the user's services go first

@@ -1,5 +1,6 @@
 """End to end: the real `dev8 run`'s connection tracker follows a reload that moves a service
-to another port (the reload sends the tracker ``SetPorts``; /connections reads what it publishes).
+to another port (the reload sends the tracker ``SetPorts``; /connections reads what it publishes),
+and counts the event-stream clients the API serves.
 """
 
 from __future__ import annotations
@@ -9,7 +10,14 @@ from typing import Any
 
 import trio
 import yaml
-from support.dev8_harness import Json, open_dev8, printed, python_service, write_config
+from support.dev8_harness import (
+    Json,
+    fail_after,
+    open_dev8,
+    printed,
+    python_service,
+    write_config,
+)
 from support.net import free_port
 
 #: Listens on $PORT and holds every connection it accepts.
@@ -82,3 +90,30 @@ async def test_a_reload_that_moves_a_service_to_another_port_moves_its_connectio
             await events.wait_for("connection_closed", service="web", peer=new_peer)
         web = (await dev8.http.get("/connections")).json()["services"]["web"]
         assert (web["ports"], web["count"]) == ([new_port], 0)
+
+
+async def test_connections_and_metrics_count_the_event_stream_clients_the_api_serves(
+    tmp_path: Path, api_port: int, marker: str
+) -> None:
+    """The API counts its event-stream clients where the tracker reads them: one count, given to
+    both when dev8 composes the tree. /connections and /metrics show each client while it is
+    connected, and none once it left."""
+    config = write(tmp_path / "dev8.yaml", web_on(free_port(), marker), api_port)
+    async with open_dev8(config, port=api_port, marker=marker) as dev8:
+
+        async def counted() -> tuple[int, str]:
+            connections = (await dev8.http.get("/connections")).json()["websocketClients"]
+            metrics = (await dev8.http.get("/metrics")).text
+            line = next(x for x in metrics.splitlines() if x.startswith("dev8_websocket_clients "))
+            return connections, line
+
+        async def wait_for_count(count: int) -> None:
+            with fail_after(10, f"{count} websocket clients counted", dev8.tail):
+                expected = (count, f"dev8_websocket_clients {count}.0")
+                while await counted() != expected:  # noqa: ASYNC110 - dev8 counts, in its process
+                    await trio.sleep(0.05)
+
+        assert (await counted())[0] == 0
+        async with dev8.events(), dev8.events():
+            await wait_for_count(2)
+        await wait_for_count(0)

@@ -631,7 +631,7 @@ async def test_the_hearing_takes_the_snapshot_once_then_follows_the_events(
 async def test_a_service_started_without_a_process_is_not_probed(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    """A held service's stand-in reports started with no pid (ServiceFactory._stay_stopped):
+    """A held service's stand-in reports started with no pid (the factory's _stay_stopped):
     the prober takes it as not running, and ProbeNow says so."""
     bus = EventBus()
 

@@ -218,7 +218,8 @@ def gated_spec(
     start_timeout: float = 20.0,
     **spec: Any,
 ) -> ChildSpec:
-    """A service child as dev8.app builds one, with its start gated on the readiness probe."""
+    """A service child as dev8.services.factory builds one, with its start gated on the readiness
+    probe."""
     settings = ProcessSettings(command=argv, stop_timeout=2.0)
 
     async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:

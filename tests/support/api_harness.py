@@ -59,7 +59,7 @@ async def start_api(
         ],
         bus=bus,
     )
-    # Each service's address: its process actor, as dev8.app builds them.
+    # Each service's address: its process actor, as dev8.tree builds them.
     registry = Registry()
     actors = Supervisor(
         "process-actors",

@@ -1,9 +1,11 @@
-"""The supervision tree drawn in docs/ARCHITECTURE.md and README.md is the tree dev8 builds.
+"""The supervision tree drawn in docs/ARCHITECTURE.md, README.md and dev8/tree.py's docstring is
+the tree dev8 builds (dev8/tree.py composes it).
 
 dev8 runs on a config with every optional branch switched on (a secrets provider, a probed
-service and one without probes); its /status tree is compared with the drawn one: the
-supervisor's children in their order, which of them are supervisors, and one child of
-`services` per service and of `health` per probed service.
+service and one without probes) but webhooks; its /status tree is compared with the drawn one:
+the supervisor's children in their order, which of them are supervisors, and one child of
+`services` per service and of `health` per probed service. dev8/tree.py draws webhooks too, as a
+child that exists "only with" its setting.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import trio
 import yaml
 from support.dev8_harness import REPO_ROOT, open_dev8, python_service, write_config
 from support.tree import Json
+
+from dev8 import tree as composition
 
 ARCHITECTURE = REPO_ROOT / "docs" / "ARCHITECTURE.md"
 
@@ -28,7 +32,11 @@ def drawn_tree(path: Path) -> dict[str, list[tuple[str, str]]]:
     """parent name -> [(child name, its note)] of the marked drawing in `path` (root: dev8)."""
     text = path.read_text(encoding="utf-8")
     assert MARK in text, f"{path.name} has no marked supervision tree"
-    block = text.split(MARK, 1)[1].split("```", 2)[1]
+    return branches(text.split(MARK, 1)[1].split("```", 2)[1])
+
+
+def branches(block: str) -> dict[str, list[tuple[str, str]]]:
+    """parent name -> [(child name, its note)] of a drawing (root: dev8)."""
     tree: dict[str, list[tuple[str, str]]] = {}
     open_branches: list[tuple[int, str]] = []  # (column of the branch, name), outermost first
     for line in block.splitlines():
@@ -95,3 +103,9 @@ async def test_the_drawn_trees_are_the_tree_dev8_builds(
         drawn = drawn_tree(doc)
         assert [(name, kind_in_note(note)) for name, note in drawn["dev8"]] == built["dev8"], doc
         assert drawn.get("services"), f"{doc}: services draws no process actor"
+    in_code = branches(composition.__doc__ or "")["dev8"]
+    built_names = {name for name, _ in built["dev8"]}
+    assert [(name, kind_in_note(note)) for name, note in in_code if name in built_names] == built[
+        "dev8"
+    ]
+    assert all("only with" in note for name, note in in_code if name not in built_names)

@@ -68,7 +68,7 @@ RECOVERY_BOUND = 20.0
 FD_SLACK = 48
 #: Restart intensities of the tree, as dev8 sets them: (max restarts, window in seconds).
 SUPERVISOR_LIMITS: Mapping[str, tuple[int, float]] = {
-    "dev8": (10, 60.0),  # the root (dev8/app.py)
+    "dev8": (10, 60.0),  # the root (dev8/tree.py)
     "dev8/services": (1000, 60.0),  # supervisor.intensity in the config below
 }
 DEFAULT_SUPERVISOR_LIMIT = (3, 5.0)  # actors.Intensity(): dev8/health and any newer supervisor
