@@ -25,10 +25,13 @@ DEFAULT_YOUNG_THRESHOLD = 700
 #: Net allocations allowed per subscriber connected before a young collection: above what a
 #: send holds in flight, with room for what a burst of events leaves (history, logs).
 YOUNG_PER_SUBSCRIBER = 40
+#: ...but never more than this: a young collection walks what it holds (about 10-40 ms for
+#: 40,000 objects on a busy 2-core machine), so its pause is bounded too.
+YOUNG_MAX = 100_000
 
 
 def size_young_generation(subscribers: int) -> None:
     """Set the youngest generation's threshold for ``subscribers`` connected; older ones kept."""
     _, middle, oldest = gc.get_threshold()
-    young = max(DEFAULT_YOUNG_THRESHOLD, subscribers * YOUNG_PER_SUBSCRIBER)
+    young = min(YOUNG_MAX, max(DEFAULT_YOUNG_THRESHOLD, subscribers * YOUNG_PER_SUBSCRIBER))
     gc.set_threshold(young, middle, oldest)
