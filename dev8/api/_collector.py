@@ -12,16 +12,15 @@ a full collection stalled the loop 100-300 ms, about every second burst of event
 Sized above what a pass holds in flight, the in-flight objects are freed by reference counting
 before a young collection sees them: young collections become rare, nothing transient is
 promoted, and full collections happen as the connections' own objects call for them. The size
-follows the subscribers connected, so a dev8 with a few of them (or none) keeps CPython's own
-threshold and its short young collections.
+follows the subscribers connected (of every event feed in the process: the collector is the
+process's), so a dev8 with a few of them (or none) keeps the threshold it had (CPython's 700)
+and its short young collections.
 """
 
 from __future__ import annotations
 
 import gc
 
-#: CPython's own threshold for the youngest generation (kept with few subscribers).
-DEFAULT_YOUNG_THRESHOLD = 700
 #: Net allocations allowed per subscriber connected before a young collection: above what a
 #: send holds in flight, with room for what a burst of events leaves (history, logs).
 YOUNG_PER_SUBSCRIBER = 40
@@ -30,8 +29,29 @@ YOUNG_PER_SUBSCRIBER = 40
 YOUNG_MAX = 100_000
 
 
-def size_young_generation(subscribers: int) -> None:
-    """Set the youngest generation's threshold for ``subscribers`` connected; older ones kept."""
-    _, middle, oldest = gc.get_threshold()
-    young = min(YOUNG_MAX, max(DEFAULT_YOUNG_THRESHOLD, subscribers * YOUNG_PER_SUBSCRIBER))
-    gc.set_threshold(young, middle, oldest)
+class YoungGeneration:
+    """The youngest generation's threshold while subscribers are connected, restored after."""
+
+    def __init__(self) -> None:
+        self.subscribers = 0
+        #: The threshold in effect before the first subscriber (restored after the last).
+        self.base = gc.get_threshold()[0]
+
+    def joined(self) -> None:
+        if self.subscribers == 0:
+            self.base = gc.get_threshold()[0]
+        self.subscribers += 1
+        self._apply()
+
+    def left(self) -> None:
+        self.subscribers -= 1
+        self._apply()
+
+    def _apply(self) -> None:
+        _, middle, oldest = gc.get_threshold()
+        scaled = min(YOUNG_MAX, self.subscribers * YOUNG_PER_SUBSCRIBER)
+        gc.set_threshold(max(self.base, scaled), middle, oldest)
+
+
+#: The process's (one garbage collector, however many event feeds).
+YOUNG_GENERATION = YoungGeneration()

@@ -32,7 +32,7 @@ from quart import Response, websocket
 
 from actors import Envelope, EventBus
 from dev8 import documents
-from dev8.api._collector import size_young_generation
+from dev8.api._collector import YOUNG_GENERATION
 from dev8.api._front import ASGI_SEND_KEY
 from dev8.api._responses import BadParameter, error_response, whole_number
 from dev8.control import Control
@@ -136,11 +136,11 @@ class EventFeed:
     def joined(self) -> None:
         """A subscriber connected: the collector's young generation grows with them."""
         self.subscribers += 1
-        size_young_generation(self.subscribers)
+        YOUNG_GENERATION.joined()
 
     def left(self) -> None:
         self.subscribers -= 1
-        size_young_generation(self.subscribers)
+        YOUNG_GENERATION.left()
 
     def _on_publish(self, envelope: Envelope) -> None:
         try:
