@@ -7,7 +7,8 @@ collections, each promoting whatever was in flight at that instant, and those pr
 made up a quarter of the oldest generation, which sets off a full collection. With a thousand
 connections the oldest generation holds about 200,000 objects (the boot's are frozen, see
 ``dev8.app``; the connections' are not: they become cyclic garbage when a client leaves), so
-a full collection stalled the loop 100-300 ms, about every second burst of events.
+a full collection stalled the loop 180-390 ms on a busy 2-core machine, about every 2 s while
+bursts of events were being sent (benchmarks/results/fanout.md).
 
 Sized above what a pass holds in flight, the in-flight objects are freed by reference counting
 before a young collection sees them: young collections become rare, nothing transient is
