@@ -6,7 +6,8 @@ server's; it shares the machine's cores with dev8 (an asyncio client cost about 
 message, and its own backlog showed up as latency). A burst is every service's child SIGKILLed
 at once (each gives ``child_exited``, ``restart_scheduled``, ``child_started``); latency is the
 arrival time at a subscriber (the read that returned it) minus the event's ``time`` stamp (dev8's
-wall clock at publish). The client's CPU time per burst is reported with it.
+wall clock at publish). The client's CPU time per burst is reported with it, and dev8's
+(``--server-pid``: utime+stime from /proc, the figure a busy shared machine does not blur).
 
 Phase ``baseline``: only fast subscribers. Phase ``slow``: plus subscribers with a 4 KiB receive
 buffer that stop reading; what happens to the fast ones is the question. At the end the slow ones
@@ -151,9 +152,19 @@ def handshake(port: int, *, slow: bool) -> socket.socket:
     return sock
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """A process's user+system CPU time (0 without a pid): /proc/PID/stat fields 14 and 15."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Client:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, server_pid: int | None = None) -> None:
         self.port = port
+        self.server_pid = server_pid
         self.hub = Hub()
         self.poll = select.epoll()
         self.by_fd: dict[int, Subscriber] = {}
@@ -199,6 +210,7 @@ class Client:
         for subscriber in fast:
             subscriber.started = 0
         cpu_before = time.process_time()
+        server_before = cpu_seconds(self.server_pid)
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
@@ -206,6 +218,7 @@ class Client:
         while hub.done < len(fast) and time.monotonic() - killed < BURST_TIMEOUT:
             self.pump(0.5)
         seconds = time.monotonic() - killed
+        server_cpu = cpu_seconds(self.server_pid) - server_before
         latencies = sorted(hub.latencies) or [float("nan")]
         stamps = [stamp for parsed in hub.parsed.values() for stamp, _ in parsed]
         return {
@@ -221,6 +234,8 @@ class Client:
             "spread_ms": round((max(stamps) - min(stamps)) / 1e6, 3) if stamps else None,
             # This client's own CPU over the burst: near the burst's length, it was the bottleneck.
             "client_cpu_s": round(time.process_time() - cpu_before, 3),
+            # dev8's CPU over the burst (restarting the services, publishing, every send).
+            "server_cpu_s": round(server_cpu, 3) if self.server_pid else None,
             "p50_ms": round(latencies[len(latencies) // 2], 3),
             "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 3),
             "max_ms": round(latencies[-1], 3),
@@ -238,7 +253,7 @@ def service_pids(port: int) -> list[int]:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    client = Client(args.port)
+    client = Client(args.port, args.server_pid)
     start = time.perf_counter()
     fast = client.connect(args.subscribers, slow=False)
     connected = time.perf_counter() - start
@@ -275,4 +290,5 @@ if __name__ == "__main__":
     parser.add_argument("--slow", type=int, default=10)
     parser.add_argument("--bursts", type=int, default=5)
     parser.add_argument("--services", type=int, default=20)
+    parser.add_argument("--server-pid", type=int, help="dev8's pid: its CPU time per burst")
     print(json.dumps(main(parser.parse_args())))

@@ -54,6 +54,8 @@ def run(ctx: Ctx) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                 str(counts.bursts),
                 "--services",
                 str(counts.fanout_services),
+                "--server-pid",
+                str(run.pid),
             ]
             result: dict[str, Any] = json.loads(run_client(argv, timeout=1800))
             # Then a few subscribers only (a fresh client; the 1,000 have left).
@@ -116,6 +118,18 @@ def run(ctx: Ctx) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             f"websocket messages per event and subscriber, {n} subscribers (batching)",
             "messages",
             {"dev8": per_event},
+        ),
+        metric(
+            "fanout",
+            f"dev8 CPU per burst of {per_burst:g} events to {n} subscribers (restarts and sends)",
+            "s",
+            {"dev8": [b["server_cpu_s"] for b in result["baseline"]]},
+        ),
+        metric(
+            "fanout",
+            f"dev8 CPU per burst of {per_burst:g} events to {m} subscribers (restarts and sends)",
+            "s",
+            {"dev8": [b["server_cpu_s"] for b in few["baseline"]]},
         ),
         metric(
             "fanout",

@@ -32,6 +32,7 @@ from quart import Response, websocket
 
 from actors import Envelope, EventBus
 from dev8 import documents
+from dev8.api._collector import YOUNG_GENERATION
 from dev8.api._front import ASGI_SEND_KEY
 from dev8.api._responses import BadParameter, error_response, whole_number
 from dev8.control import Control
@@ -132,6 +133,15 @@ class EventFeed:
         self._batch: tuple[int, int, list[Envelope], str] | None = None
         bus.add_listener(self._on_publish)
 
+    def joined(self) -> None:
+        """A subscriber connected: the collector's young generation grows with them."""
+        self.subscribers += 1
+        YOUNG_GENERATION.joined()
+
+    def left(self) -> None:
+        self.subscribers -= 1
+        YOUNG_GENERATION.left()
+
     def _on_publish(self, envelope: Envelope) -> None:
         try:
             now = trio.current_time()
@@ -220,14 +230,14 @@ async def stream_events(control: Control, feed: EventFeed) -> Response | None:
     subscriber = _Subscriber(start, bus.last_seq - start + bus.subscriber_buffer)
     await websocket.accept()
     control.websocket_clients += 1
-    feed.subscribers += 1
+    feed.joined()
     try:
         if resync:
             await websocket.send(json.dumps(resync_event(control)))
         await _follow(subscriber, feed, accept, _sender(websocket))
     finally:
         feed.sending.discard(subscriber)
-        feed.subscribers -= 1
+        feed.left()
         control.websocket_clients -= 1
     lagged = documents.LaggedCloseDocument(resume_from=subscriber.cursor, boot_id=bus.boot_id)
     reason = documents.to_json(lagged).decode()

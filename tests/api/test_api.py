@@ -339,6 +339,40 @@ async def test_hundreds_of_subscribers_all_receive_a_burst(api: Api) -> None:
     assert counts == [burst] * subscribers
 
 
+async def test_the_young_generation_grows_with_the_subscribers_and_returns(api: Api) -> None:
+    # A wake of many subscribers holds objects in flight; the collector's youngest generation
+    # is sized above them while they are connected and back to what it was once they leave.
+    from dev8.api._collector import YOUNG_PER_SUBSCRIBER
+
+    before = gc.get_threshold()
+    subscribers = 2 * before[0] // YOUNG_PER_SUBSCRIBER
+    async with trio.open_nursery() as nursery:
+        connected = trio.Semaphore(0)
+        leave = trio.Event()
+
+        async def subscribe() -> None:
+            async with trio_websocket.open_websocket_url(f"{api.ws_url}/events"):
+                connected.release()
+                await leave.wait()
+
+        for _ in range(subscribers):
+            nursery.start_soon(subscribe)
+        with trio.fail_after(30):
+            for _ in range(subscribers):
+                await connected.acquire()
+        assert api.control.websocket_clients == subscribers
+        assert gc.get_threshold() == (
+            subscribers * YOUNG_PER_SUBSCRIBER,
+            before[1],
+            before[2],
+        )
+        leave.set()
+    with trio.fail_after(10):
+        await trio.testing.wait_all_tasks_blocked()  # the server is in this run: its handlers
+    assert api.control.websocket_clients == 0  # ...have seen the clients leave
+    assert gc.get_threshold() == before
+
+
 async def test_polled_routes_answer_without_quart_and_as_quart_does(nursery: trio.Nursery) -> None:
     # The front answers plain GETs of the probes and /status itself; a request with a body header
     # goes through Quart's route for the same path: both answers are the same bytes and headers.
