@@ -516,8 +516,10 @@ class Dev8:
                 await nursery.start(run_tree)
             # What exists now (modules, classes, the tree) lives as long as dev8: keep it out
             # of the garbage collector's full passes, which otherwise stall the loop for ms.
+            # `dev8 run` started with the collector off (dev8.__main__): on from here.
             gc.collect()
             gc.freeze()
+            gc.enable()
             self.log.info(
                 "dev8_ready", api=str(self.config.api.bind), services=self.services_names()
             )
