@@ -62,6 +62,7 @@ from dev8.health.probers import HealthBoard, ServiceHearing
 from dev8.monitoring.alerts import make_alerts_spec
 from dev8.monitoring.logs import LineWriter, log_event
 from dev8.monitoring.webhooks import WebhookNotifier, make_webhooks_spec
+from dev8.pid1.collector import restore_collector
 from dev8.pid1.exit_codes import ExitCode
 from dev8.pid1.reaper import (
     OwnPids,
@@ -516,10 +517,9 @@ class Dev8:
                 await nursery.start(run_tree)
             # What exists now (modules, classes, the tree) lives as long as dev8: keep it out
             # of the garbage collector's full passes, which otherwise stall the loop for ms.
-            # `dev8 run` started with the collector off (dev8.__main__): on from here.
             gc.collect()
             gc.freeze()
-            gc.enable()
+            restore_collector()  # dev8.__main__ deferred the old generations until now
             self.log.info(
                 "dev8_ready", api=str(self.config.api.bind), services=self.services_names()
             )

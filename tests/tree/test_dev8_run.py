@@ -255,26 +255,29 @@ async def test_config_check_show_and_version(tmp_path: Path, api_port: int, mark
     assert dev8.__version__ == importlib.metadata.version("dev8")
 
 
-#: Runs the tree with the collector off, as `dev8 run` does (dev8.__main__), and prints whether
-#: it is on again once the tree started, and whether what start-up built was frozen.
+#: Runs the tree with the old generations deferred, as `dev8 run` does (dev8.__main__), and
+#: prints whether, once the tree started, the thresholds are back and start-up's objects frozen.
 GC_AFTER_START_UP = """\
 import gc, sys, trio
 from dev8.app import Dev8
 from dev8.config import load_config
+from dev8.pid1.collector import defer_old_generations
 
 async def main():
     run = Dev8(load_config(sys.argv[1]))
     async with trio.open_nursery() as nursery:
         await nursery.start(run.run)
-        print("gc:", gc.isenabled(), gc.get_freeze_count() > 0, flush=True)
+        print("gc:", gc.get_threshold() == before, gc.get_freeze_count() > 0, flush=True)
         run.shutdown_requested.set()
 
-gc.disable()
+before = gc.get_threshold()
+defer_old_generations()
+assert gc.get_threshold() != before
 trio.run(main)
 """
 
 
-async def test_the_collector_is_on_again_once_the_tree_started(
+async def test_the_collector_is_back_to_normal_once_the_tree_started(
     tmp_path: Path, api_port: int, marker: str
 ) -> None:
     config = write_config(
