@@ -29,6 +29,7 @@ from dev8.config import (
 from dev8.config.binds import LOOPBACK_HOSTS
 from dev8.control import ClientCount, Control, Hooks
 from dev8.monitoring.logs import LineWriter, log_event
+from dev8.pid1.collector import restore_collector
 from dev8.pid1.exit_codes import ExitCode
 from dev8.pid1.reaper import (
     OwnPids,
@@ -281,6 +282,7 @@ class Dev8:
             # of the garbage collector's full passes, which otherwise stall the loop for ms.
             gc.collect()
             gc.freeze()
+            restore_collector()  # dev8.__main__ deferred the old generations until now
             self.log.info(
                 "dev8_ready", api=str(self.config.api.bind), services=tree.services_names()
             )

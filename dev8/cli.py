@@ -38,7 +38,10 @@ def _default_config_path() -> str:
     return os.environ.get("DEV8_CONFIG", DEFAULT_CONFIG_PATH)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(*, operator_commands: bool = True) -> argparse.ArgumentParser:
+    """`operator_commands=False`: without the commands that talk to a running dev8, which
+    ``dev8 run`` does not need (argparse looks up a translation for every help string, a few
+    ms before the API can answer)."""
     parser = argparse.ArgumentParser(prog="dev8", description="Workspace supervisor (PID 1).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -69,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("version", help="print the version")
-    _add_operator_commands(commands)
+    if operator_commands:
+        _add_operator_commands(commands)
     return parser
 
 
@@ -138,7 +142,8 @@ def _lines(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None, *, early_signals: SignalCatcher | None = None) -> int:
     """`early_signals`: the catcher ``dev8 run`` installed before its imports (dev8.__main__)."""
-    args = _parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(operator_commands=words[:1] != ["run"]).parse_args(words)
     if args.command == "version":
         print(dev8.__version__)
         return 0

@@ -102,7 +102,10 @@ def markdown(results: dict[str, Any]) -> str:
     imports = raw.get("startup", {}).get("dev8_import_ms")
     if imports:
         top = ", ".join(f"{name} {ms:.0f}" for name, ms in list(imports.items())[:8])
-        lines += [f"- dev8 start-up imports (ms, cumulative, `-X importtime`): {top}"]
+        lines += [
+            "- dev8 start-up imports (ms, self times by package, `-X importtime` of `dev8 run` "
+            f"until its API answered): {top}"
+        ]
     steps = raw.get("startup", {}).get("dev8_import_rss")
     if steps:
         parts = [f"{label} {rss:.0f} MB" for label, rss, _ in steps if not isinstance(rss, bool)]

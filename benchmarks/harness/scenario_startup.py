@@ -1,8 +1,9 @@
 """Scenario 5: startup, from launch until the control API answers (and until both children run).
 
 A status client in the tool's venv is loaded and polling before the supervisor is launched; it
-reports the wall-clock time of the first answer. For dev8, ``-X importtime`` shows which imports
-the start-up pays for.
+reports the wall-clock time of the first answer. For dev8, ``-X importtime`` of one more start-up
+(until its API answered) shows which imports it pays for; benchmarks/results/startup.md has the
+profile of the rest.
 """
 
 from __future__ import annotations
@@ -53,18 +54,45 @@ def one(ctx: Ctx, tool: str) -> tuple[float, float]:
 
 
 def import_costs(ctx: Ctx) -> dict[str, float]:
-    """Import time (ms) of ``import dev8.cli`` by top-level package: each module's own time
-    (``-X importtime`` self column) added to its package, heaviest first."""
-    out = subprocess.run(
-        [str(ctx.envs["dev8"].python), "-X", "importtime", "-c", "import dev8.cli"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
+    """Import time (ms) of one ``dev8 run`` (2 services) from its launch until its API answered,
+    by top-level package: each module's own time (``-X importtime`` self column) added to its
+    package, heaviest first. Only what that start-up imports: Quart, httpx, prometheus_client
+    and the like load later (on first use), so they are absent."""
+    run_dir = ctx.run_dir("startup-importtime")
+    starts = run_dir / "starts.txt"
+    port = free_port()
+    argv = ctx.tools["dev8"].argv(run_dir, ctx.programs(2, starts), variant="defaults", port=port)
+    # `dev8 run ...` as `python -X importtime -m dev8 run ...`: the same entry (dev8.__main__).
+    argv = [str(ctx.envs["dev8"].python), "-X", "importtime", "-m", "dev8", *argv[1:]]
+    client = subprocess.Popen(
+        ctx.tools["dev8"].client(port, "wait-ready", "60"), stdout=subprocess.PIPE, text=True
     )
+    procs.track(client)
+    log_path = run_dir / "supervisor.log"
+    try:
+        assert client.stdout is not None
+        if client.stdout.readline().strip() != "polling":
+            raise RuntimeError("the status client did not start")
+        with procs.running(argv, log=log_path) as process:
+            line = read_line(client.stdout, process, 60).split()
+            if not line or line[0] != "ready":
+                raise RuntimeError(f"dev8 API never answered; its log ends:\n{log_tail(run_dir)}")
+            # Each import's line is written (unbuffered) as it ends: what the log holds now is
+            # what was imported before the answer.
+            answered_at = log_path.stat().st_size
+        client.wait(10)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+        if client.stdout is not None:
+            client.stdout.close()
+        procs.untrack(client)
     costs: dict[str, float] = {}
-    for line in out.stderr.splitlines():
-        found = re.match(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)", line)
+    with log_path.open("rb") as log_file:
+        before_answer = log_file.read(answered_at).decode(errors="replace")
+    for text in before_answer.splitlines():
+        found = re.match(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)", text)
         if found:
             package = found.group(2).split(".")[0]
             costs[package] = costs.get(package, 0.0) + int(found.group(1)) / 1000
@@ -81,10 +109,10 @@ IMPORT_STEPS = (
     ("structlog", "import structlog"),
     ("actors", "import actors"),
     ("dev8.config, process, init", "import dev8.config, dev8.services.process, dev8.pid1.reaper"),
-    ("quart, quart_trio", "import quart, quart_trio"),
     ("hypercorn.trio", "import hypercorn.trio"),
     ("dev8.api", "import dev8.api"),
     ("dev8.cli, dev8.app (all dev8 run imports)", "import dev8.cli, dev8.app"),
+    ("quart, quart_trio (on the first request Quart serves)", "import quart, quart_trio"),
     ("prometheus_client (on the first /metrics)", "import prometheus_client"),
     ("httpx (on the first HTTP probe)", "import httpx"),
 )

@@ -1,5 +1,8 @@
 """The secrets part of a running dev8: provider, injector and rotator, as one child of the tree.
 
+They are imported by ``Secrets.build`` once a provider is configured: a local run without one
+does not pay for them before its API answers.
+
 The rotator is an actor at ``ROTATOR_PATH``; what the API asks of it (``POST /secrets/refresh``)
 goes to that address as a ``Refresh`` message, and what it shows (``/status``, ``/metrics``) is
 read from the rotator's own snapshot.
@@ -28,14 +31,13 @@ from actors import (
     Registry,
     Restart,
 )
-from dev8.secrets.atomic import Owner
 from dev8.secrets.errors import SecretsRefreshFailed
-from dev8.secrets.injector import Injector
-from dev8.secrets.providers import SecretProvider, build_provider
-from dev8.secrets.rotator import Refresh, RefreshResult, Rotator, RotatorStats, failure_document
 
 if TYPE_CHECKING:
     from dev8.config import Config
+    from dev8.secrets.injector import Injector
+    from dev8.secrets.providers import SecretProvider
+    from dev8.secrets.rotator import RefreshResult, Rotator, RotatorStats
 
 #: How long ``POST /secrets/refresh`` waits for a pass.
 REFRESH_TIMEOUT = 60.0
@@ -74,6 +76,11 @@ class Secrets:
         settings = config.secrets
         if settings.provider == "none":
             return None
+        from dev8.secrets.atomic import Owner  # noqa: PLC0415 - see the module's docstring
+        from dev8.secrets.injector import Injector  # noqa: PLC0415
+        from dev8.secrets.providers import build_provider  # noqa: PLC0415
+        from dev8.secrets.rotator import Rotator  # noqa: PLC0415
+
         owner = None
         if os.geteuid() == 0:
             try:
@@ -127,6 +134,8 @@ class Secrets:
         """``Refresh`` through the rotator's address. Only a pass without any failure answers
         ``ok: true``; otherwise :class:`SecretsRefreshFailed` says what changed and what failed
         (names, never values), or why the rotator did not answer."""
+        from dev8.secrets.rotator import Refresh  # noqa: PLC0415 - loaded by build() already
+
         try:
             result: RefreshResult = await self.address.call(Refresh(), timeout=REFRESH_TIMEOUT)
         except CallTimeout:
@@ -153,6 +162,8 @@ class Secrets:
 
     def waiting_for(self) -> list[dict[str, Any]]:
         """Required secrets the services are still waiting for, each with why."""
+        from dev8.secrets.rotator import failure_document  # noqa: PLC0415 - see refresh()
+
         return [failure_document(f) for f in self.rotator.waiting_for()]
 
     def status(self) -> dict[str, Any]:
@@ -162,6 +173,8 @@ class Secrets:
 
 def refresh_reply(result: RefreshResult) -> dict[str, Any]:
     """What a refresh answers: this pass's versions, what changed, what failed (no values)."""
+    from dev8.secrets.rotator import failure_document  # noqa: PLC0415 - see Secrets.refresh()
+
     injection_failed = result.injection.failed if result.injection is not None else ()
     return {
         "ok": result.ok,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -249,6 +251,48 @@ async def test_config_check_show_and_version(tmp_path: Path, api_port: int, mark
 
     version = await run_cli("version")
     assert (version.returncode, version.stdout.decode().strip()) == (0, dev8.__version__)
+    # The literal in dev8/__init__.py is what pyproject.toml installs (a dynamic version).
+    assert dev8.__version__ == importlib.metadata.version("dev8")
+
+
+#: Runs the tree with the old generations deferred, as `dev8 run` does (dev8.__main__), and
+#: prints whether, once the tree started, the thresholds are back and start-up's objects frozen.
+GC_AFTER_START_UP = """\
+import gc, sys, trio
+from dev8.app import Dev8
+from dev8.config import load_config
+from dev8.pid1.collector import defer_old_generations
+
+async def main():
+    run = Dev8(load_config(sys.argv[1]))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run.run)
+        print("gc:", gc.get_threshold() == before, gc.get_freeze_count() > 0, flush=True)
+        run.shutdown_requested.set()
+
+before = gc.get_threshold()
+defer_old_generations()
+assert gc.get_threshold() != before
+trio.run(main)
+"""
+
+
+async def test_the_collector_is_back_to_normal_once_the_tree_started(
+    tmp_path: Path, api_port: int, marker: str
+) -> None:
+    config = write_config(
+        tmp_path / "dev8.yaml", {"one": shell_service("exec sleep 1000", marker)}, port=api_port
+    )
+    done = await trio.run_process(
+        [sys.executable, "-c", GC_AFTER_START_UP, str(config)],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    lines = [line for line in done.stdout.decode().splitlines() if line.startswith("gc:")]
+    assert lines == ["gc: True True"]
+    assert pids_with_marker(marker) == []
 
 
 async def test_missing_command_gives_up_with_clear_error(

@@ -90,7 +90,8 @@ def test_only_the_composition_imports_the_api() -> None:
 
 def test_dev8_run_starts_without_the_imports_it_needs_only_later() -> None:
     """Start-up time is mostly imports: these load on first use (a websocket, an HTTP probe, a
-    scrape, a Key Vault fetch, an operator command), never before the API answers."""
+    scrape, a Key Vault fetch, an operator command, the first request Quart serves, a secrets
+    provider being configured), never before the API answers."""
     import subprocess
     import sys
 
@@ -102,9 +103,25 @@ def test_dev8_run_starts_without_the_imports_it_needs_only_later() -> None:
         "azure",
         "importlib.metadata",
         "dev8.client",
+        "quart",
+        "dev8.api._app",
+        "dev8.secrets.rotator",
+        "dev8.secrets.injector",
+        "dev8.secrets.providers",
+        "dotenv",
     ]
-    code = f"import sys, dev8.cli, dev8.app\nprint([m for m in {later!r} if m in sys.modules])"
+    code = (
+        "import sys, dev8.cli, dev8.app, dev8.api\n"
+        "from dev8.config import load_config\n"
+        "load_config(sys.argv[1])\n"
+        f"print([m for m in {later!r} if m in sys.modules])"
+    )
+    local = REPO / "examples" / "local.yaml"  # no secrets provider
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+        [sys.executable, "-c", code, str(local)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
     )
     assert result.stdout.strip() == "[]"
