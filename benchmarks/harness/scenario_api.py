@@ -123,7 +123,11 @@ def loaded(ctx: Ctx) -> dict[str, Any]:
             f"p50 {row['p50_ms']:.2f} ms p99 {row['p99_ms']:.2f} ms"
         )
     for label, row in out["fixed_rate"].items():
-        log(f"{label}: p50 {row['p50_ms']:.2f} ms p99 {row['p99_ms']:.2f} ms")
+        late = row.get("send_late_p99_ms")
+        log(
+            f"{label}: p50 {row['p50_ms']:.2f} ms p99 {row['p99_ms']:.2f} ms"
+            + (f" (the generator's own lateness p99 {late:.2f} ms)" if late is not None else "")
+        )
     return out
 
 
