@@ -92,13 +92,12 @@ def accept_queue(port: int) -> int | None:
     return None
 
 
-def wait_accept_queue_empty(port: int, timeout: float = 300.0) -> float:
-    """Seconds until the accept queue of ``port`` is empty (a bounded poll of the kernel's
-    figure: nothing announces it)."""
+def wait_accept_queue_empty(port: int, timeout: float = 300.0) -> None:
+    """Until the accept queue of ``port`` is empty (a bounded poll of the kernel's figure:
+    nothing announces it)."""
     began = time.perf_counter()
     while accept_queue(port) and time.perf_counter() - began < timeout:
         time.sleep(0.05)
-    return time.perf_counter() - began
 
 
 def open_fds(pid: int) -> int:
@@ -193,7 +192,8 @@ def one_round(
             api_status, api_ms = get(port, "/health")
             probe_again = get(probe_port, "/health")[1] if probe else 0.0
             cpu_during, rss_during = proc_figures(process.pid)
-            drained_s = opened_s + wait_accept_queue_empty(port)
+            wait_accept_queue_empty(port)
+            drained_s = time.perf_counter() - began
             held_by_dev8 = open_fds(process.pid)
             steady_ms = sorted(get(port, "/health")[1] for _ in range(steady))
             cpu_steady, rss_steady = proc_figures(process.pid)
