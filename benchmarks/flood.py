@@ -7,12 +7,14 @@ connections that never finish a request and ``--unread`` that ask for /openapi.j
 pipelined, and never read (as tests/api/test_fuzz_api.py does), then times GET /health (a fresh
 connection each, as a kubelet probes) while the flood's sockets are held:
 
-- **during the onslaught**, right after the last connection was opened, on the probe port and
-  on the API's port. The flood opens connections faster than dev8 can serve them (each costs
-  Hypercorn about 1 to 1.7 ms of CPU here), so thousands wait in the kernel's accept queue, which
-  is first in, first out: a GET to the API's port waits behind every connection queued before
-  it (``accept_queue_at_onslaught``), seconds of CPU, whatever dev8 does with it once accepted.
-  The probe listener has its own queue and accept loop.
+- **during the onslaught**: on the API's port, one GET after another from a thread while the
+  flood is being opened (``api_port_health_while_opening_ms``); then right after the last
+  connection was opened, on the probe port and on the API's port. The flood opens connections
+  faster than dev8 can serve them (each costs Hypercorn about 1 to 1.7 ms of CPU here), so they
+  wait in the kernel's accept queue (up to its backlog), which is first in, first out: a GET to
+  the API's port waits behind every connection queued before it (``accept_queue_at_onslaught``),
+  whatever dev8 does with it once accepted. The probe listener has its own queue and accept
+  loop.
 - **at steady state**, once the API's accept queue is empty (dev8 has taken the flood), the
   flood's sockets still open: ``--steady`` GETs to the API's port, with the flood connections
   dev8 still holds then (it closes an idle one after its keep-alive, 5 s, and one whose answers
@@ -38,6 +40,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,13 +181,48 @@ def launch(work: Path, *, probe: bool = True) -> Iterator[tuple[subprocess.Popen
         process.wait(30)
 
 
+@contextlib.contextmanager
+def probing(port: int, every: float = 0.25) -> Iterator[list[float]]:
+    """GET /health on ``port`` from a thread, one after another (a pause of ``every`` between
+    them), while the block runs: the latencies (ms) of those that were answered in it, and of
+    the last one, however long it takes."""
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                latencies.append(get(port, "/health")[1])
+            stop.wait(every)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    try:
+        yield latencies
+    finally:
+        stop.set()
+        thread.join()
+
+
+def summary(latencies: list[float]) -> dict[str, float | int]:
+    ordered = sorted(latencies)
+    if not ordered:
+        return {"count": 0}
+    return {
+        "count": len(ordered),
+        "p50": round(ordered[len(ordered) // 2], 1),
+        "max": round(ordered[-1], 1),
+    }
+
+
 def one_round(
     work: Path, idle: int, unread: int, *, probe: bool = True, steady: int = 5
 ) -> dict[str, object]:
     with launch(work, probe=probe) as (process, port, probe_port):
         cpu_before, rss_before = proc_figures(process.pid)
         began = time.perf_counter()
-        held = open_flood(port, idle, unread)
+        with probing(port) as while_opening:
+            held = open_flood(port, idle, unread)
         opened_s = time.perf_counter() - began
         try:
             queued = accept_queue(port)
@@ -207,6 +245,7 @@ def one_round(
             "accept_queue_at_onslaught": queued,
             "probe_port_health_ms": round(probe_ms, 1),
             "probe_port_health_again_ms": round(probe_again, 1),
+            "api_port_health_while_opening_ms": summary(while_opening),
             "api_port_health_onslaught_ms": round(api_ms, 1),
             "statuses": [probe_status, api_status],
             "accept_queue_drained_after_s": round(drained_s, 1),
