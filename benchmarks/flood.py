@@ -211,7 +211,9 @@ def summary(latencies: list[float]) -> dict[str, float | int]:
     return {
         "count": len(ordered),
         "p50": round(ordered[len(ordered) // 2], 1),
+        "p90": round(ordered[int(len(ordered) * 0.9)], 1),
         "max": round(ordered[-1], 1),
+        "over_100ms": sum(ms > 100 for ms in ordered),
     }
 
 
