@@ -25,7 +25,9 @@ async def _connection(
     args: argparse.Namespace,
     request: bytes,
     due: list[float],
+    *,
     latencies: list[float],
+    lateness: list[float],
     statuses: dict[str, int],
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
@@ -34,6 +36,9 @@ async def _connection(
             delay = when - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+                # The generator's own lateness (timer and scheduling), not the server's: only
+                # when this connection was free at the due time.
+                lateness.append((time.perf_counter() - when) * 1e3)
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             status = head.split(b" ", 2)[1].decode()
@@ -61,9 +66,17 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     start = time.perf_counter() + 0.2
     schedule = [start + i / args.rate for i in range(total)]
     latencies: list[float] = []
+    lateness: list[float] = []
     statuses: dict[str, int] = {}
     tasks = [
-        _connection(args, request, schedule[c :: args.connections], latencies, statuses)
+        _connection(
+            args,
+            request,
+            schedule[c :: args.connections],
+            latencies=latencies,
+            lateness=lateness,
+            statuses=statuses,
+        )
         for c in range(args.connections)
     ]
     results = await asyncio.wait_for(
@@ -72,6 +85,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     errors = [repr(r) for r in results if isinstance(r, BaseException)]
     elapsed = time.perf_counter() - start
     ordered = sorted(latencies)
+    late = sorted(lateness)
     return {
         "rate": args.rate,
         "sent": len(latencies),
@@ -82,6 +96,9 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "p90_ms": round(_percentile(ordered, 90), 4),
         "p99_ms": round(_percentile(ordered, 99), 4),
         "max_ms": round(ordered[-1], 4) if ordered else None,
+        # How late the generator woke for a request it was free to send on time.
+        "send_late_p50_ms": round(_percentile(late, 50), 4),
+        "send_late_p99_ms": round(_percentile(late, 99), 4),
     }
 
 

@@ -39,7 +39,7 @@ class Counts:
     status_rounds: int = 3
     load_concurrency: tuple[int, ...] = (1, 4, 16, 64)
     load_duration: float = 5.0
-    fixed_rates: tuple[int, ...] = (100, 1000)
+    fixed_rates: tuple[int, ...] = (100, 500, 1000)
     startup_rounds: int = 10
     shutdown_rounds: int = 3
     subscribers: int = 1000

@@ -5,12 +5,12 @@ one clear error at start-up rather than an actor failing its starts; every run o
 (it may be restarted without touching services) serves duplicates of those sockets, so the
 port is never released meanwhile.
 
-Limits, against one peer holding every connection: an idle connection (no request yet, or
-between requests) is closed after ``KEEP_ALIVE``; a request head is at most ``MAX_HEAD``; a
-body must arrive within the app's ``BODY_TIMEOUT``; and data the peer does not acknowledge
-(it stopped reading) aborts the connection after ``WRITE_TIMEOUT`` (``TCP_USER_TIMEOUT``,
-inherited by every accepted socket, also covers a zero receive window), which also frees an
-event-stream subscriber stuck in a send.
+Limits, against one peer holding every connection: a short accept queue (``BACKLOG``); an
+idle connection (no request yet, or between requests) is closed after ``KEEP_ALIVE``; a
+request head is at most ``MAX_HEAD``; a body must arrive within the app's ``BODY_TIMEOUT``;
+and data the peer does not acknowledge (it stopped reading) aborts the connection after
+``WRITE_TIMEOUT`` (``TCP_USER_TIMEOUT``, inherited by every accepted socket, also covers a
+zero receive window), which also frees an event-stream subscriber stuck in a send.
 """
 
 from __future__ import annotations
@@ -33,7 +33,13 @@ from dev8.config import TcpBind, UnixBind, parse_bind
 KEEP_ALIVE = 5.0
 MAX_HEAD = 16 * 1024
 WRITE_TIMEOUT = 10.0
-BACKLOG = 4096
+#: The kernel's accept queue per listening socket. Short on purpose: it is first in, first out,
+#: so a request waits behind every connection queued before it (about 1 ms of CPU each in
+#: Hypercorn here). With 4,096, a flood of connections kept it full and /health on the API's
+#: port waited 1 to 14 s during the flood (benchmarks/results/api-latency.md); with 256 the
+#: kernel refuses the flood's excess instead (its SYNs are dropped and retried, which slows the
+#: flood down), most requests wait milliseconds and the unlucky ones one SYN retry (about 1 s).
+BACKLOG = 256
 #: Hypercorn's own log: warnings and errors only (a line per bind at start-up otherwise).
 _server_log = logging.getLogger("dev8.api.server")
 _server_log.setLevel(logging.WARNING)
