@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -537,6 +538,40 @@ async def test_sampler_actor_answers_sample_now_and_publishes_crossings(
     assert len(crossed) == 1  # the first sample crossed; the second, still over, did not again
     assert crossed[0].source == "top/resources"
     assert crossed[0].value > 1.0
+
+
+async def test_the_sampler_keeps_one_thread_for_its_life(
+    process_tree: subprocess.Popen[str],
+) -> None:
+    """trio's thread cache lets an idle worker go after 10 s (the default interval): the sampler
+    keeps its own, so that an idle sample does not start a thread; it ends with the sampler."""
+
+    def own_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "dev8-resources"]
+
+    assert own_threads() == []
+    board = ResourceBoard()
+    mailbox = Mailbox[SampleNow]("resources", capacity=4)
+    spec = make_sampler_spec(
+        board,
+        mailbox,
+        leaders=lambda: {process_tree.pid: "tree"},
+        cgroup=CgroupFiles.detect(),
+        interval=3600.0,
+    )
+    bus = EventBus(history=10)
+    supervisor = Supervisor("top", [spec], bus=bus)
+    ctx = ChildContext(name="top", path="top", attempt=0, publish=bus.publish)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run, ctx)
+        first = own_threads()
+        for _ in range(3):
+            snapshot = await mailbox.call(SampleNow, timeout=10)
+            assert snapshot["services"]["tree"]["processes"] == 4
+        assert len(first) == 1
+        assert own_threads() == first
+        nursery.cancel_scope.cancel()
+    await wait_until(lambda: not own_threads(), timeout=10, what="the sampler's thread to end")
 
 
 # ------------------------------------------------------------------------- config
