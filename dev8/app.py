@@ -306,6 +306,7 @@ class Dev8:
                     after=config.idle.after,
                     count_api_clients=config.idle.api_clients,
                     poll_interval=config.connections.interval,
+                    api_client_count=self.tracker.websocket_clients,
                 )
             )
         return specs
