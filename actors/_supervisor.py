@@ -23,7 +23,7 @@ import itertools
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -267,6 +267,13 @@ class Supervisor:
 
     def children(self) -> tuple[NodeStatus, ...]:
         return tuple(self._status_of(child) for child in self._children.values())
+
+    def child_states(self) -> Iterator[tuple[str, ChildState, Mapping[str, Any]]]:
+        """Each child's name, state and info, read as they are: no snapshot of it or of its own
+        children (``children()`` costs about 7 µs a child; a sampler of 1,000 services reads
+        this every interval). Read the info at once: it is the child's own."""
+        for child in self._children.values():
+            yield child.spec.name, child.state, child.info
 
     def snapshot(self) -> NodeStatus:
         return NodeStatus(

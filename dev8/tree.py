@@ -257,6 +257,7 @@ class Tree:
                     after=config.idle.after,
                     count_api_clients=config.idle.api_clients,
                     poll_interval=config.connections.interval,
+                    api_client_count=self.tracker.websocket_clients,
                 )
             )
         return specs
@@ -282,11 +283,11 @@ class Tree:
     def _service_leaders(self) -> dict[int, str]:
         """pid -> service, of each running service's process (its session and tree leader)."""
         leaders: dict[int, str] = {}
-        for node in self.services.children():
-            pid = node.info.get("pid")
+        for name, state, info in self.services.child_states():
+            pid = info.get("pid")
             # Starting too: a service waiting for its readiness probe already uses resources.
-            if node.state in (ChildState.STARTING, ChildState.RUNNING) and isinstance(pid, int):
-                leaders[pid] = node.name
+            if state in (ChildState.STARTING, ChildState.RUNNING) and isinstance(pid, int):
+                leaders[pid] = name
         return leaders
 
     def _set_resource_limits(self, config: Config) -> None:

@@ -511,6 +511,10 @@ class ConnectionTracker(Actor):
         """``GET /connections`` from the published view (the API's client count read now)."""
         return self._published.document(self._websocket_clients())
 
+    def websocket_clients(self) -> int:
+        """The API's event-stream client count, now (what ``snapshot()`` puts in, alone)."""
+        return self._websocket_clients()
+
     def child_spec(self, name: str = "connections") -> ChildSpec:
         return ChildSpec(name=name, start=self.run, restart=Restart.PERMANENT, shutdown_timeout=1.0)
 

@@ -1401,3 +1401,30 @@ async def test_a_start_during_a_slow_stop_waits_for_it_then_starts(
     assert slow.starts == [0, 4]
     # One stop, no spurious second one for the start (the last is the test's own shutdown).
     assert [t for t, _, _ in tree.rec.steps("child_stopped")][:-1] == [4]
+
+
+async def test_child_states_read_what_children_snapshots_say() -> None:
+    """``child_states()`` (name, state, info as they are) agrees with the full snapshots."""
+
+    async def with_info(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
+        ctx.info["pid"] = len(ctx.name)
+        task_status.started()
+        await trio.sleep_forever()
+
+    supervisor = Supervisor(
+        "root",
+        [ChildSpec(name="one", start=with_info), ChildSpec(name="three", start=with_info)],
+        bus=EventBus(),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        await trio.testing.wait_all_tasks_blocked()
+        states = [(name, state, dict(info)) for name, state, info in supervisor.child_states()]
+        assert states == [
+            (node.name, node.state, dict(node.info)) for node in supervisor.children()
+        ]
+        assert states == [
+            ("one", ChildState.RUNNING, {"pid": 3}),
+            ("three", ChildState.RUNNING, {"pid": 5}),
+        ]
+        nursery.cancel_scope.cancel()

@@ -759,3 +759,37 @@ async def test_read_connections_sees_a_real_connection_from_another_process() ->
             assert read_connections({port: "svc"}) == {
                 Connection("svc", port, f"127.0.0.1:{client_port}")
             }
+
+
+async def test_the_idle_watcher_polls_the_api_client_count_alone(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Given the count, the poll does not write out every service's connections (2 ms a poll
+    with 1,000 services): the snapshot is read once, to seed; the count still ends idleness."""
+    bus = EventBus(history=100)
+    snapshots: list[float] = []
+    clients = [0]
+
+    def snapshot() -> dict[str, Any]:
+        snapshots.append(trio.current_time())
+        return {"services": {}, "websocketClients": 0}
+
+    async with trio.open_nursery() as nursery:
+        watcher = functools.partial(
+            run_idle,
+            bus,
+            snapshot,
+            bus.publish,
+            after=60,
+            poll_interval=5.0,
+            api_client_count=lambda: clients[0],
+        )
+        await nursery.start(watcher)
+        await trio.sleep(61)
+        clients[0] = 1
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    announced = [e.event for e in bus.history() if e.event.kind.startswith("workspace_")]
+    assert [event.kind for event in announced] == ["workspace_idle", "workspace_active"]
+    assert announced[1].data()["by"] == "api"
+    assert len(snapshots) == 1

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from dev8.resources.cgroups import (
 from dev8.resources.sampler import (
     ContainerCpuThrottled,
     OomKilled,
+    ProcessSampler,
     ProcStat,
     ResourceBoard,
     ResourceThresholdCleared,
@@ -170,6 +172,148 @@ def _leader_rss(pid: int) -> int:
 def test_a_service_whose_leader_is_gone_has_zero_figures() -> None:
     figures = service_figures({2**22 + 1: "gone"})
     assert figures == {"gone": ServiceFigures()}
+
+
+# A leader that changes its tree on command; its child burns CPU in a second thread on SIGUSR1
+# (and then creates the file named in its argv), so that a descendant runs while the leader sleeps.
+BURNER = """
+import pathlib, signal, subprocess, sys, threading, time
+def burn():
+    end = time.thread_time() + 0.3
+    while time.thread_time() < end:
+        pass
+def on_signal(*_):
+    thread = threading.Thread(target=burn)
+    thread.start()
+    thread.join()
+    pathlib.Path(sys.argv[1]).touch()
+signal.signal(signal.SIGUSR1, on_signal)
+# A grandchild in a session of its own: in the tree only while its parent lives.
+grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", sys.argv[2]],
+                              start_new_session=True)
+print(grandchild.pid, flush=True)
+while True:
+    time.sleep(60)
+"""
+
+DRIVEN_LEADER = """
+import subprocess, sys
+child = None
+blob = b""
+for line in sys.stdin:
+    word = line.split()
+    if word[0] == "child":
+        child = subprocess.Popen([sys.executable, "-c", sys.argv[1], word[1], word[2]],
+                                 stdout=subprocess.PIPE, text=True)
+        print(child.pid, child.stdout.readline().strip(), flush=True)
+    elif word[0] == "grow":
+        blob = b"x" * (48 << 20)  # written: resident
+        print("grown", flush=True)
+    elif word[0] == "reap":
+        print(child.wait(), flush=True)
+"""
+
+
+@pytest.fixture
+def driven_leader() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """DRIVEN_LEADER in a session of its own, and the marker in its tree's command lines."""
+    marker = f"dev8-test-driven-{os.getpid()}"
+    leader = subprocess.Popen(
+        [sys.executable, "-c", DRIVEN_LEADER, BURNER, marker],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        yield leader, marker
+    finally:
+        for pid in pids_with_marker(marker):
+            os.kill(pid, signal.SIGKILL)
+        leader.kill()
+        leader.wait()
+        for pipe in (leader.stdin, leader.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+async def test_the_sampler_reads_again_only_what_ran_and_misses_no_change(
+    tmp_path: Path, driven_leader: tuple[subprocess.Popen[str], str]
+) -> None:
+    """Sample after sample, a kept ``ProcessSampler`` gives what reading every process gives:
+    through a child and a grandchild appearing, a descendant burning CPU in a second thread
+    while the leader sleeps, the leader's memory growing, the child's death (a zombie; its
+    grandchild, of another session, leaves the tree) and its reaping. And an idle tree costs no
+    stat read at all."""
+    leader, marker = driven_leader
+    burnt = tmp_path / "burnt"
+    leaders = {leader.pid: "driven"}
+    sampler = ProcessSampler(refresh_every=0)  # no re-reading of idle processes: clocks alone
+
+    def ask(command: str) -> list[str]:
+        assert leader.stdin is not None
+        assert leader.stdout is not None
+        leader.stdin.write(command + "\n")
+        leader.stdin.flush()
+        return leader.stdout.readline().split()
+
+    async def agree(what: str) -> ServiceFigures:
+        """The kept sampler ends up where a fresh full read is (a missed change never does)."""
+        seen: list[ServiceFigures] = []
+
+        def same() -> bool:
+            kept = sampler.sample(leaders)["driven"]
+            seen[:] = [kept]
+            return kept == service_figures(leaders)["driven"]
+
+        await wait_until(same, timeout=10, what=f"the kept sampler to agree {what}")
+        return seen[0]
+
+    def idle_sample_reads_nothing() -> bool:
+        sampler.sample(leaders)
+        return sampler.stats_read == 0
+
+    first = await agree("at the start")
+    assert first.processes == 1
+    child, _grandchild = map(int, ask(f"child {burnt} {marker}"))
+    with_child = await agree("with a child and a grandchild")
+    assert with_child.processes == 3
+    await wait_until(
+        idle_sample_reads_nothing, timeout=10, what="a sample of the idle tree reading no stat"
+    )
+    os.kill(child, signal.SIGUSR1)
+    await wait_until(burnt.exists, timeout=20, what="the child's burn")
+    burnt_figures = await agree("after the child burnt CPU while the leader slept")
+    assert burnt_figures.cpu_seconds >= with_child.cpu_seconds + 0.25
+    assert ask("grow") == ["grown"]
+    grown = await agree("after the leader grew")
+    assert grown.memory_bytes >= burnt_figures.memory_bytes + (40 << 20)
+    os.kill(child, signal.SIGKILL)
+    await wait_until(lambda: _state(child) == "Z", timeout=10, what="the child to become a zombie")
+    orphaned = await agree("after the child died, its grandchild orphaned")
+    assert orphaned.processes == 2  # the leader and its zombie child
+    assert ask("reap") == ["-9"]
+    reaped = await agree("after the leader reaped its child")
+    assert reaped.processes == 1
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        return handle.read().rpartition(b")")[2].split()[0].decode()
+
+
+def test_idle_processes_are_read_again_within_refresh_every_samples(
+    process_tree: subprocess.Popen[str],
+) -> None:
+    """The kernel may reclaim a sleeping process's memory: a slice is read again each sample."""
+    leaders = {process_tree.pid: "tree"}
+    sampler = ProcessSampler(refresh_every=2)
+    sampler.sample(leaders)
+    read = 0
+    for _ in range(2):
+        sampler.sample(leaders)
+        read += sampler.stats_read
+    assert read >= 4  # each of the tree's four processes once (more if one ran meanwhile)
 
 
 # ------------------------------------------------------------------------- cgroups
@@ -394,6 +538,40 @@ async def test_sampler_actor_answers_sample_now_and_publishes_crossings(
     assert len(crossed) == 1  # the first sample crossed; the second, still over, did not again
     assert crossed[0].source == "top/resources"
     assert crossed[0].value > 1.0
+
+
+async def test_the_sampler_keeps_one_thread_for_its_life(
+    process_tree: subprocess.Popen[str],
+) -> None:
+    """trio's thread cache lets an idle worker go after 10 s (the default interval): the sampler
+    keeps its own, so that an idle sample does not start a thread; it ends with the sampler."""
+
+    def own_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "dev8-resources"]
+
+    assert own_threads() == []
+    board = ResourceBoard()
+    mailbox = Mailbox[SampleNow]("resources", capacity=4)
+    spec = make_sampler_spec(
+        board,
+        mailbox,
+        leaders=lambda: {process_tree.pid: "tree"},
+        cgroup=CgroupFiles.detect(),
+        interval=3600.0,
+    )
+    bus = EventBus(history=10)
+    supervisor = Supervisor("top", [spec], bus=bus)
+    ctx = ChildContext(name="top", path="top", attempt=0, publish=bus.publish)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run, ctx)
+        first = own_threads()
+        for _ in range(3):
+            snapshot = await mailbox.call(SampleNow, timeout=10)
+            assert snapshot["services"]["tree"]["processes"] == 4
+        assert len(first) == 1
+        assert own_threads() == first
+        nursery.cancel_scope.cancel()
+    await wait_until(lambda: not own_threads(), timeout=10, what="the sampler's thread to end")
 
 
 # ------------------------------------------------------------------------- config
