@@ -290,10 +290,11 @@ class Supervisor:
         )
 
     def _status_of(self, child: _Child) -> NodeStatus:
+        path = f"{self._path}/{child.spec.name}"
         nested = child.spec.children() if child.spec.children is not None else ()
         return NodeStatus(
             name=child.spec.name,
-            path=f"{self._path}/{child.spec.name}",
+            path=path,
             kind=child.spec.kind,
             state=child.state,
             restarts=child.restarts,
@@ -301,7 +302,9 @@ class Supervisor:
             last_exit=child.last_exit,
             since=child.since,
             info=dict(child.info),
-            children=tuple(nested),
+            # A supervisor that has not run yet (held back, or never started) knows only its
+            # own name: its children are shown where they will live.
+            children=tuple(_placed_under(path, node) for node in nested),
         )
 
     def child_spec(
@@ -966,3 +969,12 @@ def _error_reason(error: Exception) -> ExitReason:
         return ExitReason(named) if named is not None else ExitReason.ERROR
     except ValueError:
         return ExitReason.ERROR
+
+
+def _placed_under(parent: str, node: NodeStatus) -> NodeStatus:
+    """`node` (and its children) with the path it has below `parent`."""
+    path = f"{parent}/{node.name}"
+    if node.path == path:
+        return node
+    children = tuple(_placed_under(path, child) for child in node.children)
+    return attrs.evolve(node, path=path, children=children)

@@ -1428,3 +1428,40 @@ async def test_child_states_read_what_children_snapshots_say() -> None:
             ("three", ChildState.RUNNING, {"pid": 5}),
         ]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_nested_supervisor_not_yet_running_shows_its_children_where_they_will_live(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A supervisor knows its path only once it runs: before that (held back behind a slow
+    sibling, as dev8's services wait for their secrets) its children are still shown at their
+    place in the tree, as callers will address them."""
+    release = trio.Event()
+
+    async def held(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
+        await release.wait()
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def forever(ctx: ChildContext, *, task_status: trio.TaskStatus[Any]) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    inner = Supervisor("inner", [ChildSpec(name="leaf", start=forever)], bus=EventBus())
+    root = Supervisor(
+        "root",
+        [ChildSpec(name="gate", start=held, start_timeout=math.inf), inner.child_spec()],
+        bus=EventBus(),
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(root.run)
+        await trio.testing.wait_all_tasks_blocked()
+        _, shown = root.snapshot().children
+        assert [node.path for node in shown.children] == ["root/inner/leaf"]
+        release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        _, shown = root.snapshot().children
+        assert [(n.path, n.state) for n in shown.children] == [
+            ("root/inner/leaf", ChildState.RUNNING)
+        ]
+        nursery.cancel_scope.cancel()
